@@ -1,0 +1,45 @@
+"""Shared fixtures: where the real data lives, and the PostgreSQL test server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """TMAFBENCH_DATA, else ../shared/data beside the checkout; None when neither exists."""
+    for candidate in (os.environ.get("TMAFBENCH_DATA"), REPO_ROOT.parent / "shared" / "data"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """The folder with real MNIST / CIFAR-10; skips the test when absent."""
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("real data not found: set TMAFBENCH_DATA or provide ../shared/data")
+    return path
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """URL of a reachable PostgreSQL test database (TMAFBENCH_TEST_POSTGRES); skips otherwise."""
+    url = os.environ.get("TMAFBENCH_TEST_POSTGRES")
+    if not url:
+        pytest.skip("no PostgreSQL server: set TMAFBENCH_TEST_POSTGRES (.ci/run starts one)")
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:  # unreachable server: skip with the reason
+        pytest.skip(f"PostgreSQL at TMAFBENCH_TEST_POSTGRES not reachable: {exc.__class__.__name__}")
+    return url
