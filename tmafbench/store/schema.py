@@ -2,6 +2,29 @@
 
 Our table names carry the prefix `tmaf_` so they never collide with Optuna's own
 (`studies`, `trials`, ...). Reports read only these tables (DESIGN.md section 1).
+
+Conventions shared by the writer (study runner) and the reader (reports):
+
+- `Cell.activation` is the activation *label* from the study file (defaults to the registry
+  name, e.g. "tmaf"; a study may label two specs "tmaf-h1" and "tmaf-h0.1"). The registry name
+  is in `Cell.config["activation"]`.
+- `Cell.axes` holds every axis value of the cell by axis name, including "activation" (label),
+  "grid" (label or None), "intervals", "depth", "width", task parameters such as "n", and
+  "seed". A group is every axis but the seed: `Cell.group_hash` (= TrialConfig.group_hash()).
+- `Cell.label` is the group's readable label, e.g. "tmaf [-5,5]/10 depth=1 width=20 n=3".
+- Epoch metrics (long format), names: "train_loss", the task's test metrics ("rel_l2", "mse",
+  "max_abs" for regression; "accuracy", "cross_entropy" for classification), the same with a
+  "val_" prefix when a validation split is used, "epoch_time_s", "eval_time_s",
+  "samples_per_s" and "lr". NaN or inf values are stored as NULL.
+- Final metrics: the last epoch's test (and val_) metrics plus "train_loss".
+- Timing names: "total_train_s", "median_epoch_s", "mean_samples_per_s", "total_eval_s".
+- `Run.metric_name` / `Run.metric_direction` name the task's primary metric
+  ("rel_l2"/"minimize" or "accuracy"/"maximize").
+- Artifacts: "predictions" = {"x": [...], "target": [...], "prediction": [...]} on a fixed grid
+  (1-D tasks); "activation_params" = {module_name: {param_name: nested list}};
+  "activation_curves" = {"s": [...], "modules": {module_name: [[y over s] per feature, <= 8]}}.
+- `Study.reference` = {"source": str, "metric": str, "rows": [{<axis>: value, ..., "value": x}]}
+  where each row's keys other than "value"/"note" match `Cell.axes` entries.
 """
 
 from __future__ import annotations
