@@ -156,6 +156,9 @@ class Run(Base):
     environment_id: Mapped[int | None] = mapped_column(ForeignKey("tmaf_environment.id"), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Updated by the worker's heartbeat thread while the run is "running"; a run whose heartbeat
+    # is older than the grace period is marked "interrupted" and its cell runs again.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     num_params: Mapped[int | None] = mapped_column(Integer, nullable=True)
     num_act_params: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -1,0 +1,163 @@
+"""Real multi-process studies on SQLite: 2 workers, resume after SIGKILL and Ctrl-C, redesign."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import select
+
+from tmafbench.store.database import Database
+from tmafbench.store.repository import Repository
+from tmafbench.store.schema import Cell, Run
+from tmafbench.study.scheduler import (
+    SpecChangedError,
+    WorkerOptions,
+    prepare_study,
+    resolve_devices,
+    run_local,
+    worker_loop,
+)
+from tmafbench.study.spec import parse_spec
+
+
+def runs_by_cell(url: str) -> dict[str, list[tuple[int, str]]]:
+    db = Database(url)
+    with db.session() as s:
+        rows = s.execute(select(Cell.config_hash, Run.attempt, Run.status).join(Run).order_by(Run.attempt)).all()
+    db.dispose()
+    out: dict[str, list[tuple[int, str]]] = {}
+    for h, attempt, status in rows:
+        out.setdefault(h, []).append((attempt, status))
+    return out
+
+
+def test_resolve_devices():
+    assert resolve_devices("cpu", 3) == ["cpu"] * 3
+    assert resolve_devices("cuda:0,cuda:1", None) == ["cuda:0", "cuda:1"]
+    assert resolve_devices("cuda:0,cuda:1", 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    with pytest.raises(ValueError, match="not cpu, auto or cuda:N"):
+        resolve_devices("gpu0", None)
+    with pytest.raises(ValueError, match="--workers must be >= 1"):
+        resolve_devices("cpu", 0)
+
+
+@pytest.mark.slow
+def test_two_worker_processes_run_every_cell_once(tiny_spec_text, sqlite_url):
+    spec = parse_spec(tiny_spec_text, ["axes.seeds=3"])
+    info = prepare_study(spec, sqlite_url)
+    seen = []
+    outcome = run_local(info, sqlite_url, ["cpu", "cpu"], progress=lambda c, eta: seen.append(c))
+    assert outcome.counts.done and outcome.counts.completed == 6 and outcome.counts.failed == 0
+    runs = runs_by_cell(sqlite_url)
+    assert len(runs) == 6 and all(r == [(1, "completed")] for r in runs.values())
+    assert len(outcome.workers) == 2 and sum(w.runs for w in outcome.workers) == 6
+    assert sum(w.locked_errors for w in outcome.workers) == 0
+    assert seen and seen[-1].total == 6
+    # Optuna mirrors each run as a trial with the cell hash as its one parameter
+    import optuna
+
+    trials = optuna.load_study(study_name="tiny", storage=sqlite_url).trials
+    assert sorted(t.params["cell"] for t in trials) == sorted(runs)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    # running again resumes: nothing left to do, nothing runs twice
+    again = prepare_study(spec, sqlite_url)
+    assert not again.created
+    stats = worker_loop("tiny", sqlite_url, options=WorkerOptions(poll_s=0.1))
+    assert stats.runs == 0 and runs_by_cell(sqlite_url) == runs
+
+
+def test_changed_design_is_refused_then_forced(tiny_spec_text, sqlite_url):
+    spec = parse_spec(tiny_spec_text)
+    prepare_study(spec, sqlite_url)
+    worker_loop("tiny", sqlite_url, options=WorkerOptions(poll_s=0.1, max_runs=2))
+    changed = parse_spec(tiny_spec_text, ["axes.seeds=[1, 2]"])  # seed 0 dropped, seed 2 added
+    with pytest.raises(SpecChangedError, match="--new-name.*--force"):
+        prepare_study(changed, sqlite_url)
+    other = prepare_study(changed, sqlite_url, new_name="tiny-2")
+    assert other.created and other.name == "tiny-2"
+    before = runs_by_cell(sqlite_url)
+    forced = prepare_study(changed, sqlite_url, force=True)
+    assert "kept 2 cells, removed 2, added 2" in forced.message
+    db = Database(sqlite_url)
+    repo = Repository(db)
+    study = repo.require_study("tiny")
+    with db.session() as s:
+        seeds = sorted(s.scalars(select(Cell.seed).where(Cell.study_id == study.id)))
+        kept = {h for h in s.scalars(select(Cell.config_hash).where(Cell.study_id == study.id))}
+    db.dispose()
+    assert seeds == [1, 1, 2, 2]
+    # the results of kept cells survive (the runs of removed cells are gone with them)
+    assert {h: r for h, r in before.items() if h in kept} == {h: r for h, r in runs_by_cell(sqlite_url).items()
+                                                               if h in before and h in kept}
+
+
+SLOW_CELL = """
+name = "killme"
+[defaults]
+task = "sine-sum"
+task_params = { n = 1, train_size = 2048, test_size = 64 }
+model_params = { depth = 2, width = 32 }
+training = { epochs = 30, batch_size = 16 }
+[axes]
+seeds = 1
+[[axes.activations]]
+name = "relu"
+"""
+
+WORKER = (
+    "import sys; from tmafbench.study.scheduler import worker_loop, WorkerOptions; "
+    "worker_loop('killme', sys.argv[1], options=WorkerOptions(heartbeat_s=0.3, grace_s=2.0, poll_s=0.2))"
+)
+
+
+def start_worker_and_wait_running(url: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        runs = runs_by_cell(url)
+        if any(status == "running" for r in runs.values() for _a, status in r):
+            time.sleep(0.5)  # let it train for a moment: the kill lands mid-trial
+            return proc
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the worker never started its trial")
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_cell_is_retried_as_attempt_2(sqlite_url):
+    spec = parse_spec(SLOW_CELL)
+    prepare_study(spec, sqlite_url)
+    proc = start_worker_and_wait_running(sqlite_url)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    [runs] = runs_by_cell(sqlite_url).values()
+    assert runs == [(1, "running")]  # the dead worker left its run "running"
+    stats = worker_loop("killme", sqlite_url, options=WorkerOptions(heartbeat_s=0.3, grace_s=2.0, poll_s=0.2))
+    assert stats.stale_marked == 1 and stats.completed == 1
+    [runs] = runs_by_cell(sqlite_url).values()
+    assert runs == [(1, "interrupted"), (2, "completed")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_run_interrupted_and_it_runs_again(sqlite_url):
+    spec = parse_spec(SLOW_CELL)
+    prepare_study(spec, sqlite_url)
+    proc = start_worker_and_wait_running(sqlite_url)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    [runs] = runs_by_cell(sqlite_url).values()
+    assert runs == [(1, "interrupted")]
+    db = Database(sqlite_url)
+    with db.session() as s:
+        assert "Ctrl-C" in s.scalar(select(Run.error))
+    db.dispose()
+    stats = worker_loop("killme", sqlite_url, options=WorkerOptions(poll_s=0.2))
+    assert stats.stale_marked == 0 and stats.completed == 1
+    [runs] = runs_by_cell(sqlite_url).values()
+    assert runs == [(1, "interrupted"), (2, "completed")]

@@ -1,0 +1,192 @@
+"""Forward+backward timing and memory of activations (`tmafbench bench activations`).
+
+For each activation (grid activations once per interval count) and shape, after `warmup`
+untimed calls, `repeats` timed calls of `y = act(x); y.backward(g)` (x of std 3, so inputs cover
+the default [-5, 5] grid). We report the median and interquartile range in milliseconds and each
+row's median as a ratio to relu and to prelu on the same shape, measured in the same run.
+
+Memory, per call:
+- saved: bytes of the distinct tensors autograd keeps for backward (saved_tensors_hooks);
+- peak: the high-water mark of bytes allocated through PyTorch's CPU allocator during forward
+  plus backward, read from the profiler's memory events (inputs and the incoming gradient are
+  allocated beforehand and are not counted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from tmafbench import activations
+from tmafbench.activations.kernels import backend_for
+from tmafbench.activations.tmaf import BandedTMAFBase
+
+DEFAULT_SHAPES: tuple[tuple[int, ...], ...] = ((20000, 20), (4096, 1024), (128, 64, 32, 32))
+DEFAULT_INTERVALS: tuple[int, ...] = (10, 100)
+BASELINES = ("relu", "prelu")
+
+
+@dataclass
+class BenchRow:
+    """One activation configuration on one shape."""
+
+    name: str
+    grid: str | None
+    shape: str
+    backend: str
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    saved_bytes: int
+    peak_bytes: int
+    vs_relu: float | None = None
+    vs_prelu: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'128x64x32x32' or '128,64,32,32' -> (128, 64, 32, 32); needs at least [N, C]."""
+    parts = text.replace(",", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"bad shape {text!r}; write it like 4096x1024 or 128x64x32x32") from None
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"bad shape {text!r}: need at least two positive sizes [N, C, ...]")
+    return shape
+
+
+def configurations(names: Sequence[str] | None, intervals: Sequence[int]) -> list[tuple[str, dict]]:
+    """(name, params) for every activation to time; grid activations once per interval count."""
+    chosen = list(names) if names else activations.available()
+    for name in chosen:
+        activations.create(name, 1)  # unknown names fail here, with the valid choices
+    configs = []
+    for name in chosen:
+        if activations.grid_info(name, {})[0] is None:
+            configs.append((name, {}))
+        else:
+            configs += [(name, {"intervals": int(k)}) for k in intervals]
+    return configs
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler's C++ start/stop lines on fd 2 (Python's sys.stderr is untouched)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
+    xx = x.detach().requires_grad_(True)
+    module(xx).backward(grad)
+
+
+def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves for backward in one forward pass."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    xx = x.detach().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(xx)
+    return sum(seen.values())
+
+
+def peak_bytes(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> int:
+    """High-water mark of CPU-allocator bytes during one forward+backward (profiler memory events)."""
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _fwd_bwd(module, x, grad)
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def time_ms(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, repeats: int, warmup: int) -> list[float]:
+    """Wall-clock milliseconds of `repeats` forward+backward calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        _fwd_bwd(module, x, grad)
+    times = []
+    for _ in range(repeats):
+        module.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        _fwd_bwd(module, x, grad)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def bench_one(name: str, params: dict, shape: Sequence[int], repeats: int, warmup: int, seed: int = 0) -> BenchRow:
+    """Time and measure one activation configuration on one input shape (float32)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=gen) * 3.0
+    grad = torch.randn(*shape, generator=gen)
+    module = activations.create(name, shape[1], **params)
+    q1, median, q3 = _quartiles(time_ms(module, x, grad, repeats, warmup))
+    backend = backend_for(x) if isinstance(module, BandedTMAFBase) else "torch"
+    return BenchRow(
+        name=name,
+        grid=activations.grid_info(name, params)[0],
+        shape="x".join(map(str, shape)),
+        backend=backend,
+        median_ms=median,
+        q1_ms=q1,
+        q3_ms=q3,
+        saved_bytes=saved_bytes(module, x),
+        peak_bytes=peak_bytes(module, x, grad),
+    )
+
+
+def bench_activations(
+    names: Sequence[str] | None = None,
+    shapes: Iterable[Sequence[int]] = DEFAULT_SHAPES,
+    intervals: Sequence[int] = DEFAULT_INTERVALS,
+    repeats: int = 10,
+    warmup: int = 3,
+) -> list[BenchRow]:
+    """Benchmark every configuration on every shape; relu and prelu are always measured for the ratios."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    configs = configurations(names, intervals)
+    baselines = [(b, {}) for b in BASELINES if (b, {}) not in configs]
+    rows: list[BenchRow] = []
+    for shape in shapes:
+        measured = [bench_one(n, p, shape, repeats, warmup) for n, p in baselines + configs]
+        base = {r.name: r.median_ms for r in measured if r.name in BASELINES}
+        for row in measured:
+            row.vs_relu = row.median_ms / base["relu"]
+            row.vs_prelu = row.median_ms / base["prelu"]
+        rows += [r for r in measured if (r.name, {}) not in baselines]
+    return rows

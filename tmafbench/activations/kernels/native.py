@@ -1,0 +1,144 @@
+"""The fused CPU kernel for banded TMAF, compiled once with the system C compiler and loaded via ctypes.
+
+Why not eager PyTorch: bucketize + gather + scatter make 6 to 10 passes over memory and
+allocate index tensors; this kernel makes one pass each way (see native_src.py). Compiling
+plain C (no torch headers) takes well under a second; the shared object is cached under
+$TMAFBENCH_CACHE (default ~/.cache/tmafbench) keyed by the source hash. If no compiler works,
+`load()` returns None and callers use the PyTorch reference implementation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from tmafbench.activations.kernels.native_src import SOURCE
+from tmafbench.activations.kernels.spec import BandSpec
+
+_LOCK = threading.Lock()
+_LIB: ctypes.CDLL | None = None
+_TRIED = False
+
+_P, _L, _I, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
+_FWD_ARGS = [_P, _P, _P, _L, _L, _P, _L, _I, _I, _D, _D, _P, _P, _I, _L, _L, _L, _I]
+_BWD_ARGS = [_P, _P, _P, _P, _L, _L, _P, _L, _I, _I, _D, _D, _P, _P, _I, _L, _L, _L, _L, _P, _P, _L, _D, _I]
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TMAFBENCH_CACHE") or Path.home() / ".cache" / "tmafbench")
+
+
+def _compile(target: Path) -> None:
+    """Compile SOURCE into `target` atomically (parallel test workers may race here)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise OSError("no C compiler (cc/gcc) on PATH")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src, out = Path(tmp) / "tmaf.c", Path(tmp) / "tmaf.so"
+        src.write_text(SOURCE)
+        # No -march=native: the cached object must run on any x86-64/arm64 this cache moves to.
+        cmd = [cc, "-O3", "-fPIC", "-shared", "-fopenmp", "-o", str(out), str(src), "-lm"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
+        os.replace(out, target)
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel library, or None when it cannot be built (or TMAFBENCH_KERNEL=torch)."""
+    global _LIB, _TRIED
+    if os.environ.get("TMAFBENCH_KERNEL", "").lower() == "torch":
+        return None
+    with _LOCK:
+        if _TRIED:
+            return _LIB
+        _TRIED = True
+        if sys.platform == "win32":
+            return None
+        digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
+        target = cache_dir() / f"tmaf_kernels_{digest}.so"
+        try:
+            if not target.exists():
+                _compile(target)
+            lib = ctypes.CDLL(str(target))
+        except OSError as exc:
+            warnings.warn(f"TMAF native CPU kernel unavailable, using the PyTorch path: {exc}", stacklevel=2)
+            return None
+        for suffix in _SUFFIX.values():
+            getattr(lib, f"tmaf_forward_{suffix}").argtypes = _FWD_ARGS
+            getattr(lib, f"tmaf_backward_{suffix}").argtypes = _BWD_ARGS
+        _LIB = lib
+        return lib
+
+
+def supports(x: torch.Tensor) -> bool:
+    """True when the native kernel can run on x (CPU, float32/float64)."""
+    return x.device.type == "cpu" and x.dtype in _SUFFIX and load() is not None
+
+
+def _rows_shifts(spec: BandSpec) -> tuple[ctypes.Array, ctypes.Array]:
+    return (ctypes.c_int * len(spec.rows))(*spec.rows), (ctypes.c_double * len(spec.shifts))(*spec.shifts)
+
+
+def _grid_args(bp64: torch.Tensor, spec: BandSpec) -> list:
+    """(bp, bstride, m, uniform, lo, inv_h) for the C grid_t."""
+    cb, m = bp64.shape
+    lo, h = spec.uniform if spec.uniform is not None and cb == 1 else (0.0, 1.0)
+    uniform = int(spec.uniform is not None and cb == 1)
+    return [bp64.data_ptr(), m if cb > 1 else 0, m, uniform, lo, 1.0 / h]
+
+
+class NativeBandedTMAF(torch.autograd.Function):
+    """Same contract as ReferenceBandedTMAF; saves only x (and the small tables) for backward."""
+
+    @staticmethod
+    def forward(ctx, x3, tables, bp, spec: BandSpec):  # x3 [N,C,S] contiguous, tables [D,Cf,K]
+        lib = load()
+        ctx.spec = spec
+        ctx.save_for_backward(x3, tables, bp)
+        n, c, s = x3.shape
+        d, cf, k = tables.shape
+        tab = tables.detach().contiguous()
+        bp64 = bp.detach().to(torch.float64).contiguous()
+        rows, shifts = _rows_shifts(spec)
+        out = torch.empty_like(x3)
+        getattr(lib, f"tmaf_forward_{_SUFFIX[x3.dtype]}")(
+            x3.data_ptr(), out.data_ptr(), tab.data_ptr(), k if cf > 1 else 0, cf * k,
+            *_grid_args(bp64, spec), shifts, rows, d, n, c, s, torch.get_num_threads(),
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        lib = load()
+        x3, tables, bp = ctx.saved_tensors
+        spec: BandSpec = ctx.spec
+        n, c, s = x3.shape
+        d, cf, k = tables.shape
+        grad = grad.contiguous()
+        tab = tables.detach().contiguous()
+        bp64 = bp.detach().to(torch.float64).contiguous()
+        gx = torch.empty_like(x3) if ctx.needs_input_grad[0] else None
+        gtab = torch.zeros(tables.shape, dtype=torch.float64)
+        want_bp = ctx.needs_input_grad[2] and spec.inv_tau > 0
+        gbp = torch.zeros(bp.shape, dtype=torch.float64) if want_bp else None
+        rows, shifts = _rows_shifts(spec)
+        getattr(lib, f"tmaf_backward_{_SUFFIX[x3.dtype]}")(
+            x3.data_ptr(), grad.data_ptr(), gx.data_ptr() if gx is not None else None, tab.data_ptr(),
+            k if cf > 1 else 0, cf * k, *_grid_args(bp64, spec), shifts, rows, d, n, c, s, cf,
+            gtab.data_ptr(), gbp.data_ptr() if gbp is not None else None, bp.shape[0],
+            spec.inv_tau, torch.get_num_threads(),
+        )
+        return gx, gtab.to(tables.dtype), (gbp.to(bp.dtype) if gbp is not None else None), None

@@ -1,0 +1,171 @@
+"""Diagonal TMAF (paper eq. 2.2 and 2.3) and the banded machinery shared with matrix.py.
+
+`y_i = alpha_i(x_i) * x_i`, where alpha_i is piecewise constant on a grid: t_0 on (-inf, s_1],
+t_j on (s_j, s_{j+1}], t_m on (s_m, inf) (closed on the right). The values t are the parameter
+`values`, [features, m + 1] (or [1, m + 1] with share="layer").
+
+Banded form (matrix.py): diagonal d (row offset r_d, grid shifted by delta_d) adds
+`D_d,j(y_j) * y_j` to output row j + r_d. Bandwidth 0 is this diagonal TMAF.
+
+Trainable breakpoints (`train_breakpoints=True`, the paper's proposed extension). The output
+jumps by (t_q - t_{q-1}) y at breakpoint s_q, so d out / d s_q is a delta function. We relax it:
+the delta is replaced by the derivative of a sigmoid of width tau = BREAKPOINT_KERNEL_WIDTH * h,
+evaluated for the two breakpoints that bound each input (the kernel is negligible further out):
+
+    d loss / d s_q  ~=  - sum over inputs y next to s_q of  grad * y * (t_q - t_{q-1}) * k_tau(y - s_q)
+
+with k_tau(u) = sigmoid'(u / tau) / tau. The forward pass stays the exact piecewise-constant
+function. Breakpoints are kept strictly increasing by parametrising them as a first breakpoint
+plus positive gaps: s_1 = breakpoint_first, s_{q+1} = s_q + softplus(breakpoint_gaps_q) + eps.
+They are per feature with share="feature" and shared with share="layer". With trainable
+breakpoints the relu init is exact only up to the rounding of the cumulative sum.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tmafbench.activations._registry import ACTIVATIONS
+from tmafbench.activations.base import Activation
+from tmafbench.activations.grid import Grid
+from tmafbench.activations.kernels import BandSpec, banded_tmaf
+
+INITS = ("relu", "leaky", "identity", "random")
+SHARES = ("feature", "layer")
+
+
+def check_share(share: str) -> str:
+    if share not in SHARES:
+        raise ValueError(f"share must be one of {', '.join(SHARES)}; got {share!r}")
+    return share
+
+
+def initial_values(grid: Grid, init: str, slope: float, rows: int) -> torch.Tensor:
+    """[rows, m + 1] starting values of the diagonal for `init`."""
+    k = grid.num_values
+    if init == "identity":
+        return torch.ones(rows, k)
+    if init == "random":
+        return torch.rand(rows, k)  # U(0, 1), from the global (trial-seeded) generator
+    if init not in ("relu", "leaky"):
+        raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
+    z = grid.zero_index()
+    if z is None:
+        raise ValueError(
+            f"init={init!r} needs 0 as a breakpoint for an exact relu/leaky init, but grid {grid.label} "
+            f"has none (use an even number of intervals on a symmetric range, add 0 to breakpoints, "
+            f"or use init='identity' or 'random')"
+        )
+    t = torch.ones(k)
+    # values[q] belongs to the interval (s_{q-1}, s_q]; q <= z lies at or left of s_z = 0.
+    t[: z + 1] = 0.0 if init == "relu" else float(slope)
+    return t.expand(rows, k).clone()
+
+
+def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    return y + torch.log(-torch.expm1(-y))  # log(exp(y) - 1), stable for large y
+
+
+class BandedTMAFBase(Activation):
+    """Piecewise-constant matrix activation with 2 * bandwidth + 1 diagonals (see module docstring)."""
+
+    trainable = True
+    #: tau of the breakpoint relaxation, as a fraction of the (mean) interval width.
+    BREAKPOINT_KERNEL_WIDTH = 0.25
+
+    def __init__(
+        self,
+        num_features: int,
+        grid: Grid,
+        shifts: Sequence[float],
+        init: str,
+        slope: float,
+        share: str,
+        train_breakpoints: bool,
+    ):
+        super().__init__(num_features)
+        self.grid = grid
+        self.share = check_share(share)
+        self.init = init
+        self.train_breakpoints = bool(train_breakpoints)
+        rows = self.num_features if share == "feature" else 1
+        self.values = nn.Parameter(initial_values(grid, init, slope, rows))
+        bandwidth = (len(shifts) - 1) // 2
+        self._names, self._rows = ["values"], [0]
+        for k in range(1, bandwidth + 1):
+            suffix = "" if k == 1 else f"_{k}"
+            for name, row in ((f"values_upper{suffix}", -k), (f"values_lower{suffix}", k)):
+                # Off-diagonal values start at 0: the layer starts as its diagonal.
+                self.register_parameter(name, nn.Parameter(torch.zeros(rows, grid.num_values)))
+                self._names.append(name)
+                self._rows.append(row)
+        self.shifts = tuple(float(s) for s in shifts)
+        self._init_breakpoints(rows)
+        uniform = (grid.lo, grid.width) if grid.uniform and not self.train_breakpoints else None
+        inv_tau = 1.0 / (self.BREAKPOINT_KERNEL_WIDTH * grid.width) if self.train_breakpoints else 0.0
+        self.spec = BandSpec(self.shifts, tuple(self._rows), uniform, inv_tau)
+        self._fixed_bp: dict[torch.device, torch.Tensor] = {}
+
+    @property
+    def bandwidth(self) -> int:
+        return (len(self._names) - 1) // 2
+
+    def _init_breakpoints(self, rows: int) -> None:
+        if not self.train_breakpoints:
+            return
+        bp = torch.tensor(self.grid.breakpoints, dtype=torch.float64)
+        self._gap_floor = 1e-6 * self.grid.width
+        gaps = (bp[1:] - bp[:-1] - self._gap_floor).clamp_min(1e-12)
+        self.breakpoint_first = nn.Parameter(bp[:1].float().expand(rows, 1).clone())
+        self.breakpoint_gaps = nn.Parameter(_inverse_softplus(gaps).float().expand(rows, bp.numel() - 1).clone())
+
+    def breakpoints(self) -> torch.Tensor:
+        """Current breakpoints, [Cb, m]: Cb = 1 for a fixed or shared grid, else num_features."""
+        if self.train_breakpoints:
+            gaps = F.softplus(self.breakpoint_gaps) + self._gap_floor
+            return torch.cat([self.breakpoint_first, self.breakpoint_first + gaps.cumsum(dim=1)], dim=1)
+        device = self.values.device
+        if device not in self._fixed_bp:  # float64 so that comparisons with the input are exact
+            self._fixed_bp[device] = torch.tensor([self.grid.breakpoints], dtype=torch.float64, device=device)
+        return self._fixed_bp[device]
+
+    def tables(self) -> torch.Tensor:
+        """All diagonals' values stacked, [D, Cf, K], in the order values, upper, lower, upper_2, ..."""
+        if len(self._names) == 1:
+            return self.values.unsqueeze(0)
+        return torch.stack([getattr(self, name) for name in self._names])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_features(x, per_feature=self.share == "feature")
+        return banded_tmaf(x, self.tables(), self.breakpoints(), self.spec)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_features={self.num_features}, grid={self.grid.label}, bandwidth={self.bandwidth}, "
+            f"init={self.init!r}, share={self.share!r}, train_breakpoints={self.train_breakpoints}"
+        )
+
+
+@ACTIVATIONS.register("tmaf")
+class TMAF(BandedTMAFBase):
+    """Diagonal TMAF (eq. 2.2-2.3): y_i = alpha_i(x_i) x_i, piecewise constant alpha_i (default grid [-5,5]/10)."""
+
+    def __init__(
+        self,
+        num_features: int,
+        lo: float | None = None,
+        hi: float | None = None,
+        intervals: int | None = None,
+        breakpoints: Sequence[float] | None = None,
+        init: str = "relu",
+        slope: float = 0.01,
+        share: str = "feature",
+        train_breakpoints: bool = False,
+    ):
+        grid = Grid.from_params(lo, hi, intervals, breakpoints)
+        super().__init__(num_features, grid, (0.0,), init, slope, share, train_breakpoints)
+

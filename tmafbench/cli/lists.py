@@ -1,0 +1,44 @@
+"""`tmafbench tasks | models | activations`: what exists, with each one's parameters."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def print_rows(title: str, rows: list[tuple[str, str, str]]) -> None:
+    """A table of (name, summary, parameters) rows on stdout."""
+    table = Table(title=title, show_lines=False)
+    for column in ("name", "parameters", "summary"):
+        table.add_column(column, overflow="fold")
+    for name, summary, params in rows:
+        table.add_row(name, params or "-", summary)
+    Console(width=max(Console().width, 120)).print(table)
+
+
+def list_tasks() -> None:
+    """List the tasks and their parameters."""
+    from tmafbench import tasks
+
+    print_rows("tasks", tasks.describe())
+
+
+def list_models() -> None:
+    """List the models and their parameters."""
+    from tmafbench import models
+
+    print_rows("models", models.describe())
+
+
+def list_activations() -> None:
+    """List the activations and their parameters."""
+    from tmafbench import activations
+
+    print_rows("activations", activations.describe())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tasks")(list_tasks)
+    app.command("models")(list_models)
+    app.command("activations")(list_activations)

@@ -1,0 +1,81 @@
+"""`tmafbench results query|export`: read the results database (read-only for queries)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tmafbench.cli.common import App, resolve_storage
+
+results_app = App(help="Query and export results (read-only).")
+
+StorageOpt = typer.Option(None, "--storage", help="Database URL (default: $TMAFBENCH_STORAGE, else sqlite:///tmafbench.db).")
+
+
+def _print_frame(frame: Any, fmt: str) -> None:
+    if fmt == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
+    elif fmt == "table":
+        table = Table(show_lines=False)
+        for col in frame.columns:
+            table.add_column(str(col))
+        for row in frame.itertuples(index=False):
+            table.add_row(*("" if v is None else str(v) for v in row))
+        Console(width=200).print(table)
+    else:
+        raise ValueError(f"--format must be table, csv or json, got {fmt!r}")
+
+
+def query_cmd(sql: str = typer.Argument(..., help="One SQL statement, e.g. \"select * from tmaf_cell limit 5\"."),
+              storage: Optional[str] = StorageOpt,
+              fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json")) -> None:
+    """Run SQL on a read-only connection (statements that write are refused)."""
+    from tmafbench.store.export import query
+
+    if fmt not in ("table", "csv", "json"):
+        raise ValueError(f"--format must be table, csv or json, got {fmt!r}")
+    _print_frame(query(resolve_storage(storage), sql), fmt)
+
+
+def export_cmd(study: str = typer.Option(..., "--study", help="Study name."),
+               fmt: str = typer.Option("csv", "--format", "-f", help="csv | json | parquet"),
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: stdout; parquet needs --out)."),
+               storage: Optional[str] = StorageOpt) -> None:
+    """One tidy row per run: config columns, run columns and final metrics."""
+    from tmafbench.store.database import Database
+    from tmafbench.store.export import runs_frame
+
+    if fmt not in ("csv", "json", "parquet"):
+        raise ValueError(f"--format must be csv, json or parquet, got {fmt!r}")
+    if fmt == "parquet" and out is None:
+        raise ValueError("--format parquet needs --out FILE")
+    db = Database(resolve_storage(storage))
+    try:
+        db.check_schema()
+        frame = runs_frame(db, study)
+    finally:
+        db.dispose()
+    if out is None:
+        _print_frame(frame, fmt)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        frame.to_csv(out, index=False)
+    elif fmt == "json":
+        frame.to_json(out, orient="records", date_format="iso")
+    else:
+        frame.to_parquet(out, index=False)
+    typer.echo(f"wrote {len(frame)} runs to {out}", err=True)
+
+
+def register(app: Any) -> None:
+    results_app.command("query")(query_cmd)
+    results_app.command("export")(export_cmd)
+    app.add_typer(results_app, name="results")

@@ -1,0 +1,245 @@
+"""`tmafbench study run|cells|worker|list|status|show|delete`: parse, then call tmafbench.study."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tmafbench.cli.common import App, resolve_storage
+
+study_app = App(help="Run studies (a grid of cells from a TOML file) and inspect them.")
+
+StorageOpt = typer.Option(None, "--storage", help="Database URL (default: $TMAFBENCH_STORAGE, else sqlite:///tmafbench.db).")
+SetOpt = typer.Option(None, "--set", help="Override a study-file key: --set defaults.training.epochs=3 (repeatable).")
+HeartbeatOpt = typer.Option(10.0, "--heartbeat", help="Seconds between a running worker's heartbeats.")
+GraceOpt = typer.Option(60.0, "--grace", help="A run without heartbeat for this many seconds is taken as dead and its cell retried.")
+
+console = Console(stderr=True)
+
+
+def _cells_table(cells: list[Any], limit: int) -> Table:
+    table = Table(title=f"{len(cells)} cells")
+    for col in ("#", "hash", "task", "activation", "grid", "depth", "width", "other axes", "seed"):
+        table.add_column(col)
+    common = {"task", "activation", "grid", "intervals", "depth", "width", "seed"}
+    for i, c in enumerate(cells[:limit]):
+        other = " ".join(f"{k}={v}" for k, v in c.axes.items() if k not in common)
+        table.add_row(str(i), c.config_hash, c.axes["task"], c.activation, c.grid or "-",
+                      str(c.axes.get("depth", "-")), str(c.axes.get("width", "-")), other, str(c.axes["seed"]))
+    if len(cells) > limit:
+        table.caption = f"... and {len(cells) - limit} more (--limit)"
+    return table
+
+
+def _load(spec_path: str, overrides: list[str] | None):
+    from tmafbench.study.cells import expand
+    from tmafbench.study.spec import load_spec
+
+    spec = load_spec(spec_path, overrides or [])
+    return spec, expand(spec)
+
+
+def cells_cmd(spec_path: str = typer.Argument(..., help="Study file (TOML)."), set_: Optional[list[str]] = SetOpt,
+              limit: int = typer.Option(200, help="Show at most this many rows.")) -> None:
+    """Validate a study file and show its expanded cells; runs and writes nothing."""
+    _spec, cells = _load(spec_path, set_)
+    Console().print(_cells_table(cells, limit))
+
+
+class ProgressView:
+    """Cells done / running / failed / pending with an ETA, drawn by rich."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+        self.task = self.progress.add_task("cells", total=total, detail="")
+
+    def __call__(self, counts: Any, eta_s: float | None) -> None:
+        eta = "ETA --" if eta_s is None else f"ETA {eta_s / 60:.1f} min" if eta_s >= 60 else f"ETA {eta_s:.0f} s"
+        detail = (f"done {counts.completed}  running {counts.running}  failed {counts.failed}  "
+                  f"pending {counts.pending}  {eta}")
+        self.progress.update(self.task, completed=counts.completed + counts.failed, detail=detail)
+
+
+def _run_with_progress(info: Any, url: str, devices: list[str], options: Any) -> Any:
+    from tmafbench.store.database import Database
+    from tmafbench.store.repository import Repository
+    from tmafbench.study.scheduler import run_local
+
+    db = Database(url)
+    total = Repository(db).counts(info.id, info.max_retries).total
+    db.dispose()
+    view = ProgressView(total)
+    with view.progress:
+        return run_local(info, url, devices, options, progress=view)
+
+
+def _report(outcome: Any, name: str) -> None:
+    c = outcome.counts
+    console.print(f"study {name!r}: {c.completed}/{c.total} cells done ({c.diverged} diverged), "
+                  f"{c.failed} failed, {c.pending + c.running} left; {outcome.wall_s:.1f} s")
+    if outcome.interrupted:
+        console.print("interrupted: run the same command again to resume")
+        raise typer.Exit(130)
+    if not c.done:
+        raise typer.Exit(1)
+
+
+def run_cmd(
+    spec_path: str = typer.Argument(..., help="Study file (TOML)."),
+    set_: Optional[list[str]] = SetOpt,
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Local worker processes (default: 1, or one per GPU)."),
+    devices: str = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,cuda:1,... (one worker per GPU)."),
+    storage: Optional[str] = StorageOpt,
+    new_name: Optional[str] = typer.Option(None, "--new-name", help="Run the file as a new study of this name."),
+    force: bool = typer.Option(False, "--force", help=(
+        "When the study exists with other cells: keep the results of the cells that are in both designs, "
+        "DELETE the cells (and their runs) that are no longer in the file, add the new cells, and record "
+        "the new spec.")),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show the cells; write nothing."),
+    heartbeat: float = HeartbeatOpt,
+    grace: float = GraceOpt,
+) -> None:
+    """Create (or resume) a study from a TOML file and run every cell with local workers."""
+    from tmafbench.store.database import redact
+    from tmafbench.study.scheduler import WorkerOptions, prepare_study, resolve_devices
+
+    spec, cells = _load(spec_path, set_)
+    if dry_run:
+        Console().print(_cells_table(cells, 200))
+        return
+    device_list = resolve_devices(devices, workers)
+    url = resolve_storage(storage)
+    info = prepare_study(spec, url, new_name=new_name, force=force)
+    console.print(f"{info.message} in {redact(url)}; {len(device_list)} worker(s) on {', '.join(sorted(set(device_list)))}")
+    outcome = _run_with_progress(info, url, device_list, WorkerOptions(heartbeat_s=heartbeat, grace_s=grace))
+    _report(outcome, info.name)
+
+
+def worker_cmd(
+    name: str = typer.Argument(..., help="Study name (as in `tmafbench study list`)."),
+    storage: Optional[str] = StorageOpt,
+    workers: int = typer.Option(1, "--workers", "-w", help="Worker processes on this machine."),
+    devices: str = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,cuda:1,..."),
+    heartbeat: float = HeartbeatOpt,
+    grace: float = GraceOpt,
+) -> None:
+    """Join a running study (e.g. from another machine, against one PostgreSQL URL)."""
+    from tmafbench.store.database import Database
+    from tmafbench.store.repository import Repository
+    from tmafbench.study.scheduler import StudyInfo, WorkerOptions, resolve_devices
+
+    url = resolve_storage(storage)
+    db = Database(url)
+    try:
+        db.check_schema()
+        study = Repository(db).require_study(name)
+    finally:
+        db.dispose()
+    info = StudyInfo(study.id, study.name, int(study.spec.get("max_retries", 2)), created=False)
+    device_list = resolve_devices(devices, workers)
+    outcome = _run_with_progress(info, url, device_list, WorkerOptions(heartbeat_s=heartbeat, grace_s=grace))
+    _report(outcome, name)
+
+
+def _repo(storage: str | None):
+    from tmafbench.store.database import Database
+    from tmafbench.store.repository import Repository
+
+    db = Database(resolve_storage(storage))
+    db.check_schema()
+    return db, Repository(db)
+
+
+def list_cmd(storage: Optional[str] = StorageOpt) -> None:
+    """List the studies in the database with their progress."""
+    db, repo = _repo(storage)
+    table = Table(title=f"studies in {db.safe_url}")
+    for col in ("name", "kind", "cells", "done", "running", "failed", "pending", "created"):
+        table.add_column(col)
+    for name in repo.study_names():
+        study = repo.get_study(name)
+        c = repo.counts(study.id, int(study.spec.get("max_retries", 2)))
+        table.add_row(name, study.kind, str(c.total), str(c.completed), str(c.running), str(c.failed),
+                      str(c.pending), f"{study.created_at:%Y-%m-%d %H:%M}")
+    db.dispose()
+    Console().print(table)
+
+
+def status_cmd(name: str = typer.Argument(...), storage: Optional[str] = StorageOpt,
+               as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON.")) -> None:
+    """Cells done / running / failed / pending of one study."""
+    db, repo = _repo(storage)
+    study = repo.require_study(name)
+    c = repo.counts(study.id, int(study.spec.get("max_retries", 2)))
+    db.dispose()
+    data = {"study": name, "total": c.total, "done": c.completed, "diverged": c.diverged, "running": c.running,
+            "failed": c.failed, "pending": c.pending, "finished": c.done}
+    typer.echo(json.dumps(data) if as_json else "  ".join(f"{k}={v}" for k, v in data.items()))
+
+
+def show_cmd(name: str = typer.Argument(...), storage: Optional[str] = StorageOpt) -> None:
+    """The study's provenance and spec, and a summary per group."""
+    from sqlalchemy import func, select
+
+    from tmafbench.store.schema import Cell, FinalMetric, Run
+
+    db, repo = _repo(storage)
+    study = repo.require_study(name)
+    out = Console()
+    out.print(f"[bold]{study.name}[/bold] ({study.kind}) {study.description}")
+    out.print(f"spec hash {study.spec_hash}  tmafbench {study.tmafbench_version}  commit {study.git_commit or '-'}  "
+              f"created {study.created_at:%Y-%m-%d %H:%M} UTC")
+    with db.session() as s:
+        metric = func.avg(FinalMetric.value)
+        rows = s.execute(
+            select(Cell.label, func.count(func.distinct(Cell.id)), func.count(func.distinct(Run.id)), Run.metric_name, metric)
+            .join(Run, Run.cell_id == Cell.id, isouter=True)
+            .join(FinalMetric, (FinalMetric.run_id == Run.id) & (FinalMetric.name == Run.metric_name), isouter=True)
+            .where(Cell.study_id == study.id, (Run.status == "completed") | (Run.id.is_(None)))
+            .group_by(Cell.label, Run.metric_name).order_by(Cell.label)).all()
+    db.dispose()
+    table = Table()
+    for col in ("group", "cells", "completed runs", "metric", "mean"):
+        table.add_column(col)
+    for label, cells, runs, metric_name, mean in rows:
+        table.add_row(label, str(cells), str(runs), metric_name or "-", "-" if mean is None else f"{mean:.4g}")
+    out.print(table)
+
+
+def delete_cmd(name: str = typer.Argument(...), storage: Optional[str] = StorageOpt,
+               yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+    """Delete a study: its cells, runs and metrics, and its Optuna study."""
+    from tmafbench.store.database import redact
+    from tmafbench.study.scheduler import delete_study
+
+    url = resolve_storage(storage)
+    if not yes and not typer.confirm(f"delete study {name!r} and all its results from {redact(url)}?"):
+        typer.echo("not deleted")
+        raise typer.Exit(1)
+    delete_study(name, url)
+    typer.echo(f"deleted study {name!r}")
+
+
+def register(app: Any) -> None:
+    study_app.command("run")(run_cmd)
+    study_app.command("cells")(cells_cmd)
+    study_app.command("worker")(worker_cmd)
+    study_app.command("list")(list_cmd)
+    study_app.command("status")(status_cmd)
+    study_app.command("show")(show_cmd)
+    study_app.command("delete")(delete_cmd)
+    app.add_typer(study_app, name="study")
+    try:
+        from tmafbench.cli.bench import bench_app
+    except ImportError:  # the bench commands are optional
+        return
+    from tmafbench.study.benchmark import register_bench
+
+    register_bench(bench_app)

@@ -1,0 +1,162 @@
+"""`tmafbench train`: train one network and print its result; `tmafbench bench epoch|step`."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tmafbench.cli.common import parse_params
+from tmafbench.training.result import TrialResult
+
+
+def parse_batch_size(text: str) -> int | None:
+    """'64' -> 64; '0' or 'full' -> None (full batch)."""
+    if text.strip().lower() in ("0", "full", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--batch-size expects a positive integer, 0 or 'full', got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"--batch-size expects a positive integer, 0 or 'full', got {text!r}")
+    return value
+
+
+def model_params(depth: int | None, width: int | None, items: list[str] | None) -> dict[str, Any]:
+    """--model-param k=v, with --depth/--width as shorthands."""
+    params = parse_params(items, "--model-param")
+    params.update({k: v for k, v in (("depth", depth), ("width", width)) if v is not None})
+    return params
+
+
+def train(
+    task: str = typer.Option(..., "--task", help="task name (see `tmafbench tasks`)"),
+    model: str = typer.Option("mlp", "--model", help="model name (see `tmafbench models`)"),
+    activation: str = typer.Option("relu", "--activation", "-a", help="activation name (see `tmafbench activations`)"),
+    depth: Optional[int] = typer.Option(None, help="mlp: hidden layers (shorthand for --model-param depth=)"),
+    width: Optional[int] = typer.Option(None, help="hidden width / channels (shorthand for --model-param width=)"),
+    act_param: Optional[list[str]] = typer.Option(None, "--act-param", help="activation parameter k=v (repeatable)"),
+    task_param: Optional[list[str]] = typer.Option(None, "--task-param", help="task parameter k=v (repeatable)"),
+    model_param: Optional[list[str]] = typer.Option(None, "--model-param", help="model parameter k=v (repeatable)"),
+    epochs: int = typer.Option(10, help="training epochs"),
+    seed: int = typer.Option(0, help="trial seed: weight init, data order and sampled sets"),
+    lr: float = typer.Option(1e-3, help="learning rate"),
+    optimizer: str = typer.Option("adam", help="sgd, adam or adamw"),
+    momentum: float = typer.Option(0.9, help="sgd momentum"),
+    weight_decay: float = typer.Option(0.0, help="weight decay"),
+    act_lr: Optional[float] = typer.Option(None, help="learning rate of the activation parameters (default: --lr)"),
+    act_weight_decay: Optional[float] = typer.Option(None, help="weight decay of the activation parameters"),
+    schedule: str = typer.Option("constant", help="constant, step-half, cosine or onecycle"),
+    batch_size: str = typer.Option("128", "--batch-size", "-b", help="batch size; 0 or 'full' for full batch"),
+    grad_clip: Optional[float] = typer.Option(None, help="clip the gradient norm to this value"),
+    init_scale: float = typer.Option(1.0, help="multiply the default Linear/Conv init by this"),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto"),
+    as_json: bool = typer.Option(False, "--json", help="print the whole result as JSON on stdout"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a per-epoch progress bar"),
+) -> None:
+    """Train one network and print its final metrics."""
+    from tmafbench.training import TrainingConfig, TrialConfig, train_trial
+
+    config = TrialConfig(
+        task=task, model=model, activation=activation, seed=seed,
+        task_params=parse_params(task_param, "--task-param"),
+        model_params=model_params(depth, width, model_param),
+        act_params=parse_params(act_param, "--act-param"),
+        training=TrainingConfig(
+            optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, act_lr=act_lr,
+            act_weight_decay=act_weight_decay, schedule=schedule, epochs=epochs,
+            batch_size=parse_batch_size(batch_size), grad_clip=grad_clip, device=device, init_scale=init_scale,
+        ),
+    )
+    result = train_trial(config, progress=progress and not as_json)
+    if as_json:
+        typer.echo(json.dumps({"config": config.to_dict(), **result.to_dict()}))
+    else:
+        print_result(result, config.to_dict())
+
+
+def print_result(result: TrialResult, config: dict[str, Any]) -> None:
+    """Final metrics, parameter counts and timings as a small table."""
+    table = Table(title=f"{config['task']} / {config['model']} / {config['activation']} (seed {config['seed']})",
+                  show_header=False)
+    table.add_column("key")
+    table.add_column("value")
+    table.add_row("status", result.status + (f" ({result.error})" if result.error else ""))
+    table.add_row("parameters", f"{result.num_params:,} (activation: {result.num_act_params:,})")
+    for name, value in result.final_metrics.items():
+        marker = " *" if name == result.metric_name else ""
+        table.add_row(name + marker, f"{value:.6g}")
+    if result.epochs:
+        median = statistics.median(e.epoch_time_s for e in result.epochs)
+        table.add_row("train time", f"{result.total_train_time_s:.3f} s total, {median:.3f} s median epoch")
+        table.add_row("samples/s", f"{statistics.median(e.samples_per_s for e in result.epochs):,.0f}")
+    table.add_row("device", result.device)
+    Console(width=120).print(table)
+
+
+def bench_epoch(
+    task: str = typer.Option("mnist", "--task"),
+    model: str = typer.Option("mlp", "--model"),
+    activation: Optional[list[str]] = typer.Option(None, "--activation", "-a", help="repeatable; first is the baseline"),
+    depth: Optional[int] = typer.Option(None), width: Optional[int] = typer.Option(None),
+    act_param: Optional[list[str]] = typer.Option(None, "--act-param"),
+    task_param: Optional[list[str]] = typer.Option(None, "--task-param"),
+    model_param: Optional[list[str]] = typer.Option(None, "--model-param"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    repeats: int = typer.Option(3, help="epochs timed per activation; the median is shown"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Time one training epoch per activation (median of --repeats) and the ratio to the first."""
+    from tmafbench.training.benchmark import bench_epochs
+
+    rows = bench_epochs(task, model, activation or ["relu", "tmaf"], task_params=parse_params(task_param, "--task-param"),
+                        model_params=model_params(depth, width, model_param),
+                        act_params=parse_params(act_param, "--act-param"), batch_size=batch_size,
+                        repeats=repeats, threads=threads, device=device)
+    print_bench(f"one epoch: {task} / {model}, batch {batch_size}", rows)
+
+
+def bench_step(
+    task: str = typer.Option("cifar10", "--task"),
+    model: str = typer.Option("resnet18-cifar", "--model"),
+    activation: Optional[list[str]] = typer.Option(None, "--activation", "-a", help="repeatable; first is the baseline"),
+    act_param: Optional[list[str]] = typer.Option(None, "--act-param"),
+    model_param: Optional[list[str]] = typer.Option(None, "--model-param"),
+    batch_size: int = typer.Option(128, "--batch-size", "-b"),
+    repeats: int = typer.Option(5, help="steps timed per activation after one warm-up; the median is shown"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Time one forward+backward+SGD step on a random batch per activation, and the ratio to the first."""
+    from tmafbench.training.benchmark import bench_steps
+
+    rows = bench_steps(task, model, activation or ["relu", "tmaf"], model_params=parse_params(model_param, "--model-param"),
+                       act_params=parse_params(act_param, "--act-param"), batch_size=batch_size, repeats=repeats,
+                       threads=threads, device=device)
+    print_bench(f"one step: {task} / {model}, batch {batch_size}", rows)
+
+
+def print_bench(title: str, rows: list) -> None:
+    table = Table(title=title)
+    for column in ("activation", "median s", "min s", "max s", "samples/s", "ratio", "params"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.activation, f"{row.median_s:.4f}", f"{min(row.times_s):.4f}", f"{max(row.times_s):.4f}",
+                      f"{row.samples_per_s:,.0f}", f"{row.ratio:.2f}x", f"{row.num_params:,}")
+    Console(width=120).print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    try:
+        from tmafbench.cli.bench import bench_app  # the `bench` sub-app, written by a colleague
+    except ImportError:
+        return
+    bench_app.command("epoch")(bench_epoch)
+    bench_app.command("step")(bench_step)

@@ -1,0 +1,331 @@
+"""Database -> pandas DataFrames. The only module of the reports that touches SQL.
+
+Reports read the `tmaf_*` tables and nothing else (DESIGN.md section 1); they never write.
+SQLite databases are opened read-only (URI `mode=ro`), PostgreSQL sessions read-only.
+
+One row of `ReportData.cells` is one cell with its *outcome*: the completed run when there is
+one, else the latest attempt, else "pending" (no attempt yet). Every cell stays in the frame,
+so failures and missing seeds are counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+from sqlalchemy import create_engine, inspect, select
+from sqlalchemy.engine import Engine, make_url
+
+from tmafbench.errors import TmafbenchError
+from tmafbench.store.schema import Artifact, Cell, Environment, EpochMetric, FinalMetric, Run, Study, Timing
+
+# Axes that belong to the activation itself: a baseline such as ReLU has none of them.
+SEED_AXIS = "seed"
+ACTIVATION_AXIS = "activation"
+# Preferred order when one axis is picked for the wide tables and the "metric vs axis" figure.
+SWEEP_AXIS_PREFERENCE = ("n", "depth", "width", "train_size", "intervals", "grid")
+# Run columns that would clash with axis names get no prefix; axes are stored as their own names.
+_RUN_COLUMNS = (
+    "study",
+    "cell_id",
+    "group_hash",
+    "label",
+    "task",
+    "model",
+    "seed",
+    "status",
+    "run_id",
+    "attempts",
+    "failed_attempts",
+    "metric_name",
+    "metric_direction",
+    "hardware",
+    "device",
+)
+
+
+@dataclass
+class ReportData:
+    """Everything a report needs, as tidy frames.
+
+    cells:   one row per cell (see module docstring); axis values as columns named by axis.
+    finals:  one row per cell with a run, final metrics as columns (index: cell_id).
+    epochs:  long format (cell_id, epoch, name, value) for runs shown in curves.
+    timings: one row per cell with a run, timing names as columns (index: cell_id).
+    """
+
+    studies: pd.DataFrame
+    cells: pd.DataFrame
+    finals: pd.DataFrame
+    epochs: pd.DataFrame
+    timings: pd.DataFrame
+    axes: list[str]  # every axis name seen, seed and activation included
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)  # study -> reference
+    engine: Engine | None = None  # kept to load artifacts lazily
+    sweep: str | None = None  # the axis spread over columns / x (see `sweep_axis`)
+
+    @property
+    def group_axes(self) -> list[str]:
+        """Axes that vary within the report and define groups (seed excluded)."""
+        varying = [a for a in self.axes if a != SEED_AXIS and self.cells[a].astype(str).nunique() > 1]
+        if ACTIVATION_AXIS not in varying:
+            varying.insert(0, ACTIVATION_AXIS)
+        if self.cells["study"].nunique() > 1:
+            varying.insert(0, "study")
+        return varying
+
+    def artifacts(self, name: str, cell_ids: Iterable[int]) -> dict[int, dict]:
+        """{cell_id: artifact data} for the outcome runs of `cell_ids` that stored `name`."""
+        runs = self.cells.set_index("cell_id")["run_id"]
+        wanted = {int(runs[c]): int(c) for c in cell_ids if pd.notna(runs.get(c))}
+        if not wanted or self.engine is None:
+            return {}
+        stmt = select(Artifact.run_id, Artifact.data).where(
+            Artifact.name == name, Artifact.run_id.in_(list(wanted))
+        )
+        with self.engine.connect() as conn:
+            return {wanted[run_id]: data for run_id, data in conn.execute(stmt)}
+
+
+def open_readonly(url: str) -> Engine:
+    """An engine that cannot write: SQLite via `mode=ro`, PostgreSQL via a read-only session."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            raise TmafbenchError("a report needs a database file, not an in-memory SQLite database")
+        path = Path(database).expanduser()
+        if not path.is_file():
+            raise TmafbenchError(f"no results database at {path} (pass --storage or set TMAFBENCH_STORAGE)")
+        return create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true")
+    if backend == "postgresql":
+        return create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
+    return create_engine(url)
+
+
+def load(engine: Engine, study_names: list[str]) -> ReportData:
+    """Read the named studies. Raises TmafbenchError for a missing or empty study."""
+    if not study_names:
+        raise TmafbenchError("name at least one study")
+    if not inspect(engine).has_table(Study.__tablename__):
+        raise TmafbenchError("the database has no tmafbench results (no tmaf_study table)")
+    with engine.connect() as conn:
+        studies = pd.read_sql(select(Study.id, Study.name, Study.reference, Study.description), conn)
+        _check_studies(studies, study_names)
+        studies = studies[studies["name"].isin(study_names)].reset_index(drop=True)
+        cells, axes = _load_cells(conn, studies)
+        run_ids = [int(r) for r in cells["run_id"].dropna()]
+        finals = _wide(conn, FinalMetric, run_ids, cells)
+        timings = _wide(conn, Timing, run_ids, cells)
+        epochs = _load_epochs(conn, run_ids, cells)
+    references = {row.name: row.reference for row in studies.itertuples() if row.reference}
+    data = ReportData(studies, cells, finals, epochs, timings, axes, references, engine)
+    _add_series(data)
+    return data
+
+
+def _add_series(data: ReportData) -> None:
+    """`group` (unique across studies) and `series`: the group's label without the sweep axis.
+
+    A series is one line in the figures and one row in the wide table, e.g. "tmaf [-5,5]/10 depth=2".
+    """
+    cells = data.cells
+    cells["group"] = cells["study"] + ":" + cells["group_hash"]
+    sweep = sweep_axis(data)
+    shown = [a for a in data.group_axes if a != sweep]
+
+    def label(row: pd.Series) -> str:
+        parts = []
+        for axis in shown:
+            value = row[axis]
+            if value is None or (isinstance(value, float) and pd.isna(value)):
+                continue
+            bare = axis in (ACTIVATION_AXIS, "grid", "study")
+            parts.append(str(value) if bare else f"{axis}={_fmt_value(value)}")
+        return " ".join(parts) or str(row[ACTIVATION_AXIS])
+
+    cells["series"] = cells.apply(label, axis=1) if len(cells) else pd.Series(dtype=object)
+    data.sweep = sweep
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _check_studies(studies: pd.DataFrame, names: list[str]) -> None:
+    known = set(studies["name"])
+    missing = [n for n in names if n not in known]
+    if missing:
+        choices = ", ".join(sorted(known)) or "none"
+        raise TmafbenchError(f"unknown study {', '.join(missing)}; studies in this database: {choices}")
+
+
+def _load_cells(conn, studies: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per cell with its outcome run; axis values expanded into columns."""
+    cell_rows = conn.execute(
+        select(Cell.id, Cell.study_id, Cell.group_hash, Cell.label, Cell.task, Cell.model, Cell.activation, Cell.seed, Cell.axes).where(
+            Cell.study_id.in_([int(i) for i in studies["id"]])
+        )
+    ).all()
+    names = dict(zip(studies["id"], studies["name"]))
+    empty = [n for sid, n in names.items() if not any(r.study_id == sid for r in cell_rows)]
+    if empty:
+        raise TmafbenchError(f"study {', '.join(empty)} has no cells yet: nothing to report")
+    runs = _load_runs(conn, [r.id for r in cell_rows])
+    records, axes = [], []
+    for r in cell_rows:
+        cell_axes = dict(r.axes or {})
+        cell_axes.setdefault(ACTIVATION_AXIS, r.activation)
+        cell_axes.setdefault(SEED_AXIS, r.seed)
+        axes.extend(a for a in cell_axes if a not in axes)
+        outcome = runs.get(r.id, {})
+        records.append(
+            {
+                **{f"axis:{k}": v for k, v in cell_axes.items()},
+                "study": names[r.study_id],
+                "cell_id": r.id,
+                "group_hash": r.group_hash,
+                "label": r.label,
+                "task": r.task,
+                "model": r.model,
+                "seed": r.seed,
+                "status": outcome.get("status", "pending"),
+                "run_id": outcome.get("run_id"),
+                "attempts": outcome.get("attempts", 0),
+                "failed_attempts": outcome.get("failed_attempts", 0),
+                "metric_name": outcome.get("metric_name"),
+                "metric_direction": outcome.get("metric_direction"),
+                "hardware": outcome.get("hardware"),
+                "device": outcome.get("device"),
+            }
+        )
+    frame = pd.DataFrame.from_records(records)
+    # Axis columns take the axis name; "seed"/"activation" already agree with the run columns.
+    rename = {f"axis:{a}": a for a in axes}
+    frame = frame.drop(columns=[c for c in (f"axis:{SEED_AXIS}",) if c in frame]).rename(columns=rename)
+    frame = frame.loc[:, ~frame.columns.duplicated()]
+    for axis in axes:
+        if axis not in frame:
+            frame[axis] = None
+        frame[axis] = frame[axis].astype(object).where(frame[axis].notna(), None)
+    frame["run_id"] = frame["run_id"].astype("Int64")
+    return frame, axes
+
+
+def _load_runs(conn, cell_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """cell_id -> outcome: the completed run if any, else the latest attempt."""
+    if not cell_ids:
+        return {}
+    stmt = (
+        select(
+            Run.id, Run.cell_id, Run.attempt, Run.status, Run.device, Run.metric_name, Run.metric_direction,
+            Environment.cpu, Environment.gpu, Environment.cpu_count,
+        )
+        .outerjoin(Environment, Run.environment_id == Environment.id)
+        .where(Run.cell_id.in_(cell_ids))
+        .order_by(Run.cell_id, Run.attempt)
+    )
+    outcomes: dict[int, dict[str, Any]] = {}
+    for row in conn.execute(stmt):
+        entry = outcomes.setdefault(row.cell_id, {"attempts": 0, "failed_attempts": 0})
+        entry["attempts"] += 1
+        if entry.get("status") == "completed":
+            continue  # a later attempt never replaces a completed one
+        if entry.get("status") in ("failed", "diverged", "interrupted"):
+            entry["failed_attempts"] += 1
+        entry.update(
+            status=row.status,
+            run_id=row.id,
+            metric_name=row.metric_name,
+            metric_direction=row.metric_direction,
+            device=row.device,
+            hardware=hardware_label(row.device, row.cpu, row.gpu, row.cpu_count),
+        )
+    return outcomes
+
+
+def hardware_label(device: str | None, cpu: str | None, gpu: str | None, cpu_count: int | None) -> str:
+    """'NVIDIA H200 (cuda:0)' or 'AMD EPYC 7B13 (cpu, 2 cores)'; 'unknown' without an environment."""
+    device = device or "cpu"
+    if device.startswith("cuda") and gpu:
+        return f"{gpu} ({device})"
+    if cpu:
+        cores = f", {cpu_count} cores" if cpu_count else ""
+        return f"{cpu} ({device}{cores})"
+    return f"unknown ({device})"
+
+
+def _chunks(ids: list[int], size: int = 900) -> Iterable[list[int]]:
+    # SQLite limits bound parameters per statement; chunk the IN lists.
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def _wide(conn, table, run_ids: list[int], cells: pd.DataFrame) -> pd.DataFrame:
+    """Long (run_id, name, value) -> one row per cell, one column per name."""
+    parts = [
+        pd.read_sql(select(table.run_id, table.name, table.value).where(table.run_id.in_(chunk)), conn)
+        for chunk in _chunks(run_ids)
+    ]
+    long = pd.concat(parts) if parts else pd.DataFrame(columns=["run_id", "name", "value"])
+    wide = long.pivot_table(index="run_id", columns="name", values="value", aggfunc="first", dropna=False)
+    run_to_cell = cells.dropna(subset=["run_id"]).set_index("run_id")["cell_id"]
+    wide.index = wide.index.map(lambda r: int(run_to_cell[r]))
+    wide.index.name = "cell_id"
+    wide.columns.name = None
+    return wide.astype(float)
+
+
+def _load_epochs(conn, run_ids: list[int], cells: pd.DataFrame) -> pd.DataFrame:
+    parts = [
+        pd.read_sql(
+            select(EpochMetric.run_id, EpochMetric.epoch, EpochMetric.name, EpochMetric.value).where(
+                EpochMetric.run_id.in_(chunk)
+            ),
+            conn,
+        )
+        for chunk in _chunks(run_ids)
+    ]
+    long = pd.concat(parts) if parts else pd.DataFrame(columns=["run_id", "epoch", "name", "value"])
+    run_to_cell = cells.dropna(subset=["run_id"]).set_index("run_id")["cell_id"]
+    long["cell_id"] = long["run_id"].map(lambda r: int(run_to_cell[r]))
+    long["value"] = long["value"].astype(float)
+    return long.drop(columns=["run_id"]).reset_index(drop=True)
+
+
+def primary_metric(data: ReportData, override: str | None = None) -> tuple[str, str]:
+    """(metric column in `finals`, direction). The runs' own metric, or `val_` when test was skipped."""
+    direction_of = data.cells.dropna(subset=["metric_name"]).groupby("metric_name")["metric_direction"].first()
+    if override:
+        base = override.removeprefix("val_")
+        direction = direction_of.get(base) or _guess_direction(base)
+        if override not in data.finals:
+            raise TmafbenchError(
+                f"metric {override!r} not in the results; available: {', '.join(sorted(data.finals.columns)) or 'none'}"
+            )
+        return override, direction
+    if direction_of.empty:
+        raise TmafbenchError("no run has finished yet: nothing to report")
+    name = data.cells["metric_name"].dropna().mode().iloc[0]
+    direction = direction_of[name] or _guess_direction(name)
+    if name not in data.finals and f"val_{name}" in data.finals:
+        name = f"val_{name}"
+    return name, direction
+
+
+def _guess_direction(name: str) -> str:
+    return "maximize" if "acc" in name else "minimize"
+
+
+def sweep_axis(data: ReportData) -> str | None:
+    """The axis to spread over columns / the x axis (Table 3.1's `n`), or None when none varies."""
+    candidates = [a for a in data.group_axes if a not in (ACTIVATION_AXIS, "study")]
+    for preferred in SWEEP_AXIS_PREFERENCE:
+        if preferred in candidates:
+            return preferred
+    return candidates[0] if candidates else None

@@ -1,0 +1,208 @@
+"""Build a report folder from the database: index.md, self-contained index.html, figures, tables.
+
+`build_report` is the library function behind `tmafbench report build`. It reads only the
+database (read-only engine) and never trains.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from tmafbench.reports import frames, stats, tables
+from tmafbench.reports.figures import IMAGE_FORMATS, Figure, FigureContext, draw_all, metric_label
+from tmafbench.reports.tables import Table
+
+DOC_FORMATS = ("md", "html", "tex", "csv")
+ALL_FORMATS = DOC_FORMATS + IMAGE_FORMATS
+DEFAULT_FORMATS = ("md", "html", "tex", "csv", "png", "svg")
+
+
+@dataclass
+class Report:
+    """What `build_report` wrote, with the numbers behind it."""
+
+    folder: Path
+    studies: list[str]
+    metric: str
+    direction: str
+    baseline: str | None
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def parse_formats(text: str | None) -> tuple[str, ...]:
+    """'md,html' -> ('md', 'html', 'png'): md and html need PNG figures, so PNG is added."""
+    if not text:
+        return DEFAULT_FORMATS
+    items = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    unknown = [f for f in items if f not in ALL_FORMATS]
+    if unknown or not items:
+        raise ValueError(f"unknown format {', '.join(unknown) or repr(text)}; choose from: {', '.join(ALL_FORMATS)}")
+    if ({"md", "html"} & set(items)) and "png" not in items:
+        items += ("png",)
+    return items
+
+
+def default_folder(studies: list[str]) -> Path:
+    return Path("reports") / "+".join(studies)
+
+
+def build_report(
+    storage: str,
+    studies: list[str],
+    *,
+    out: Path | None = None,
+    baseline: str | None = None,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
+    metric: str | None = None,
+    figure_scale: float = 1.0,
+) -> Report:
+    """Read `studies` from `storage` and write the report into `out` (default reports/<names>)."""
+    start = time.perf_counter()
+    engine = frames.open_readonly(storage)
+    try:
+        data = frames.load(engine, list(studies))
+        report = _build(data, studies, out or default_folder(studies), baseline, formats, metric, figure_scale)
+    finally:
+        engine.dispose()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _build(data, studies, folder: Path, baseline, formats, metric, figure_scale) -> Report:
+    metric, direction = frames.primary_metric(data, metric)
+    baseline = stats.check_baseline(data, baseline)
+    report = Report(Path(folder), list(studies), metric, direction, baseline)
+    summary = stats.group_summary(data, metric)
+    report.tables = _tables(data, summary, report)
+    images = tuple(f for f in formats if f in IMAGE_FORMATS)
+    if images:
+        ctx = FigureContext(data, metric, direction, baseline, report.folder / "figures", images, figure_scale)
+        report.figures = draw_all(ctx, summary)
+    table_formats = {f for f in formats if f in ("csv", "tex")}
+    for table in report.tables:
+        report.files += table.write(report.folder / "tables", table_formats)
+    report.files += [p for fig in report.figures for p in fig.paths.values()]
+    report.notes += _notes(data, summary, report)
+    if "md" in formats:
+        report.files.append(_write(report.folder / "index.md", render_markdown(report, data)))
+    if "html" in formats:
+        report.files.append(_write(report.folder / "index.html", render_html(report, data)))
+    return report
+
+
+def _tables(data, summary: pd.DataFrame, report: Report) -> list[Table]:
+    metric, direction, baseline = report.metric, report.direction, report.baseline
+    out = [tables.summary_table(summary, data, metric, direction)]
+    wide = tables.wide_table(summary, data, metric, direction)
+    if wide is not None:
+        out.insert(0, wide)
+    if baseline is not None:
+        paired = stats.paired_comparison(data, metric, direction, baseline)
+        if len(paired):
+            out.append(tables.paired_table(paired, data, metric, direction, baseline))
+    timing = stats.timing_summary(data, baseline)
+    if len(timing):
+        out.append(tables.timing_table(timing, data, baseline))
+    ref = stats.reference_comparison(data, metric, direction)
+    if len(ref):
+        out.append(tables.reference_table(ref, direction))
+    out.append(tables.failure_table(stats.failure_counts(data)))
+    return out
+
+
+def _notes(data, summary: pd.DataFrame, report: Report) -> list[str]:
+    notes = []
+    cells = data.cells
+    unfinished = cells[cells["status"] != "completed"]
+    if len(unfinished):
+        counts = unfinished["status"].value_counts()
+        detail = ", ".join(f"{n} {status}" for status, n in counts.items())
+        notes.append(f"Incomplete: {len(unfinished)} of {len(cells)} cells have no completed run ({detail}); "
+                     f"{(~summary['complete']).sum()} groups are marked {tables.INCOMPLETE_MARK}.")
+    if report.baseline is None:
+        labels = ", ".join(sorted(cells["activation"].astype(str).unique()))
+        notes.append(f"No baseline: 'relu' is not in the study (activations: {labels}); pass --baseline.")
+    return notes
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _header_lines(report: Report, data) -> list[tuple[str, str]]:
+    cells = data.cells
+    hardware = sorted(h for h in cells["hardware"].dropna().unique())
+    return [
+        ("Studies", ", ".join(report.studies)),
+        ("Primary metric", metric_label(report.metric, report.direction)),
+        ("Baseline", report.baseline or "none"),
+        ("Cells", f"{len(cells)} ({(cells['status'] == 'completed').sum()} completed) in {cells['group'].nunique()} groups"),
+        ("Hardware", "; ".join(hardware) or "unknown"),
+        ("Generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + " from the database only"),
+    ]
+
+
+def render_markdown(report: Report, data) -> str:
+    """index.md: header, notes, every table, then every figure (relative PNG links)."""
+    lines = [f"# Report: {', '.join(report.studies)}", ""]
+    lines += [f"- **{k}:** {v}" for k, v in _header_lines(report, data)] + [""]
+    lines += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
+    for table in report.tables:
+        lines += [f"## {table.title}", "", tables.to_markdown(table.shown), ""]
+        if table.note:
+            lines += [f"_{table.note}_", ""]
+    if report.figures:
+        lines += ["## Figures", ""]
+    for fig in report.figures:
+        rel = fig.paths["png"].relative_to(report.folder).as_posix()
+        lines += [f"### {fig.title}", "", f"![{fig.title}]({rel})", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table.tbl{border-collapse:collapse;margin:.5em 0 .3em;font-size:13px}
+table.tbl th,table.tbl td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}
+table.tbl th{background:#f3f3f3}
+.note{color:#555;font-size:12px;font-style:italic}
+.warn{background:#fff4e0;border-left:4px solid #e0a030;padding:.4em .8em}
+img{max-width:100%;border:1px solid #eee}
+"""
+
+
+def render_html(report: Report, data) -> str:
+    """index.html with inline CSS and the PNG figures embedded as base64: opens with no network."""
+    esc = tables.html_escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Report: {esc(', '.join(report.studies))}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Report: {esc(', '.join(report.studies))}</h1><ul>",
+        *[f"<li><b>{esc(k)}:</b> {esc(v)}</li>" for k, v in _header_lines(report, data)],
+        "</ul>",
+        *[f'<p class="warn">{esc(n)}</p>' for n in report.notes],
+    ]
+    for table in report.tables:
+        parts += [f"<h2>{esc(table.title)}</h2>", tables.to_html(table.shown)]
+        if table.note:
+            parts.append(f'<p class="note">{esc(table.note)}</p>')
+    if report.figures:
+        parts.append("<h2>Figures</h2>")
+    for fig in report.figures:
+        encoded = base64.b64encode(fig.paths["png"].read_bytes()).decode("ascii")
+        parts += [f"<h3>{esc(fig.title)}</h3>", f'<img alt="{esc(fig.title)}" src="data:image/png;base64,{encoded}">']
+    parts.append("</body></html>")
+    return "\n".join(parts)
+

@@ -1,0 +1,136 @@
+"""Engines for the results store: SQLite (WAL, busy timeout, IMMEDIATE writes) or PostgreSQL.
+
+One URL names one database that holds both Optuna's tables and ours (`tmaf_*`). The parent
+process calls `Database.create_all()` once, before any worker starts (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from tmafbench.errors import TmafbenchError
+from tmafbench.store.schema import SCHEMA_VERSION, Base, SchemaVersion
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by `***`: safe to print or store."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: say nothing about it
+        return "<invalid url>"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def add_sqlite_pragmas(engine: Engine) -> None:
+    """WAL, busy timeout and foreign keys on every connection; writers take the lock up front.
+
+    pysqlite starts transactions lazily, so a transaction that reads and then writes must upgrade
+    its lock, and under WAL that upgrade fails at once ("database is locked") whatever the busy
+    timeout. Emitting `BEGIN IMMEDIATE` ourselves (SQLAlchemy's documented pysqlite recipe) makes
+    every transaction wait for the write lock in the busy handler instead.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")  # persistent; a cheap no-op once set
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA synchronous = NORMAL")  # safe under WAL, far fewer fsyncs
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for `url`. SQLite: no pooling across forks, the pragmas above; PostgreSQL: pre-ping."""
+    if is_sqlite(url):
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # NullPool: a connection is opened per checkout, never shared across processes or threads.
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, **kwargs)
+        add_sqlite_pragmas(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4, **kwargs)
+
+
+class Database:
+    """The results store behind one URL: engine, sessions, table creation."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def safe_url(self) -> str:
+        return redact(self.url)
+
+    def create_all(self) -> None:
+        """Create our tables and the schema version row (parent process, before the workers)."""
+        Base.metadata.create_all(self.engine)
+        with self.session() as session:
+            if session.scalar(select(SchemaVersion.version)) is None:
+                session.add(SchemaVersion(version=SCHEMA_VERSION))
+
+    def has_tables(self) -> bool:
+        return inspect(self.engine).has_table("tmaf_study")
+
+    def check_schema(self) -> None:
+        """Refuse a database written by another schema version, or one without our tables."""
+        if not self.has_tables():
+            raise TmafbenchError(f"no tmafbench results in {self.safe_url}; run `tmafbench study run` first")
+        with self.session() as session:
+            version = session.scalar(select(SchemaVersion.version))
+        if version != SCHEMA_VERSION:
+            raise TmafbenchError(f"results schema version {version} in {self.safe_url}; this tmafbench expects {SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """One short transaction: commit on success, roll back on error."""
+        with self.Session() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def read_only_engine(url: str) -> Engine:
+    """An engine that cannot write: SQLite opened with `mode=ro`; PostgreSQL read-only transactions."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            raise TmafbenchError("a read-only query needs a SQLite file, not an in-memory database")
+        path = Path(database).expanduser().resolve()
+        if not path.exists():
+            raise TmafbenchError(f"no database file at {path}")
+        ro_url = f"sqlite:///file:{path}?mode=ro&uri=true"
+        engine = create_engine(ro_url, poolclass=NullPool)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute("PRAGMA query_only = ON")  # belt and braces over mode=ro
+
+        return engine
+    return create_engine(
+        url,
+        poolclass=NullPool,
+        connect_args={"options": "-c default_transaction_read_only=on"},
+    )

@@ -1,0 +1,66 @@
+"""Read-only views of the results: SQL queries on a read-only connection, tidy per-run tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from tmafbench.errors import TmafbenchError
+from tmafbench.store.database import Database, read_only_engine, redact
+from tmafbench.store.schema import Cell, FinalMetric, Run, Study, Timing
+
+RUN_COLUMNS = ["attempt", "status", "host", "device", "started_at", "ended_at", "error", "num_params",
+               "num_act_params", "metric_name", "metric_direction", "optuna_trial_number"]
+CELL_COLUMNS = ["config_hash", "group_hash", "label", "task", "model", "activation", "grid", "intervals", "depth",
+                "width", "seed"]
+
+
+def query(url: str, sql: str) -> pd.DataFrame:
+    """Run one SQL statement on a read-only connection; a statement that writes is refused."""
+    engine = read_only_engine(url)
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(text(sql))
+            if not result.returns_rows:
+                return pd.DataFrame()
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    except (OperationalError, DBAPIError) as exc:
+        message = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        lowered = message.lower()
+        if "readonly" in lowered or "read-only" in lowered or "read only" in lowered:
+            raise TmafbenchError(f"refused: the query connection is read-only ({message})") from None
+        raise TmafbenchError(f"query failed on {redact(url)}: {message}") from None
+    finally:
+        engine.dispose()
+
+
+def runs_frame(db: Database, study_name: str) -> pd.DataFrame:
+    """One tidy row per run: study, cell config columns, axes, run columns, final metrics, timings."""
+    with db.session() as s:
+        study = s.scalar(select(Study).where(Study.name == study_name))
+        if study is None:
+            raise TmafbenchError(f"no study {study_name!r} in {db.safe_url}")
+        pairs = s.execute(select(Cell, Run).join(Run, Run.cell_id == Cell.id).where(Cell.study_id == study.id)
+                          .order_by(Cell.id, Run.attempt)).all()
+        run_ids = [run.id for _cell, run in pairs]
+        finals = s.execute(select(FinalMetric.run_id, FinalMetric.name, FinalMetric.value)
+                           .where(FinalMetric.run_id.in_(run_ids))).all() if run_ids else []
+        times = s.execute(select(Timing.run_id, Timing.name, Timing.value)
+                          .where(Timing.run_id.in_(run_ids))).all() if run_ids else []
+    metric_by_run: dict[int, dict[str, Any]] = {}
+    for run_id, name, value in finals:
+        metric_by_run.setdefault(run_id, {})[name] = value
+    for run_id, name, value in times:
+        metric_by_run.setdefault(run_id, {})[f"time_{name}"] = value
+    rows = []
+    for cell, run in pairs:
+        row: dict[str, Any] = {"study": study_name, "run_id": run.id}
+        row.update({c: getattr(cell, c) for c in CELL_COLUMNS})
+        row.update({f"axis_{k}": v for k, v in (cell.axes or {}).items() if k not in CELL_COLUMNS})
+        row.update({c: getattr(run, c) for c in RUN_COLUMNS})
+        row.update(metric_by_run.get(run.id, {}))
+        rows.append(row)
+    return pd.DataFrame(rows)

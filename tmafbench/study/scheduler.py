@@ -1,0 +1,452 @@
+"""Run a study: create or load it, start workers, claim cells, train, store, show progress.
+
+Scheduling (DESIGN.md section 4):
+- Our tables decide who runs what. A worker claims a cell by inserting its next run row; the
+  unique (cell, attempt) constraint and the partial unique index "one completed run per cell"
+  make a double run or a duplicate completion impossible, even near the end of the grid.
+- Optuna mirrors every run as a trial of an Optuna study of the same name, in the same database,
+  with one categorical parameter "cell" (the config hash). No sampler is consulted, so no
+  GridSampler seed or revisiting issue arises; optuna-dashboard shows the study as it runs.
+- A worker's heartbeat thread touches its run row every `heartbeat_s`; a run whose heartbeat is
+  older than `grace_s` (its worker was SIGKILLed, lost power, ...) is marked "interrupted" by any
+  live worker and its cell is claimed again as the next attempt.
+- `tmafbench study worker NAME --storage URL` on another machine runs `worker_loop`, exactly what
+  each local worker process runs.
+
+This module imports no torch at import time: worker processes (spawn) set CUDA_VISIBLE_DEVICES first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy.exc import OperationalError
+
+from tmafbench.errors import TmafbenchError
+from tmafbench.store.database import Database, is_sqlite, make_engine, add_sqlite_pragmas
+from tmafbench.store.repository import Claim, Counts, Repository
+from tmafbench.study.cells import CellPlan, cells_hash, expand
+from tmafbench.study.spec import StudySpec
+
+TrialFn = Callable[..., Any]
+
+
+class SpecChangedError(TmafbenchError):
+    """The study exists with other cells than the study file now gives."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    heartbeat_s: float = 10.0  # how often a running worker touches its run row
+    grace_s: float = 60.0  # a run without heartbeat for this long is taken as dead
+    poll_s: float = 1.0  # idle wait while other workers finish the last cells
+    max_runs: int | None = None  # stop after this many runs (tests, benchmarks)
+
+
+@dataclass
+class WorkerStats:
+    """What one worker did; the benchmark aggregates these."""
+
+    worker: str = ""
+    runs: int = 0
+    completed: int = 0
+    failed: int = 0
+    interrupted: int = 0
+    stale_marked: int = 0
+    locked_errors: int = 0  # "database is locked" seen (and retried)
+    overhead_s: list[float] = field(default_factory=list)  # per run: loop time minus training time
+    train_s: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    id: int
+    name: str
+    max_retries: int
+    created: bool
+    message: str = ""
+
+
+# --- create or load --------------------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (None outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def optuna_storage(url: str):
+    """Optuna's RDB storage on the same URL; on SQLite with our pragmas (IMMEDIATE writes, WAL)."""
+    import optuna
+
+    if is_sqlite(url):
+        from sqlalchemy.pool import NullPool
+
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool, "connect_args": {"timeout": 60}})
+        add_sqlite_pragmas(storage.engine)
+        storage.engine.dispose()  # connections opened before the listeners existed
+        return storage
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def prepare_study(spec: StudySpec, url: str, *, new_name: str | None = None, force: bool = False,
+                  kind: str = "grid", parent_id: int | None = None) -> StudyInfo:
+    """Create the tables and the study (or load it); refuse a changed design unless `force`."""
+    import optuna
+
+    from tmafbench import __version__
+
+    name = new_name or spec.name
+    cells = expand(spec)
+    design = cells_hash(cells)
+    spec_dict = {**spec.to_dict(), "name": name}
+    reference = spec.reference.model_dump(mode="json") if spec.reference else None
+    db = Database(url)
+    try:
+        db.create_all()  # once, in the parent, before any worker starts
+        repo = Repository(db)
+        existing = repo.get_study(name)
+        if existing is None:
+            study_id = repo.create_study(name=name, description=spec.description, spec=spec_dict, spec_hash=design,
+                                         reference=reference, version=__version__, git_commit=git_commit(),
+                                         cells=cells, kind=kind, parent_id=parent_id)
+            message, created = f"created study {name!r} with {len(cells)} cells", True
+        elif existing.spec_hash != design:
+            if not force:
+                raise SpecChangedError(
+                    f"study {name!r} already exists with other cells ({len(repo.cell_hashes(existing.id))} stored, "
+                    f"{len(cells)} in the file); use --new-name NAME for a separate study, or --force to keep the "
+                    "results of matching cells, drop the others and add the new ones")
+            kept, removed, added = repo.replace_design(existing.id, spec=spec_dict, spec_hash=design,
+                                                       reference=reference, cells=cells)
+            study_id, created = existing.id, False
+            message = f"study {name!r} redesigned: kept {kept} cells, removed {removed}, added {added}"
+        else:
+            study_id, created = existing.id, False
+            message = f"resuming study {name!r} ({len(cells)} cells)"
+        storage = optuna_storage(url)
+        optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="minimize")
+        storage.engine.dispose()
+        return StudyInfo(study_id, name, spec.max_retries, created, message)
+    finally:
+        db.dispose()
+
+
+def delete_study(name: str, url: str) -> None:
+    """Delete our rows of the study (cells, runs, metrics) and its Optuna study."""
+    import optuna
+
+    db = Database(url)
+    try:
+        db.check_schema()
+        repo = Repository(db)
+        repo.require_study(name)
+        repo.delete_study(name)
+        storage = optuna_storage(url)
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except KeyError:  # never reached the Optuna side
+            pass
+        storage.engine.dispose()
+    finally:
+        db.dispose()
+
+
+# --- one cell ---------------------------------------------------------------------------------
+
+
+class Heartbeat:
+    """Touch the run row every `interval_s` seconds from a daemon thread while a trial trains."""
+
+    def __init__(self, repo: Repository, run_id: int, interval_s: float):
+        self.repo, self.run_id, self.interval_s = repo, run_id, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.repo.heartbeat(self.run_id)
+            except OperationalError:  # a busy database delays one beat; the grace period covers it
+                continue
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def default_trial_fn() -> TrialFn:
+    from tmafbench.training import train_trial
+
+    return train_trial
+
+
+def failed_result(config: Any, exc: BaseException, device: str) -> Any:
+    from tmafbench.training.result import TrialResult
+
+    tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return TrialResult(status="failed", metric_name="", metric_direction="minimize", device=device, error=tb)
+
+
+def run_cell(repo: Repository, claim: Claim, *, device: str, heartbeat_s: float, trial_fn: TrialFn | None = None,
+             on_epoch: Callable[[Any], None] | None = None) -> Any:
+    """Train one claimed cell on `device` and store its result; returns the TrialResult.
+
+    The stored config is the cell's; only the device is this worker's. An exception in training
+    is a failed run (retried up to max_retries); Ctrl-C marks the run interrupted and re-raises.
+    Reusable by the tuning phase: the claim may come from any study kind.
+    """
+    from tmafbench.training.config import TrialConfig
+
+    trial_fn = trial_fn or default_trial_fn()
+    config = TrialConfig.from_dict(claim.config)
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training, device=device))
+    try:
+        with Heartbeat(repo, claim.run_id, heartbeat_s):
+            try:
+                result = trial_fn(config, on_epoch=on_epoch)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # a bug or bad data in this cell: a failed attempt, not a dead worker
+                result = failed_result(config, exc, device)
+    except (KeyboardInterrupt, SystemExit):
+        repo.mark_interrupted(claim.run_id, "stopped by the user (Ctrl-C)")
+        raise
+    status = repo.finish_run(claim.run_id, result)
+    if status != result.status:
+        result = dataclasses.replace(result, status=status)
+    return result
+
+
+# --- the worker loop -------------------------------------------------------------------------
+
+
+class OptunaMirror:
+    """Each run as an Optuna trial (param "cell"), so optuna-dashboard can follow the study."""
+
+    def __init__(self, url: str, study_name: str, hashes: list[str]):
+        import optuna
+
+        self.optuna = optuna
+        self.storage = optuna_storage(url)
+        self.study_id = self.storage.get_study_id_from_name(study_name)
+        self.distribution = optuna.distributions.CategoricalDistribution(hashes)
+
+    def start(self, claim: Claim, user_attrs: dict[str, Any]) -> int:
+        """Create the RUNNING trial; returns its number."""
+        from optuna.trial import FrozenTrial, TrialState
+
+        template = FrozenTrial(
+            number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
+            params={"cell": claim.config_hash}, distributions={"cell": self.distribution},
+            user_attrs={"attempt": claim.attempt, **user_attrs}, system_attrs={}, intermediate_values={}, trial_id=0)
+        trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
+        return self.storage.get_trial_number_from_id(trial_id)
+
+    def finish(self, number: int, status: str, value: float | None) -> None:
+        from optuna.trial import TrialState
+
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        self.storage.set_trial_user_attr(trial_id, "status", status)
+        if status == "completed" and value is not None and value == value and abs(value) != float("inf"):
+            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
+        else:
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+    def close(self) -> None:
+        self.storage.engine.dispose()
+
+
+def _is_locked(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def _retry_locked(stats: WorkerStats, fn: Callable[[], Any], attempts: int = 20) -> Any:
+    """Run fn; a "database is locked" error is counted and retried with backoff."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # OperationalError, or Optuna's StorageInternalError wrapping it
+            if not _is_locked(exc) and not _is_locked(exc.__cause__ or exc):
+                raise
+            stats.locked_errors += 1
+            time.sleep(min(2.0, 0.05 * 2**i))
+    raise TmafbenchError("the database stayed locked; use PostgreSQL for this many workers")
+
+
+def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: WorkerOptions = WorkerOptions(),
+                trial_fn: TrialFn | None = None, worker: str | None = None) -> WorkerStats:
+    """Claim and run cells of `study_name` until every cell is final. Returns this worker's stats."""
+    from tmafbench.store.environment import collect
+
+    stats = WorkerStats(worker=worker or f"pid {os.getpid()}")
+    host = socket.gethostname()
+    db = Database(url)
+    try:
+        db.check_schema()
+        repo = Repository(db)
+        study = repo.require_study(study_name)
+        max_retries = int(study.spec.get("max_retries", 2))
+        mirror = OptunaMirror(url, study_name, repo.cell_hashes(study.id))
+        env_id = _retry_locked(stats, lambda: repo.environment_id(collect(device)))
+        trial_fn = trial_fn or default_trial_fn()
+        while options.max_runs is None or stats.runs < options.max_runs:
+            loop_start = time.perf_counter()
+            stats.stale_marked += _retry_locked(stats, lambda: repo.mark_stale_runs(study.id, options.grace_s))
+            claim = _retry_locked(stats, lambda: repo.claim_cell(study.id, max_retries, host=host, worker=stats.worker,
+                                                                 device=device, environment_id=env_id))
+            if claim is None:
+                if _retry_locked(stats, lambda: repo.counts(study.id, max_retries)).done:
+                    break
+                time.sleep(options.poll_s)  # others hold the last cells; take over any that go stale
+                continue
+            number = _retry_locked(stats, lambda: mirror.start(claim, {"host": host, "worker": stats.worker}))
+            _retry_locked(stats, lambda: repo.set_trial_number(claim.run_id, number))
+            train_start = time.perf_counter()
+            result = run_cell(repo, claim, device=device, heartbeat_s=options.heartbeat_s, trial_fn=trial_fn)
+            train_s = time.perf_counter() - train_start
+            _retry_locked(stats, lambda: mirror.finish(number, result.status, result.final_metric))
+            stats.runs += 1
+            stats.completed += result.status in ("completed", "diverged")
+            stats.failed += result.status == "failed"
+            stats.interrupted += result.status == "interrupted"
+            stats.train_s.append(train_s)
+            stats.overhead_s.append(time.perf_counter() - loop_start - train_s)
+        mirror.close()
+    finally:
+        db.dispose()
+    return stats
+
+
+# --- local workers ----------------------------------------------------------------------------
+
+
+def resolve_devices(devices: str, workers: int | None) -> list[str]:
+    """One device per worker: "cpu", "auto" (every visible GPU, else CPU) or "cuda:0,cuda:1"."""
+    devices = devices.strip()
+    if devices == "auto":
+        import torch
+
+        count = torch.cuda.device_count()
+        devices = ",".join(f"cuda:{i}" for i in range(count)) if count else "cpu"
+    if devices == "cpu":
+        n = 1 if workers is None else workers
+        if n < 1:
+            raise ValueError(f"--workers must be >= 1, got {n}")
+        return ["cpu"] * n
+    items = [d.strip() for d in devices.split(",") if d.strip()]
+    for d in items:
+        if not (d.startswith("cuda:") and d[5:].isdigit()):
+            raise ValueError(f"--devices: {d!r} is not cpu, auto or cuda:N")
+    n = len(items) if workers is None else workers
+    if n < 1:
+        raise ValueError(f"--workers must be >= 1, got {n}")
+    return [items[i % len(items)] for i in range(n)]
+
+
+def _worker_process(study_name: str, url: str, device: str, threads: int, options: WorkerOptions, queue: Any) -> None:
+    """Entry point of a local worker process (spawn): pin the GPU or the thread count, then loop."""
+    if device.startswith("cuda:"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]  # before CUDA initialises
+        device = "cuda:0"
+    import torch
+
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        stats = worker_loop(study_name, url, device=device, options=options)
+    except KeyboardInterrupt:
+        stats = WorkerStats(worker=f"pid {os.getpid()}", interrupted=1)
+    queue.put(dataclasses.asdict(stats))
+
+
+@dataclass
+class StudyOutcome:
+    counts: Counts
+    wall_s: float
+    workers: list[WorkerStats]
+    interrupted: bool = False
+
+
+def start_workers(study_name: str, url: str, devices: list[str], options: WorkerOptions) -> tuple[list[Any], Any]:
+    """Start one spawn-context process per device entry; returns (processes, stats queue)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // len(devices))
+    procs = [ctx.Process(target=_worker_process, args=(study_name, url, d, threads, options, queue),
+                         name=f"tmafbench-worker-{i}", daemon=False) for i, d in enumerate(devices)]
+    for p in procs:
+        p.start()
+    return procs, queue
+
+
+def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOptions = WorkerOptions(),
+              progress: Callable[[Counts, float], None] | None = None, poll_s: float = 0.5) -> StudyOutcome:
+    """Run the study to the end with local workers; `progress(counts, eta_s)` is called as it goes."""
+    db = Database(url)
+    repo = Repository(db)
+    start = time.perf_counter()
+    procs, queue = start_workers(info.name, url, devices, options)
+    stats: list[WorkerStats] = []
+    interrupted = False
+    try:
+        while any(p.is_alive() for p in procs):
+            stats += _drain(queue)
+            if progress is not None:
+                counts = repo.counts(info.id, info.max_retries)
+                progress(counts, eta(repo, info.id, counts, len(devices), time.perf_counter() - start))
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        interrupted = True  # the workers got SIGINT too: each marks its run interrupted and exits
+        for p in procs:
+            p.join(timeout=30)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+        stats += _drain(queue)
+        counts = repo.counts(info.id, info.max_retries)
+        db.dispose()
+    return StudyOutcome(counts, time.perf_counter() - start, stats, interrupted)
+
+
+def _drain(queue: Any) -> list[WorkerStats]:
+    out = []
+    while True:
+        try:
+            out.append(WorkerStats(**queue.get_nowait()))
+        except Exception:  # queue.Empty (or closed): nothing more for now
+            return out
+
+
+def eta(repo: Repository, study_id: int, counts: Counts, workers: int, elapsed_s: float) -> float | None:
+    """Seconds left: median run time x cells left / workers (None before the first run ends)."""
+    durations = repo.completed_durations(study_id)
+    if not durations:
+        return None
+    left = counts.pending + counts.running / 2
+    return statistics.median(durations) * left / max(1, workers)

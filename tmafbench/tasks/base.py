@@ -1,0 +1,109 @@
+"""The Task contract: what a trainer needs to know about a data set.
+
+A task owns its data (in-memory tensors), its loss, its metrics and, for 1-D regression, a fixed
+prediction grid for the reports. Tasks never touch models or optimisers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from tmafbench.tasks import metrics as _metrics
+
+Kind = Literal["regression", "classification"]
+
+# Offsets that give each random stream of a task its own generator (train sample, test sample,
+# subsample, augmentation). Fixed numbers, so a seed means the same thing on every machine.
+STREAM_TRAIN, STREAM_TEST, STREAM_SUBSAMPLE = 0, 1, 2
+TEST_SEED = 20_210_920  # the test set is the same for every trial seed: seeds vary training only
+
+
+def rng(seed: int, stream: int) -> torch.Generator:
+    """A CPU generator for one random stream of one seed."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + stream)
+
+
+@dataclass
+class TaskData:
+    """In-memory tensors on the CPU. x may be uint8 images; `Task.prepare` makes model inputs."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def num_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+
+def check_size(name: str, value: int | None, available: int | None = None) -> int | None:
+    """Validate a train_size/test_size parameter (None = everything)."""
+    if value is None:
+        return None
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if available is not None and value > available:
+        raise ValueError(f"{name}={value} is larger than the {available} samples available")
+    return int(value)
+
+
+def subsample(x: torch.Tensor, y: torch.Tensor, size: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic random subset of `size` samples (all when size is None)."""
+    if size is None or size >= x.shape[0]:
+        return x, y
+    index = torch.randperm(x.shape[0], generator=rng(seed, STREAM_SUBSAMPLE))[:size]
+    return x[index], y[index]
+
+
+class Task:
+    """Base class. Subclasses set the class attributes and implement `load`."""
+
+    name: str = ""
+    kind: Kind = "regression"
+    input_shape: tuple[int, ...] = ()
+    output_size: int = 1
+
+    @property
+    def metric_name(self) -> str:
+        """The primary metric: rel_l2 for regression, accuracy for classification."""
+        return "rel_l2" if self.kind == "regression" else "accuracy"
+
+    @property
+    def metric_direction(self) -> Literal["minimize", "maximize"]:
+        return "minimize" if self.kind == "regression" else "maximize"
+
+    def load(self, seed: int) -> TaskData:
+        """The task's data for one trial seed (training sample/subset depends on the seed)."""
+        raise NotImplementedError
+
+    def stage(self, x: torch.Tensor) -> torch.Tensor:
+        """Once per trial, on the device: turn a whole stored set into what batches are cut from.
+
+        Identity by default; MNIST-sized image sets are normalised here once, so no batch pays it.
+        """
+        return x
+
+    def prepare(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Turn a staged batch (on the device) into model inputs. Identity by default."""
+        return x
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """MSE for regression (pred [N, 1], target [N]); cross-entropy for classification."""
+        if self.kind == "regression":
+            return F.mse_loss(pred.reshape(-1), target)
+        return F.cross_entropy(pred, target)
+
+    def metrics(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """Test metrics of predictions on a whole evaluation set."""
+        if self.kind == "regression":
+            return _metrics.regression_metrics(pred, target)
+        return _metrics.classification_metrics(pred, target)
+
+    def prediction_grid(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(x [G, 1], target [G]) on a fixed fine grid for 1-D tasks; None otherwise."""
+        return None
