@@ -100,9 +100,9 @@ SLOW_CELL = """
 name = "killme"
 [defaults]
 task = "sine-sum"
-task_params = { n = 1, train_size = 2048, test_size = 64 }
+task_params = { n = 1, train_size = 1024, test_size = 64 }
 model_params = { depth = 2, width = 32 }
-training = { epochs = 30, batch_size = 16 }
+training = { epochs = 6, batch_size = 16 }
 [axes]
 seeds = 1
 [[axes.activations]]
@@ -121,7 +121,7 @@ def start_worker_and_wait_running(url: str) -> subprocess.Popen:
     while time.time() < deadline:
         runs = runs_by_cell(url)
         if any(status == "running" for r in runs.values() for _a, status in r):
-            time.sleep(0.5)  # let it train for a moment: the kill lands mid-trial
+            time.sleep(0.3)  # let it train for a moment: the kill lands mid-trial
             return proc
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         time.sleep(0.2)

@@ -56,7 +56,7 @@ def initial_values(grid: Grid, init: str, slope: float, rows: int) -> torch.Tens
     z = grid.zero_index()
     if z is None:
         raise ValueError(
-            f"init={init!r} needs 0 as a breakpoint for an exact relu/leaky init, but grid {grid.label} "
+            f"init={init!r}: 0 must be a breakpoint for an exact relu/leaky init, but grid {grid.label} "
             f"has none (use an even number of intervals on a symmetric range, add 0 to breakpoints, "
             f"or use init='identity' or 'random')"
         )

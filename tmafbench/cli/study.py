@@ -84,6 +84,9 @@ def _report(outcome: Any, name: str) -> None:
     c = outcome.counts
     console.print(f"study {name!r}: {c.completed}/{c.total} cells done ({c.diverged} diverged), "
                   f"{c.failed} failed, {c.pending + c.running} left; {outcome.wall_s:.1f} s")
+    crashed = [code for code in outcome.exit_codes if code not in (0, None)]
+    if crashed and not outcome.interrupted:
+        console.print(f"{len(crashed)} worker process(es) exited with an error (codes {crashed}); see the messages above")
     if outcome.interrupted:
         console.print("interrupted: run the same command again to resume")
         raise typer.Exit(130)
@@ -240,6 +243,21 @@ def register(app: Any) -> None:
         from tmafbench.cli.bench import bench_app
     except ImportError:  # the bench commands are optional
         return
-    from tmafbench.study.benchmark import register_bench
+    _register_bench(bench_app)
 
-    register_bench(bench_app)
+
+def _register_bench(bench_app: Any) -> None:
+    """`tmafbench bench scheduler`; the heavy imports happen only when it runs."""
+
+    @bench_app.command("scheduler")
+    def scheduler_cmd(
+        storage: str = typer.Option("sqlite", "--storage", help="'sqlite' (a temporary file) or a PostgreSQL server URL; a fresh database is made and dropped per run."),
+        workers: int = typer.Option(4, "--workers", help="Workers for the throughput run."),
+        trials: int = typer.Option(200, "--trials", help="Near-instant trials for the throughput run."),
+        what: Optional[list[str]] = typer.Option(None, "--run", help="throughput | kill | speedup (repeatable; default all)."),
+    ) -> None:
+        """Scheduler figures: lock errors, duplicates, overhead; SIGKILL recovery; 2-vs-1 worker speed-up."""
+        from tmafbench.study.benchmark import run_benchmarks
+
+        typer.echo(json.dumps(run_benchmarks(storage, workers, trials, what or ["throughput", "kill", "speedup"]),
+                              indent=2, default=str))

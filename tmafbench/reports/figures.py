@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # never a display; reports render headless
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -64,6 +65,11 @@ class FigureContext:
         plt.close(fig)
         return record
 
+    @property
+    def colors(self) -> dict[str, tuple]:
+        """One colour per series, the same in every figure."""
+        return _palette(list(dict.fromkeys(self.data.cells["series"])))
+
     def figsize(self, w: float, h: float) -> tuple[float, float]:
         return (w * self.scale, h * self.scale)
 
@@ -87,7 +93,7 @@ def _facet_values(data: ReportData) -> list:
     """Sweep values to show side by side (all, or an even thinning to MAX_FACETS)."""
     if not data.sweep:
         return [None]
-    values = list(dict.fromkeys(data.cells[data.sweep]))
+    values = list(dict.fromkeys(data.cells["sweep"]))
     if len(values) <= MAX_FACETS:
         return values
     picks = np.linspace(0, len(values) - 1, MAX_FACETS).round().astype(int)
@@ -97,7 +103,7 @@ def _facet_values(data: ReportData) -> list:
 def _in_facet(frame: pd.DataFrame, data: ReportData, value) -> pd.Series:
     if data.sweep is None:
         return pd.Series(True, index=frame.index)
-    return frame[data.sweep].map(lambda v: str(v) == str(value))
+    return frame["sweep"].map(lambda v: str(v) == str(value))
 
 
 def _completed(data: ReportData) -> pd.DataFrame:
@@ -127,11 +133,11 @@ def learning_curves(ctx: FigureContext) -> list[Figure]:
     if not names or done.empty:
         return []
     ep = data.epochs[data.epochs["name"].isin(names)].dropna(subset=["value"])
-    ep = ep.merge(done[["cell_id", "series"] + ([data.sweep] if data.sweep else [])], on="cell_id")
+    ep = ep.merge(done[["cell_id", "series", "sweep"]], on="cell_id")
     if ep.empty:
         return []
     facets = _facet_values(data)
-    colors = _palette(list(dict.fromkeys(done["series"])))
+    colors = ctx.colors
     fig, axes = plt.subplots(len(names), len(facets), figsize=ctx.figsize(4 * len(facets), 3.2 * len(names)),
                              squeeze=False, sharex=True, sharey="row")
     for row, name in enumerate(names):
@@ -159,15 +165,17 @@ def metric_vs_axis(ctx: FigureContext, summary: pd.DataFrame) -> list[Figure]:
     if not data.sweep or summary["n"].sum() == 0:
         return []
     fig, ax = plt.subplots(figsize=ctx.figsize(6.5, 4.2))
-    order = list(dict.fromkeys(summary[data.sweep]))
+    order = list(dict.fromkeys(summary["sweep"]))
     numeric = all(_is_number(v) for v in order)
-    colors = _palette(list(dict.fromkeys(summary["series"])))
+    colors = ctx.colors
     for series, f in summary[summary["n"] > 0].groupby("series", sort=False):
-        x = f[data.sweep].astype(float) if numeric else f[data.sweep].map(lambda v: order.index(v))
+        x = f["sweep"].astype(float) if numeric else f["sweep"].map(lambda v: order.index(v))
         yerr = np.vstack([f["mean"] - f["ci_low"], f["ci_high"] - f["mean"]])
         ax.errorbar(x, f["mean"], yerr=np.nan_to_num(yerr), marker="o", capsize=3, label=series, color=colors[series])
     if not numeric:
         ax.set_xticks(range(len(order)), [str(v) for v in order])
+    elif all(float(v).is_integer() for v in order):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if _use_log(summary["mean"], ctx.direction):
         ax.set_yscale("log")
     ax.set_xlabel(data.sweep)
@@ -187,19 +195,23 @@ def seeds_plot(ctx: FigureContext) -> list[Figure]:
     frame = done.assign(value=done["cell_id"].map(data.finals[ctx.metric])).dropna(subset=["value"])
     if frame.empty:
         return []
-    x, hue = (data.sweep, "series") if data.sweep else ("series", None)
-    frame = frame.assign(**({x: frame[x].map(str)} if data.sweep else {}))
-    width = 1.2 + 0.6 * frame[x].nunique() * (frame["series"].nunique() if hue else 1) ** 0.5
+    x = "sweep" if data.sweep else "series"
+    dodge = bool(data.sweep)  # series side by side within each sweep value
+    frame = frame.assign(sweep=frame["sweep"].map(_axis_text))
+    width = 1.2 + 0.6 * frame[x].nunique() * (frame["series"].nunique() if dodge else 1) ** 0.5
     fig, ax = plt.subplots(figsize=ctx.figsize(min(max(width, 5), 16), 4.2))
-    sns.boxplot(data=frame, x=x, y="value", hue=hue, ax=ax, showfliers=False, fill=False, linewidth=1)
-    sns.stripplot(data=frame, x=x, y="value", hue=hue, ax=ax, dodge=bool(hue), size=3, alpha=0.7, legend=False)
+    common = dict(data=frame, x=x, y="value", hue="series", palette=ctx.colors, dodge=dodge, ax=ax)
+    with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib's deprecated `vert`
+        warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
+        sns.boxplot(**common, showfliers=False, fill=False, linewidth=1, legend=dodge)
+    sns.stripplot(**common, size=3, alpha=0.7, legend=False)
     if _use_log(frame["value"], ctx.direction):
         ax.set_yscale("log")
     ax.set_ylabel(metric_label(ctx.metric, ctx.direction))
-    ax.set_xlabel(x)
+    ax.set_xlabel(data.sweep or "")
     ax.tick_params(axis="x", labelrotation=30 if not data.sweep else 0, labelsize=8)
     ax.set_title(f"Final {ctx.metric}: every seed (points) over box plots")
-    if hue:
+    if dodge:
         ax.legend(fontsize=7, title=None)
     return [ctx.save(fig, "seeds", f"Final {ctx.metric}, every seed")]
 
@@ -224,7 +236,7 @@ def predictions(ctx: FigureContext) -> list[Figure]:
         x, target = np.asarray(ref["x"], float), np.asarray(ref["target"], float)
         lo, hi = _oscillating_window(x, target)
         fig, (full, zoom) = plt.subplots(1, 2, figsize=ctx.figsize(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
-        colors = _palette(list(cells["series"]))
+        colors = ctx.colors
         for ax in (full, zoom):
             ax.plot(x, target, color="black", lw=2.2, label="target")
             for row in cells.itertuples():
@@ -299,8 +311,12 @@ def timing(ctx: FigureContext) -> list[Figure]:
         return []
     order = list(dict.fromkeys(ratios["series"]))
     fig, ax = plt.subplots(figsize=ctx.figsize(6.5, 0.9 + 0.45 * len(order)))
-    sns.boxplot(data=ratios, y="series", x="ratio", order=order, ax=ax, showfliers=False, fill=False, linewidth=1)
-    sns.stripplot(data=ratios, y="series", x="ratio", order=order, ax=ax, size=3, alpha=0.6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
+        sns.boxplot(data=ratios, y="series", x="ratio", order=order, hue="series", palette=ctx.colors, ax=ax,
+                    showfliers=False, fill=False, linewidth=1, legend=False)
+    sns.stripplot(data=ratios, y="series", x="ratio", order=order, hue="series", palette=ctx.colors, ax=ax,
+                  size=3, alpha=0.6, legend=False)
     ax.axvline(1.0, color="black", lw=1, ls="--")
     ax.set_xlabel(f"epoch time / {ctx.baseline} epoch time (same hardware; 1 = as fast)")
     ax.set_ylabel("")
@@ -316,6 +332,10 @@ def _is_number(value) -> bool:
         return value is not None and not isinstance(value, bool)
     except (TypeError, ValueError):
         return False
+
+
+def _axis_text(value) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _slug(value) -> str:

@@ -10,6 +10,7 @@ so failures and missing seeds are counted, never silently dropped.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -69,7 +70,7 @@ class ReportData:
     @property
     def group_axes(self) -> list[str]:
         """Axes that vary within the report and define groups (seed excluded)."""
-        varying = [a for a in self.axes if a != SEED_AXIS and self.cells[a].astype(str).nunique() > 1]
+        varying = [a for a in self.axes if a != SEED_AXIS and self.cells[a].map(str).nunique() > 1]
         if ACTIVATION_AXIS not in varying:
             varying.insert(0, ACTIVATION_AXIS)
         if self.cells["study"].nunique() > 1:
@@ -89,8 +90,22 @@ class ReportData:
             return {wanted[run_id]: data for run_id, data in conn.execute(stmt)}
 
 
+def with_installed_driver(url: str) -> str:
+    """`postgresql://` -> `postgresql+psycopg2://` when only psycopg2 is installed.
+
+    SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3; the project installs psycopg2-binary.
+    """
+    parsed = make_url(url)
+    if parsed.drivername != "postgresql":
+        return url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
+
+
 def open_readonly(url: str) -> Engine:
     """An engine that cannot write: SQLite via `mode=ro`, PostgreSQL via a read-only session."""
+    url = with_installed_driver(url)
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -135,7 +150,9 @@ def _add_series(data: ReportData) -> None:
     cells = data.cells
     cells["group"] = cells["study"] + ":" + cells["group_hash"]
     sweep = sweep_axis(data)
-    shown = [a for a in data.group_axes if a != sweep]
+    # "intervals" is implied by the grid label (as in the study runner's group labels).
+    implied = {"intervals"} if "grid" in data.group_axes else set()
+    shown = [a for a in data.group_axes if a != sweep and a not in implied]
 
     def label(row: pd.Series) -> str:
         parts = []
@@ -148,6 +165,8 @@ def _add_series(data: ReportData) -> None:
         return " ".join(parts) or str(row[ACTIVATION_AXIS])
 
     cells["series"] = cells.apply(label, axis=1) if len(cells) else pd.Series(dtype=object)
+    # The sweep value under a fixed name: an axis called "n" must not clash with a count "n".
+    cells["sweep"] = cells[sweep] if sweep else None
     data.sweep = sweep
 
 
@@ -300,7 +319,11 @@ def _load_epochs(conn, run_ids: list[int], cells: pd.DataFrame) -> pd.DataFrame:
 
 def primary_metric(data: ReportData, override: str | None = None) -> tuple[str, str]:
     """(metric column in `finals`, direction). The runs' own metric, or `val_` when test was skipped."""
-    direction_of = data.cells.dropna(subset=["metric_name"]).groupby("metric_name")["metric_direction"].first()
+    # Failed runs may carry an empty metric name; the completed runs say what the task measures.
+    named = data.cells[data.cells["metric_name"].fillna("").astype(str) != ""]
+    if (named["status"] == "completed").any():
+        named = named[named["status"] == "completed"]
+    direction_of = named.groupby("metric_name")["metric_direction"].first()
     if override:
         base = override.removeprefix("val_")
         direction = direction_of.get(base) or _guess_direction(base)
@@ -311,7 +334,7 @@ def primary_metric(data: ReportData, override: str | None = None) -> tuple[str, 
         return override, direction
     if direction_of.empty:
         raise TmafbenchError("no run has finished yet: nothing to report")
-    name = data.cells["metric_name"].dropna().mode().iloc[0]
+    name = named["metric_name"].mode().iloc[0]
     direction = direction_of[name] or _guess_direction(name)
     if name not in data.finals and f"val_{name}" in data.finals:
         name = f"val_{name}"

@@ -114,7 +114,7 @@ def effect_size_dz(improvements: Sequence[float]) -> float:
 
 
 def _group_columns(data: ReportData) -> list[str]:
-    return ["group", "series"] + ([data.sweep] if data.sweep else [])
+    return ["group", "series"] + (["sweep"] if data.sweep else [])
 
 
 def _metric_values(data: ReportData, metric: str) -> pd.DataFrame:
@@ -130,7 +130,7 @@ def group_summary(data: ReportData, metric: str) -> pd.DataFrame:
     rows = []
     for (group, series, *sweep), cells in data.cells.groupby(_group_columns(data), sort=False, dropna=False):
         stats = describe(values.loc[values["group"] == group, "value"])
-        rows.append({"group": group, "series": series, **({data.sweep: sweep[0]} if data.sweep else {}),
+        rows.append({"group": group, "series": series, **({"sweep": sweep[0]} if data.sweep else {}),
                      "label": cells["label"].iloc[0], "cells": len(cells), **stats,
                      "complete": stats["n"] == len(cells)})
     return pd.DataFrame(rows)
@@ -147,7 +147,15 @@ def failure_counts(data: ReportData) -> pd.DataFrame:
     out.insert(0, "label", first["label"])
     out.insert(1, "cells", counts.sum(axis=1))
     out["retried_attempts"] = data.cells.groupby("group")["failed_attempts"].sum()
-    return out.reset_index()
+    return in_group_order(data, out.reset_index())
+
+
+def in_group_order(data: ReportData, frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted like the groups first appear among the cells (study file order)."""
+    if frame.empty:
+        return frame
+    rank = {g: i for i, g in enumerate(dict.fromkeys(data.cells["group"]))}
+    return frame.sort_values("group", key=lambda col: col.map(rank), kind="stable").reset_index(drop=True)
 
 
 def _scoped_axes(data: ReportData, baseline_cells: pd.DataFrame) -> set[str]:
@@ -163,7 +171,7 @@ def pair_baselines(data: ReportData, baseline: str) -> dict[str, str]:
     key_axes = [a for a in data.group_axes if a not in scoped and a != ACTIVATION_AXIS]
 
     def key(frame: pd.DataFrame) -> pd.Series:
-        return frame[key_axes].astype(str).agg("|".join, axis=1) if key_axes else pd.Series("", index=frame.index)
+        return frame[key_axes].map(str).agg("|".join, axis=1) if key_axes else pd.Series("", index=frame.index)
 
     base_by_key = base.assign(key=key(base)).groupby("key")["group"].unique()
     pairs = {}
@@ -199,7 +207,7 @@ def paired_comparison(data: ReportData, metric: str, direction: str, baseline: s
         test = paired_test(imp)
         rows.append({
             "group": group, "series": first.at[group, "series"],
-            **({data.sweep: first.at[group, data.sweep]} if data.sweep else {}),
+            **({"sweep": first.at[group, "sweep"]} if data.sweep else {}),
             "baseline": first.at[base_group, "label"], "pairs": len(seeds),
             "mean": float(cand[seeds].mean()) if len(seeds) else math.nan,
             "baseline_mean": float(base[seeds].mean()) if len(seeds) else math.nan,
@@ -207,7 +215,7 @@ def paired_comparison(data: ReportData, metric: str, direction: str, baseline: s
             "p_improve": probability_of_improvement(imp), "effect_dz": effect_size_dz(imp),
             "test": test.test, "statistic": test.statistic, "p": test.p,
         })
-    table = pd.DataFrame(rows)
+    table = in_group_order(data, pd.DataFrame(rows))
     if len(table):
         table["p_holm"] = holm(table["p"].to_numpy())
         table["significant"] = table["p_holm"] < 0.05
@@ -229,7 +237,7 @@ def timing_summary(data: ReportData, baseline: str | None) -> pd.DataFrame:
         times = np.concatenate(f["times"].to_list())
         q25, med, q75 = np.percentile(times, [25, 50, 75])
         rows.append({"group": group, "series": f["series"].iloc[0],
-                     **({data.sweep: f[data.sweep].iloc[0]} if data.sweep else {}),
+                     **({"sweep": f["sweep"].iloc[0]} if data.sweep else {}),
                      "hardware": hardware, "runs": len(f), "median_epoch_s": med, "q25_s": q25, "q75_s": q75,
                      "samples_per_s": float(np.nanmedian(f["samples_per_s"])) if f["samples_per_s"].notna().any() else math.nan})
     table = pd.DataFrame(rows)
@@ -301,7 +309,7 @@ def reference_comparison(data: ReportData, fallback_metric: str, direction: str)
             for group, f in cells.groupby("group", sort=False):
                 stats = describe(values.loc[values["group"] == group, "value"])
                 rows.append({"study": study, "source": reference.get("source", ""), "metric": metric,
-                             "series": f["series"].iloc[0], **({data.sweep: f[data.sweep].iloc[0]} if data.sweep else {}),
+                             "series": f["series"].iloc[0], **({"sweep": f["sweep"].iloc[0]} if data.sweep else {}),
                              "where": " ".join(f"{k}={v}" for k, v in where.items()), "reference": float(ref["value"]),
                              **{k: stats[k] for k in ("n", "mean", "ci_low", "ci_high")},
                              **_verdict(float(ref["value"]), stats, direction)})

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 import numpy as np
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from tmafbench.store.schema import (
@@ -43,7 +43,12 @@ def add_study(session: Session, name: str, *, reference: dict | None = None, des
 
 
 def add_environment(session: Session, cpu: str = "Test CPU", gpu: str | None = None, cpu_count: int = 2) -> Environment:
-    env = Environment(env_hash=_hash([cpu, gpu, cpu_count]), hostname="host", platform="linux", python="3.11",
+    """The environment row for this hardware, reused when it exists (environments are deduplicated)."""
+    env_hash = _hash([cpu, gpu, cpu_count])
+    existing = session.scalar(select(Environment).where(Environment.env_hash == env_hash))
+    if existing is not None:
+        return existing
+    env = Environment(env_hash=env_hash, hostname="host", platform="linux", python="3.11",
                       torch="2", cuda=None, cpu=cpu, cpu_count=cpu_count, gpu=gpu, packages={})
     session.add(env)
     session.flush()
@@ -53,7 +58,8 @@ def add_environment(session: Session, cpu: str = "Test CPU", gpu: str | None = N
 def add_cell(session: Session, study: Study, axes: dict[str, Any], *, task: str = "sine-sum", model: str = "mlp") -> Cell:
     """A cell from its axes (activation label and seed included); the group hash ignores the seed."""
     group = {k: v for k, v in axes.items() if k != "seed"}
-    label = " ".join(str(v) if k in ("activation", "grid") else f"{k}={v}" for k, v in group.items() if v is not None)
+    label = " ".join(str(v) if k in ("activation", "grid") else f"{k}={v}"
+                     for k, v in group.items() if v is not None and k not in ("intervals", "task"))
     cell = Cell(study_id=study.id, config_hash=_hash(axes), group_hash=_hash(group), label=label,
                 config={"activation": axes["activation"], "seed": axes["seed"]}, task=task, model=model,
                 activation=axes["activation"], grid=axes.get("grid"), intervals=axes.get("intervals"),

@@ -64,14 +64,14 @@ def summary_table(summary: pd.DataFrame, data: ReportData, metric: str, directio
     sweep = [data.sweep] if data.sweep else []
     shown = pd.DataFrame({
         "group": summary["series"],
-        **{a: summary[a].map(_axis_text) for a in sweep},
-        "n": [_n_cell(n, c) for n, c in zip(summary["n"], summary["cells"])],
+        **{a: summary["sweep"].map(_axis_text) for a in sweep},
+        "runs": [_n_cell(n, c) for n, c in zip(summary["n"], summary["cells"])],
         f"{metric} mean ± sd": [f"{fmt(m)} ± {fmt(s)}" for m, s in zip(summary["mean"], summary["sd"])],
         "95% CI": [f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(summary["ci_low"], summary["ci_high"])],
         "min": summary["min"].map(fmt), "max": summary["max"].map(fmt),
     })
     return Table("final_metric", f"Final {metric} per group ({better(direction)})", summary.drop(columns=["group"]), shown,
-                 f"n = completed runs / cells in the group; {INCOMPLETE_MARK} marks an incomplete group. "
+                 f"runs = completed runs / cells in the group; {INCOMPLETE_MARK} marks an incomplete group. "
                  "CI: two-sided 95%, Student t on the seeds.")
 
 
@@ -82,14 +82,14 @@ def wide_table(summary: pd.DataFrame, data: ReportData, metric: str, direction: 
     text = summary.assign(
         cell=[f"{fmt(m)} ± {fmt(s)}" + ("" if ok else f" {INCOMPLETE_MARK}")
               for m, s, ok in zip(summary["mean"], summary["sd"], summary["complete"])],
-        column=summary[data.sweep].map(lambda v: f"{data.sweep}={_axis_text(v)}"),
+        column=summary["sweep"].map(lambda v: f"{data.sweep}={_axis_text(v)}"),
     )
     order = list(dict.fromkeys(text["column"]))
     shown = text.pivot_table(index="series", columns="column", values="cell", aggfunc="first", sort=False)
     shown = shown.reindex(columns=order).fillna("–").reset_index().rename(columns={"series": "group"})
     shown.columns.name = None
-    raw = summary.pivot_table(index="series", columns=data.sweep, values="mean", aggfunc="first", sort=False).reset_index()
-    raw.columns = [str(c) for c in raw.columns]
+    raw = summary.pivot_table(index="series", columns="sweep", values="mean", aggfunc="first", sort=False).reset_index()
+    raw.columns = [c if c == "series" else f"{data.sweep}={_axis_text(c)}" for c in raw.columns]
     return Table("final_metric_wide", f"Final {metric}, mean ± sd over seeds, by {data.sweep} ({better(direction)})",
                  raw, shown, f"{INCOMPLETE_MARK} marks a group with runs missing or failed.")
 
@@ -97,7 +97,7 @@ def wide_table(summary: pd.DataFrame, data: ReportData, metric: str, direction: 
 def paired_table(paired: pd.DataFrame, data: ReportData, metric: str, direction: str, baseline: str) -> Table:
     sweep = [data.sweep] if data.sweep else []
     shown = pd.DataFrame({
-        "group": paired["series"], **{a: paired[a].map(_axis_text) for a in sweep},
+        "group": paired["series"], **{a: paired["sweep"].map(_axis_text) for a in sweep},
         "pairs": paired["pairs"], "mean": paired["mean"].map(fmt), f"{baseline} mean": paired["baseline_mean"].map(fmt),
         "P(improve)": paired["p_improve"].map(lambda v: fmt(v, 3)), "effect d_z": paired["effect_dz"].map(lambda v: fmt(v, 3)),
         "test": paired["test"], "p": paired["p"].map(fmt_p), "p (Holm)": paired["p_holm"].map(fmt_p),
@@ -113,7 +113,7 @@ def paired_table(paired: pd.DataFrame, data: ReportData, metric: str, direction:
 def timing_table(timing: pd.DataFrame, data: ReportData, baseline: str | None) -> Table:
     sweep = [data.sweep] if data.sweep else []
     shown = pd.DataFrame({
-        "group": timing["series"], **{a: timing[a].map(_axis_text) for a in sweep},
+        "group": timing["series"], **{a: timing["sweep"].map(_axis_text) for a in sweep},
         "hardware": timing["hardware"], "runs": timing["runs"],
         "median epoch (s)": timing["median_epoch_s"].map(fmt),
         "IQR (s)": [f"[{fmt(a)}, {fmt(b)}]" for a, b in zip(timing["q25_s"], timing["q75_s"])],

@@ -28,16 +28,16 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy.exc import OperationalError
 
 from tmafbench.errors import TmafbenchError
-from tmafbench.store.database import Database, is_sqlite, make_engine, add_sqlite_pragmas
+from tmafbench.store.database import Database, add_sqlite_pragmas, is_sqlite
 from tmafbench.store.repository import Claim, Counts, Repository
-from tmafbench.study.cells import CellPlan, cells_hash, expand
+from tmafbench.study.cells import cells_hash, expand
 from tmafbench.study.spec import StudySpec
 
 TrialFn = Callable[..., Any]
@@ -388,6 +388,7 @@ class StudyOutcome:
     wall_s: float
     workers: list[WorkerStats]
     interrupted: bool = False
+    exit_codes: list[int | None] = field(default_factory=list)  # of the worker processes
 
 
 def start_workers(study_name: str, url: str, devices: list[str], options: WorkerOptions) -> tuple[list[Any], Any]:
@@ -431,7 +432,7 @@ def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOpti
         stats += _drain(queue)
         counts = repo.counts(info.id, info.max_retries)
         db.dispose()
-    return StudyOutcome(counts, time.perf_counter() - start, stats, interrupted)
+    return StudyOutcome(counts, time.perf_counter() - start, stats, interrupted, [p.exitcode for p in procs])
 
 
 def _drain(queue: Any) -> list[WorkerStats]:

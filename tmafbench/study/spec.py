@@ -59,7 +59,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tmafbench.cli.common import parse_value
 from tmafbench.errors import SpecError
 
 GRID_KEYS = ("lo", "hi", "intervals", "breakpoints")
@@ -244,6 +243,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         else:
             raise SpecError(f"--set {path}: {'.'.join(keys[:-1])} is not a table")
     return data
+
+
+def parse_value(raw: str) -> Any:
+    """A `--set` value as a TOML value (3, 1e-3, true, [1, 2], "text"); anything else is a plain string."""
+    try:
+        return tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw.strip()
 
 
 def _index(node: list[Any], key: str, path: str) -> int:

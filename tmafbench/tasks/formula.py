@@ -43,7 +43,10 @@ class Formula:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, n] with n >= num_vars -> f(x) [N] (constants broadcast)."""
-        out = self._fn(x)
+        try:
+            out = self._fn(x)
+        except (OverflowError, ZeroDivisionError) as exc:  # only constant sub-expressions raise
+            raise ValueError(f"formula {self.text!r}: {exc}") from None
         if not torch.is_tensor(out):
             out = torch.full((x.shape[0],), float(out), dtype=x.dtype)
         return out.expand(x.shape[0]) if out.dim() == 0 else out

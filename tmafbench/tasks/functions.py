@@ -36,7 +36,8 @@ class FunctionTask(Task):
         lo = torch.tensor([a for a, _ in self.domain], dtype=torch.float64)
         hi = torch.tensor([b for _, b in self.domain], dtype=torch.float64)
         x = lo + (hi - lo) * torch.rand(size, len(self.domain), generator=generator, dtype=torch.float64)
-        return x.float(), self.target(x).float()  # targets computed in float64, then rounded
+        x = x.float()  # round the inputs first, so the target is exact for the x the model sees
+        return x, self.target(x.double()).float()
 
     def load(self, seed: int) -> TaskData:
         x_train, y_train = self.sample(self.train_size, rng(seed, STREAM_TRAIN))
@@ -47,8 +48,8 @@ class FunctionTask(Task):
         if len(self.domain) != 1:
             return None
         lo, hi = self.domain[0]
-        x = torch.linspace(lo, hi, GRID_POINTS, dtype=torch.float64)[:, None]  # [G, 1]
-        return x.float(), self.target(x).float()
+        x = torch.linspace(lo, hi, GRID_POINTS, dtype=torch.float64)[:, None].float()  # [G, 1]
+        return x, self.target(x.double()).float()
 
 
 def _interval(value: Any) -> tuple[float, float]:

@@ -6,13 +6,14 @@ All readers return uint8 tensors `images [N, C, H, W]` and int64 `labels [N]`.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 IDX_NAMES = {
@@ -108,12 +109,14 @@ def read_image_tar(archive: Path, channels: int) -> tuple[Split, Split, list[str
 def _decode(items: list[tuple[bytes, int]], channels: int, where: str) -> Split:
     if not items:
         raise ValueError(f"{where}: no images found")
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    images = [decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode) for data, _ in items]
-    shapes = {tuple(im.shape) for im in images}
+    mode = "L" if channels == 1 else "RGB"
+    images = [np.asarray(Image.open(io.BytesIO(data)).convert(mode)) for data, _ in items]  # [H, W] or [H, W, 3]
+    shapes = {im.shape for im in images}
     if len(shapes) != 1:
         raise ValueError(f"{where}: images have different sizes {sorted(shapes)[:3]}")
-    return torch.stack(images), torch.tensor([label for _, label in items], dtype=torch.int64)
+    stacked = torch.from_numpy(np.stack(images))  # [N, H, W(, C)]
+    stacked = stacked[:, None] if channels == 1 else stacked.permute(0, 3, 1, 2)
+    return stacked.contiguous(), torch.tensor([label for _, label in items], dtype=torch.int64)
 
 
 # --- decoded-tensor cache for archives ------------------------------------------------------

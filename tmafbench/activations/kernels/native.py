@@ -30,8 +30,8 @@ _LIB: ctypes.CDLL | None = None
 _TRIED = False
 
 _P, _L, _I, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
-_FWD_ARGS = [_P, _P, _P, _L, _L, _P, _L, _I, _I, _D, _D, _P, _P, _I, _L, _L, _L, _I]
-_BWD_ARGS = [_P, _P, _P, _P, _L, _L, _P, _L, _I, _I, _D, _D, _P, _P, _I, _L, _L, _L, _L, _P, _P, _L, _D, _I]
+_FWD_ARGS = [_P, _P, _P, _L, _L, _P, _L, _I, _I, _D, _D, _P, _P, _I, _L, _L, _L, _P, _I]
+_BWD_ARGS = [_P, _P, _P, _P, _L, _L, _P, _L, _I, _I, _D, _D, _P, _P, _I, _L, _L, _L, _L, _P, _P, _L, _D, _P, _I]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -49,7 +49,7 @@ def _compile(target: Path) -> None:
         src, out = Path(tmp) / "tmaf.c", Path(tmp) / "tmaf.so"
         src.write_text(SOURCE)
         # No -march=native: the cached object must run on any x86-64/arm64 this cache moves to.
-        cmd = [cc, "-O3", "-fPIC", "-shared", "-fopenmp", "-o", str(out), str(src), "-lm"]
+        cmd = [cc, "-O3", "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp", "-o", str(out), str(src), "-lm"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
@@ -92,12 +92,25 @@ def _rows_shifts(spec: BandSpec) -> tuple[ctypes.Array, ctypes.Array]:
     return (ctypes.c_int * len(spec.rows))(*spec.rows), (ctypes.c_double * len(spec.shifts))(*spec.shifts)
 
 
-def _grid_args(bp64: torch.Tensor, spec: BandSpec) -> list:
-    """(bp, bstride, m, uniform, lo, inv_h) for the C grid_t."""
-    cb, m = bp64.shape
-    lo, h = spec.uniform if spec.uniform is not None and cb == 1 else (0.0, 1.0)
-    uniform = int(spec.uniform is not None and cb == 1)
-    return [bp64.data_ptr(), m if cb > 1 else 0, m, uniform, lo, 1.0 / h]
+def _grid_args(bp: torch.Tensor, spec: BandSpec) -> tuple[torch.Tensor, list]:
+    """Padded double breakpoints [Cb, m+2] (kept alive by the caller) and the C grid arguments."""
+    cb, m = bp.shape
+    bp64 = bp.detach().to(torch.float64)
+    inf = torch.full((cb, 1), float("inf"), dtype=torch.float64, device=bp.device)
+    padded = torch.cat([-inf, bp64, inf], dim=1).contiguous()
+    uniform = spec.uniform is not None and cb == 1
+    lo, h = spec.uniform if uniform else (0.0, 1.0)
+    return padded, [padded.data_ptr(), m + 2 if cb > 1 else 0, m, int(uniform), lo, 1.0 / h]
+
+
+def _thresholds(padded: torch.Tensor, spec: BandSpec, dtype: torch.dtype) -> torch.Tensor:
+    """[D, m+2] shifted breakpoints in the input dtype, rounded down, so that for every value v of
+    that dtype `v <= thr` holds exactly when `v <= s + shift` holds in double (uniform grids only)."""
+    exact = padded[:1] + torch.tensor(spec.shifts, dtype=torch.float64).view(-1, 1)  # [D, m+2]
+    thr = exact.to(dtype)
+    too_high = thr.double() > exact
+    thr[too_high] = torch.nextafter(thr[too_high], torch.full_like(thr[too_high], -float("inf")))
+    return thr.contiguous()
 
 
 class NativeBandedTMAF(torch.autograd.Function):
@@ -111,12 +124,13 @@ class NativeBandedTMAF(torch.autograd.Function):
         n, c, s = x3.shape
         d, cf, k = tables.shape
         tab = tables.detach().contiguous()
-        bp64 = bp.detach().to(torch.float64).contiguous()
+        padded, grid = _grid_args(bp, spec)
+        thr = _thresholds(padded, spec, x3.dtype)
         rows, shifts = _rows_shifts(spec)
         out = torch.empty_like(x3)
         getattr(lib, f"tmaf_forward_{_SUFFIX[x3.dtype]}")(
             x3.data_ptr(), out.data_ptr(), tab.data_ptr(), k if cf > 1 else 0, cf * k,
-            *_grid_args(bp64, spec), shifts, rows, d, n, c, s, torch.get_num_threads(),
+            *grid, shifts, rows, d, n, c, s, thr.data_ptr(), torch.get_num_threads(),
         )
         return out
 
@@ -129,7 +143,8 @@ class NativeBandedTMAF(torch.autograd.Function):
         d, cf, k = tables.shape
         grad = grad.contiguous()
         tab = tables.detach().contiguous()
-        bp64 = bp.detach().to(torch.float64).contiguous()
+        padded, grid = _grid_args(bp, spec)
+        thr = _thresholds(padded, spec, x3.dtype)
         gx = torch.empty_like(x3) if ctx.needs_input_grad[0] else None
         gtab = torch.zeros(tables.shape, dtype=torch.float64)
         want_bp = ctx.needs_input_grad[2] and spec.inv_tau > 0
@@ -137,8 +152,8 @@ class NativeBandedTMAF(torch.autograd.Function):
         rows, shifts = _rows_shifts(spec)
         getattr(lib, f"tmaf_backward_{_SUFFIX[x3.dtype]}")(
             x3.data_ptr(), grad.data_ptr(), gx.data_ptr() if gx is not None else None, tab.data_ptr(),
-            k if cf > 1 else 0, cf * k, *_grid_args(bp64, spec), shifts, rows, d, n, c, s, cf,
+            k if cf > 1 else 0, cf * k, *grid, shifts, rows, d, n, c, s, cf,
             gtab.data_ptr(), gbp.data_ptr() if gbp is not None else None, bp.shape[0],
-            spec.inv_tau, torch.get_num_threads(),
+            spec.inv_tau, thr.data_ptr(), torch.get_num_threads(),
         )
         return gx, gtab.to(tables.dtype), (gbp.to(bp.dtype) if gbp is not None else None), None

@@ -20,7 +20,7 @@ def _bucket(x3: torch.Tensor, bp: torch.Tensor) -> torch.Tensor:
     if bp.shape[0] == 1:
         return torch.bucketize(x3, bp[0], right=False)
     # Per-feature breakpoints [C, m]: searchsorted wants the feature axis first.
-    rows = x3.transpose(0, 1).reshape(c, n * s)
+    rows = x3.transpose(0, 1).reshape(c, n * s).contiguous()
     return torch.searchsorted(bp, rows, right=False).view(c, n, s).transpose(0, 1)
 
 
@@ -60,7 +60,10 @@ class ReferenceBandedTMAF(torch.autograd.Function):
         for d, grid in enumerate(_diag_grids(bp, spec, x3.dtype)):
             alpha = tables[d].reshape(-1)[_flat(_bucket(x3, grid), cf, k)]
             term = _shift_rows(alpha.mul_(x3), spec.rows[d])
-            out = term if out is None else out.add_(term)
+            if out is None:  # main diagonal, like relu: +0 for 0 * (x < 0); a zero x passes as is
+                out = torch.where(x3 == 0, x3, term.add_(0.0))
+            else:
+                out.add_(term)
         return out
 
     @staticmethod

@@ -1,0 +1,75 @@
+"""`tmafbench report build` through typer's CliRunner, on the hand-valued study."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tmafbench.cli import app
+
+# The hand-valued study lives with the report tests; load it by path (tests are not a package).
+_spec = importlib.util.spec_from_file_location(
+    "hand_study", Path(__file__).resolve().parents[1] / "reports" / "hand_study.py"
+)
+hand_study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(hand_study)
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    hand_study.write_hand_study(url)
+    return url
+
+
+@pytest.mark.slow  # renders every figure at full size (~15 s on 2 busy cores)
+def test_build_writes_the_report(db_url, tmp_path):
+    out = tmp_path / "rep"
+    result = runner.invoke(app, ["report", "build", "hand", "--storage", db_url, "--out", str(out),
+                                 "--format", "md,csv"])
+    assert result.exit_code == 0, result.output
+    assert f"to {out}" in result.output and "figures" in result.output
+    assert "note: Incomplete" in result.output
+    assert (out / "index.md").is_file() and (out / "tables" / "paired_vs_baseline.csv").is_file()
+    assert (out / "figures" / "seeds.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "index.html").exists()
+
+
+def test_storage_from_environment_and_default_folder(db_url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMAFBENCH_STORAGE", db_url)
+    result = runner.invoke(app, ["report", "build", "hand", "--format", "csv", "--baseline", "gelu"])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    paired = pd.read_csv(tmp_path / "reports" / "hand" / "tables" / "paired_vs_baseline.csv")
+    # gelu only ran n=1: relu n=1 and tmaf n=1 pair with it; the n=2 groups have no baseline
+    assert list(paired["series"]) == ["relu", "tmaf [-5,5]/10"]
+    assert set(paired["baseline"]) == {"gelu depth=1 width=20 n=1"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope"], "error: unknown study nope; studies in this database: hand"),
+        (["hand", "--baseline", "swish"], "error: baseline 'swish' is not in the study"),
+        (["hand", "--format", "docx"], "error: unknown format docx"),
+        (["hand", "--metric", "bleu"], "error: metric 'bleu' not in the results"),
+    ],
+)
+def test_user_errors_are_one_line(db_url, tmp_path, args, message):
+    result = runner.invoke(app, ["report", "build", *args, "--storage", db_url, "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_database_is_one_line(tmp_path):
+    result = runner.invoke(app, ["report", "build", "hand", "--storage", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert result.exit_code == 2 and "error: no results database at" in result.output
+    assert not (tmp_path / "none.db").exists()  # reading never creates the file

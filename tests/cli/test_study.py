@@ -1,0 +1,94 @@
+"""`tmafbench study ...` through typer's CliRunner on real SQLite files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tmafbench.cli import app
+
+TINY = """
+name = "cli"
+[defaults]
+task = "sine-sum"
+task_params = { n = 1, train_size = 64, test_size = 64 }
+model_params = { depth = 1, width = 8 }
+training = { epochs = 1, batch_size = 32 }
+[axes]
+seeds = 2
+[[axes.activations]]
+name = "relu"
+"""
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cli.toml"
+    path.write_text(TINY)
+    return path
+
+
+def invoke(*args: str, input: str | None = None):
+    return runner.invoke(app, list(args), input=input)
+
+
+def test_cells_and_dry_run_write_nothing(spec_file, tmp_path):
+    db = tmp_path / "r.db"
+    for cmd in (["study", "cells", str(spec_file)], ["study", "run", str(spec_file), "--dry-run",
+                                                      "--storage", f"sqlite:///{db}"]):
+        result = invoke(*cmd, "--set", "axes.seeds=3")
+        assert result.exit_code == 0, result.output
+        assert "3 cells" in result.output and "relu" in result.output
+    assert not db.exists()
+
+
+def test_bad_spec_exits_2_and_leaves_no_database(spec_file, tmp_path):
+    db = tmp_path / "r.db"
+    spec_file.write_text(TINY.replace('name = "relu"', 'name = "relu"\ncolour = "red"'))
+    result = invoke("study", "run", str(spec_file), "--storage", f"sqlite:///{db}")
+    assert result.exit_code == 2
+    assert "error:" in result.output and "axes.activations[0].colour: unknown key" in result.output
+    assert f"{spec_file}:12:" in result.output  # the line of `colour`
+    assert not db.exists()
+    result = invoke("study", "run", str(spec_file), "--set", "nokey", "--storage", f"sqlite:///{db}")
+    assert result.exit_code == 2 and "--set expects key.path=value" in result.output
+
+
+@pytest.mark.slow
+def test_run_list_status_show_delete(spec_file, tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    monkeypatch.setenv("TMAFBENCH_STORAGE", url)  # every command reads it
+    result = invoke("study", "run", str(spec_file), "--workers", "1", "--devices", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "2/2 cells done" in result.output
+    status = json.loads(invoke("study", "status", "cli", "--json").output)
+    assert status == {"study": "cli", "total": 2, "done": 2, "diverged": 0, "running": 0, "failed": 0,
+                      "pending": 0, "finished": True}
+    assert "cli" in invoke("study", "list").output
+    shown = invoke("study", "show", "cli").output
+    assert "relu depth=1 width=8" in shown and "rel_l2" in shown
+    # a changed design is refused with the two ways out
+    result = invoke("study", "run", str(spec_file), "--set", "axes.seeds=3", "--devices", "cpu")
+    assert result.exit_code == 2 and "--new-name" in result.output and "--force" in result.output
+    # delete asks first
+    assert invoke("study", "delete", "cli", input="n\n").exit_code == 1
+    result = invoke("study", "delete", "cli", "--yes")
+    assert result.exit_code == 0, result.output
+    result = invoke("study", "status", "cli")
+    assert result.exit_code == 2 and "no study 'cli'" in result.output
+    import optuna
+
+    assert "cli" not in [s.study_name for s in optuna.get_all_study_summaries(url)]
+
+
+def test_unknown_study_and_missing_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    result = invoke("study", "status", "nope", "--storage", url)
+    assert result.exit_code == 2 and "no tmafbench results" in result.output
+    result = invoke("study", "worker", "nope", "--storage", url)
+    assert result.exit_code == 2 and "no tmafbench results" in result.output

@@ -1,0 +1,167 @@
+"""Rendering a report folder: files, valid images, self-contained HTML, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from hand_study import write_hand_study
+from tmafbench.errors import TmafbenchError
+from tmafbench.reports.render import build_report, parse_formats
+from tmafbench.reports.synthetic import add_cell, add_run, add_study
+from tmafbench.store.schema import Base
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HAND_FIGURES = {"metric_vs_axis", "seeds", "learning_curves", "predictions_n-1", "predictions_n-2",
+                "learned_activations", "timing"}
+HAND_TABLES = {"final_metric_wide", "final_metric", "paired_vs_baseline", "timing", "reference", "failures"}
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _db_path(url: str) -> str:
+    return url.removeprefix("sqlite:///")
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    """The hand study rendered once in every format (shared by the tests below)."""
+    folder = tmp_path_factory.mktemp("full")
+    url = f"sqlite:///{folder / 'results.db'}"
+    write_hand_study(url)
+    before = _sha(_db_path(url))
+    report = build_report(url, ["hand"], out=folder / "report", formats=parse_formats("md,html,tex,csv,png,svg"),
+                          figure_scale=0.6)
+    return report, url, before
+
+
+@pytest.mark.slow  # shares one full render (~10 s on 2 busy cores)
+def test_every_file_is_written_and_valid(full_report):
+    report, _, _ = full_report
+    assert {f.name for f in report.figures} == HAND_FIGURES
+    for fig in report.figures:
+        assert set(fig.paths) == {"png", "svg"}
+        assert fig.paths["png"].read_bytes()[:8] == PNG_MAGIC
+        root = ET.parse(fig.paths["svg"]).getroot()
+        assert root.tag.endswith("svg")
+    tables = report.folder / "tables"
+    assert {p.stem for p in tables.glob("*.csv")} == HAND_TABLES
+    assert {p.stem for p in tables.glob("*.tex")} == HAND_TABLES
+    assert "\\begin{tabular}" in (tables / "final_metric.tex").read_text()
+    assert all(p.exists() for p in report.files)
+
+
+@pytest.mark.slow  # shares one full render (~10 s on 2 busy cores)
+def test_database_is_not_modified(full_report):
+    _, url, before = full_report
+    assert _sha(_db_path(url)) == before
+
+
+@pytest.mark.slow  # shares one full render (~10 s on 2 busy cores)
+def test_html_is_self_contained(full_report):
+    report, _, _ = full_report
+    html = (report.folder / "index.html").read_text()
+    assert "http://" not in html and "https://" not in html
+    assert html.count('src="data:image/png;base64,') == len(report.figures)
+    assert "<link" not in html and "<script" not in html
+
+
+@pytest.mark.slow  # shares one full render (~10 s on 2 busy cores)
+def test_markdown_marks_incomplete_groups_and_links_figures(full_report):
+    report, _, _ = full_report
+    md = (report.folder / "index.md").read_text()
+    assert "Incomplete: 2 of 30 cells" in md and "1 diverged" in md and "1 running" in md
+    assert "4/6 †" in md  # tmaf n=2: 4 of 6 runs completed
+    assert "lower is better" in md
+    assert "consistent (reference inside CI)" in md and "measured lower: better than reference" in md
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (report.folder / link).is_file()
+    # the wide, paper-like table: rows activations, columns n
+    assert "| group | n=1 | n=2 |" in md
+
+
+def test_figures_only_when_data_exists(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:  # final metrics only: no epochs, timings or artifacts
+        study = add_study(session, "bare")
+        for act, values in (("relu", [0.9, 0.91]), ("tmaf", [0.93, 0.92])):
+            for seed, v in enumerate(values):
+                cell = add_cell(session, study, {"activation": act, "seed": seed}, task="mnist")
+                add_run(session, cell, metric=("accuracy", "maximize"), finals={"accuracy": v})
+        session.commit()
+    engine.dispose()
+    report = build_report(url, ["bare"], out=tmp_path / "out", formats=parse_formats("md,csv"), figure_scale=0.5)
+    assert [f.name for f in report.figures] == ["seeds"]
+    md = (tmp_path / "out" / "index.md").read_text()
+    assert "higher is better" in md and "paired t" in md
+    assert not (tmp_path / "out" / "index.html").exists()
+
+
+def test_several_studies_in_one_report(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    write_hand_study(url, "hand")
+    write_hand_study(url, "hand2")
+    report = build_report(url, ["hand", "hand2"], out=tmp_path / "out", formats=("csv",))
+    summary = next(t for t in report.tables if t.name == "final_metric").raw
+    assert len(summary) == 10 and summary["series"].str.startswith("hand2 ").sum() == 5
+    assert report.figures == []  # no image format asked for
+
+
+def test_errors_are_clear(tmp_path, hand_db):
+    with pytest.raises(TmafbenchError, match="no results database"):
+        build_report(f"sqlite:///{tmp_path / 'missing.db'}", ["hand"])
+    with pytest.raises(TmafbenchError, match="unknown study nope; studies in this database: hand"):
+        build_report(hand_db, ["nope"], out=tmp_path / "x")
+    with pytest.raises(TmafbenchError, match="baseline 'swish' is not in the study"):
+        build_report(hand_db, ["hand"], out=tmp_path / "x", baseline="swish", formats=("csv",))
+    with pytest.raises(ValueError, match="unknown format docx"):
+        parse_formats("md,docx")
+    engine = create_engine(hand_db)
+    with Session(engine) as session:
+        add_study(session, "empty")
+        pending = add_study(session, "pending")
+        add_cell(session, pending, {"activation": "relu", "seed": 0})
+        session.commit()
+    engine.dispose()
+    with pytest.raises(TmafbenchError, match="study empty has no cells yet"):
+        build_report(hand_db, ["empty"], out=tmp_path / "x")
+    with pytest.raises(TmafbenchError, match="no run has finished yet"):
+        build_report(hand_db, ["pending"], out=tmp_path / "x")
+
+
+def test_md_and_html_imply_png():
+    assert parse_formats("md") == ("md", "png")
+    assert parse_formats("csv,tex") == ("csv", "tex")
+
+
+@pytest.mark.postgres
+def test_report_from_postgres(postgres_url, tmp_path):
+    import uuid
+
+    from sqlalchemy import delete
+
+    from tmafbench.reports.frames import with_installed_driver
+    from tmafbench.store.schema import Study
+
+    name = f"hand-{uuid.uuid4().hex[:8]}"
+    write_hand_study(postgres_url, name)
+    try:
+        report = build_report(postgres_url, [name], out=tmp_path / "pg", formats=("md", "csv"))
+        paired = next(t for t in report.tables if t.name == "paired_vs_baseline").raw
+        assert len(paired) == 3 and (report.folder / "index.md").is_file()
+    finally:
+        engine = create_engine(with_installed_driver(postgres_url))
+        with Session(engine) as session:
+            session.execute(delete(Study).where(Study.name == name))
+            session.commit()
+        engine.dispose()

@@ -1,0 +1,173 @@
+"""Statistics against hand-computed values on the study of hand_study.py."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from hand_study import VALUES
+from tmafbench.reports import frames, stats
+
+
+@pytest.fixture
+def data(hand_db):
+    engine = frames.open_readonly(hand_db)
+    yield frames.load(engine, ["hand"])
+    engine.dispose()
+
+
+def _row(frame, series, n):
+    hit = frame[(frame["series"] == series) & (frame["sweep"] == n)]
+    assert len(hit) == 1, (series, n, frame)
+    return hit.iloc[0]
+
+
+def test_holm_matches_hand_values():
+    # m = 4; sorted p: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # NaN is skipped and does not count in m; results are capped at 1
+    adjusted = stats.holm([0.5, float("nan"), 0.6])
+    assert adjusted[0] == pytest.approx(1.0) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(1.0)
+
+
+def test_describe_matches_hand_values():
+    x = [1.0, 2.0, 4.0]
+    out = stats.describe(x + [float("nan")])
+    mean, sd = 7 / 3, statistics.stdev(x)
+    half = sps.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert out["n"] == 3 and out["mean"] == pytest.approx(mean) and out["sd"] == pytest.approx(sd)
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx((mean - half, mean + half))
+    assert (out["min"], out["max"]) == (1.0, 4.0)
+    single = stats.describe([3.0])
+    assert single["n"] == 1 and single["mean"] == 3.0 and math.isnan(single["sd"]) and math.isnan(single["ci_low"])
+
+
+def test_paired_test_choice():
+    assert stats.paired_test([0.1]).test == "n<2"
+    same = stats.paired_test([0.0, 0.0, 0.0])
+    assert same.test == "identical" and same.p == 1.0
+    few = stats.paired_test([0.1, 0.2, -0.05])
+    assert few.test == "paired t" and few.p == pytest.approx(sps.ttest_1samp([0.1, 0.2, -0.05], 0).pvalue)
+    many = [0.1, 0.2, -0.05, 0.3, 0.15, 0.25, 0.05]
+    assert stats.paired_test(many).p == pytest.approx(sps.wilcoxon(many).pvalue)
+    assert stats.probability_of_improvement([1, -1, 0, 2]) == pytest.approx(2.5 / 4)
+
+
+def test_group_summary(data):
+    metric, direction = frames.primary_metric(data)
+    assert (metric, direction) == ("rel_l2", "minimize")
+    summary = stats.group_summary(data, metric)
+    assert len(summary) == 5
+    relu = _row(summary, "relu", 1)
+    x = VALUES[("relu", 1)]
+    half = sps.t.ppf(0.975, 5) * statistics.stdev(x) / math.sqrt(6)
+    assert relu["n"] == 6 and relu["cells"] == 6 and relu["complete"]
+    assert relu["mean"] == pytest.approx(statistics.mean(x)) and relu["sd"] == pytest.approx(statistics.stdev(x))
+    assert (relu["ci_low"], relu["ci_high"]) == pytest.approx((statistics.mean(x) - half, statistics.mean(x) + half))
+    assert (relu["min"], relu["max"]) == (0.09, 0.13)
+    tmaf2 = _row(summary, "tmaf [-5,5]/10", 2)  # seed 4 diverged, seed 5 failed then running
+    assert tmaf2["n"] == 4 and tmaf2["cells"] == 6 and not tmaf2["complete"]
+    assert tmaf2["mean"] == pytest.approx(statistics.mean(VALUES[("tmaf", 2)]))
+
+
+def test_paired_comparison_and_holm(data):
+    paired = stats.paired_comparison(data, "rel_l2", "minimize", "relu")
+    assert list(paired["series"]) == ["tmaf [-5,5]/10", "gelu", "tmaf [-5,5]/10"]  # study order
+    t1, g1, t2 = (_row(paired, "tmaf [-5,5]/10", 1), _row(paired, "gelu", 1), _row(paired, "tmaf [-5,5]/10", 2))
+
+    # tmaf n=1: 6 pairs -> Wilcoxon on baseline - candidate (positive = tmaf better)
+    d1 = np.array(VALUES[("relu", 1)]) - np.array(VALUES[("tmaf", 1)])
+    assert t1["pairs"] == 6 and t1["test"] == "wilcoxon"
+    assert t1["p"] == pytest.approx(sps.wilcoxon(d1).pvalue)
+    assert t1["p_improve"] == pytest.approx(5 / 6)  # only seed 2 (0.12 vs 0.11) is worse
+    assert t1["effect_dz"] == pytest.approx(d1.mean() / d1.std(ddof=1))
+
+    # tmaf n=2: seeds 0..3 only -> paired t
+    d2 = np.array(VALUES[("relu", 2)][:4]) - np.array(VALUES[("tmaf", 2)])
+    assert t2["pairs"] == 4 and t2["test"] == "paired t"
+    assert t2["p"] == pytest.approx(sps.ttest_rel(VALUES[("relu", 2)][:4], VALUES[("tmaf", 2)]).pvalue)
+    assert t2["p_improve"] == pytest.approx(3 / 4)
+
+    # gelu equals relu on every seed
+    assert g1["test"] == "identical" and g1["p"] == 1.0 and g1["p_improve"] == 0.5
+
+    # Holm by hand over the three p-values
+    p = {"t1": t1["p"], "t2": t2["p"], "g1": 1.0}
+    order = sorted(p, key=p.get)
+    expected, running = {}, 0.0
+    for rank, key in enumerate(order):
+        running = max(running, min(1.0, (3 - rank) * p[key]))
+        expected[key] = running
+    assert t1["p_holm"] == pytest.approx(expected["t1"])
+    assert t2["p_holm"] == pytest.approx(expected["t2"])
+    assert g1["p_holm"] == pytest.approx(expected["g1"])
+
+
+def test_pairing_ignores_activation_only_axes(data):
+    pairs = stats.pair_baselines(data, "relu")
+    cells = data.cells.drop_duplicates("group").set_index("group")
+    assert len(pairs) == 3
+    for cand, base in pairs.items():
+        assert cells.at[base, "activation"] == "relu"
+        assert cells.at[cand, "n"] == cells.at[base, "n"]
+
+
+def test_timing_ratio_and_hardware(data):
+    timing = stats.timing_summary(data, "relu")
+    relu1, tmaf1, gelu1 = (_row(timing, "relu", 1), _row(timing, "tmaf [-5,5]/10", 1), _row(timing, "gelu", 1))
+    assert relu1["median_epoch_s"] == pytest.approx(0.11)
+    # pooled 18 epochs, six each of 0.10/0.11/0.12: q25 at rank 4.25 -> 0.10, q75 at rank 12.75 -> 0.12
+    assert (relu1["q25_s"], relu1["q75_s"]) == pytest.approx((0.10, 0.12))
+    assert tmaf1["ratio_to_baseline"] == pytest.approx(3.0)
+    assert gelu1["ratio_to_baseline"] == pytest.approx(2.0)
+    assert relu1["samples_per_s"] == pytest.approx(1000 / 0.11)
+    assert relu1["hardware"] == "Test CPU (cpu, 2 cores)"
+    ratios = stats.run_timing_ratios(data, "relu")
+    assert ratios.loc[ratios["series"] == "tmaf [-5,5]/10", "ratio"].to_numpy() == pytest.approx(3.0)
+
+
+def test_failures_counted_per_group(data):
+    failures = stats.failure_counts(data).set_index("label")
+    row = failures.loc["tmaf [-5,5]/10 depth=1 width=20 n=2"]
+    assert (row["cells"], row["completed"], row["diverged"], row["running"], row["failed"]) == (6, 4, 1, 1, 0)
+    assert row["retried_attempts"] == 1
+    assert failures["cells"].sum() == 30
+
+
+def test_reference_comparison(data):
+    ref = stats.reference_comparison(data, "rel_l2", "minimize").set_index("series")
+    relu = ref.loc["relu"]
+    assert relu["reference"] == 0.2 and relu["inside_ci"] is False or relu["inside_ci"] == False  # noqa: E712
+    assert relu["verdict"] == "measured lower: better than reference"
+    tmaf = ref.loc["tmaf [-5,5]/10"]
+    assert tmaf["inside_ci"] == True  # noqa: E712  (0.095 vs mean 0.0958)
+    assert tmaf["mean"] == pytest.approx(statistics.mean(VALUES[("tmaf", 1)]))
+
+
+def test_outcome_prefers_completed_attempt(tmp_path):
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from tmafbench.reports.synthetic import add_cell, add_run, add_study
+    from tmafbench.store.schema import Base
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        study = add_study(session, "s")
+        cell = add_cell(session, study, {"activation": "relu", "seed": 0})
+        add_run(session, cell, status="failed", metric=("", "minimize"))
+        add_run(session, cell, status="completed", attempt=2, finals={"rel_l2": 0.5})
+        session.commit()
+    engine.dispose()
+    data = frames.load(frames.open_readonly(url), ["s"])
+    row = data.cells.iloc[0]
+    assert row["status"] == "completed" and row["attempts"] == 2 and row["failed_attempts"] == 1
+    assert frames.primary_metric(data) == ("rel_l2", "minimize")
+    assert data.finals.loc[row["cell_id"], "rel_l2"] == 0.5

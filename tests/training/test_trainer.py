@@ -1,0 +1,199 @@
+"""train_trial end to end on generated function data (and one real MNIST epoch when present)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tmafbench import activations
+from tmafbench.training import TrainingConfig, TrialConfig, seed_everything, train_trial
+from tmafbench.training.optim import build_optimizer, split_parameters
+from tmafbench.training.schedules import build_scheduler
+
+HAS_TMAF = "tmaf" in activations.available()
+
+
+def config(task="sine-sum", activation="relu", seed=0, task_params=None, model_params=None, act_params=None, **training):
+    training = {"epochs": 2, "batch_size": 64, "device": "cpu", "lr": 1e-2, **training}
+    return TrialConfig(task=task, model="mlp", activation=activation, seed=seed,
+                       task_params=task_params or {"n": 1, "train_size": 256, "test_size": 128},
+                       model_params=model_params or {"depth": 1, "width": 16}, act_params=act_params or {},
+                       training=TrainingConfig(**training))
+
+
+@pytest.mark.parametrize("task, params", [
+    ("sine-sum", {"n": 2, "train_size": 256, "test_size": 64}),
+    ("oscillatory", {"train_size": 256, "test_size": 64}),
+    ("expression", {"formula": "exp(sin(pi*x1) + x2**2)", "domain": [[-1, 1], [0, 1]], "train_size": 256,
+                    "test_size": 64}),
+])
+def test_a_few_steps_per_function_task(task, params):
+    result = train_trial(config(task, task_params=params))
+    assert result.status == "completed" and len(result.epochs) == 2
+    assert result.metric_name == "rel_l2" and result.metric_direction == "minimize"
+    record = result.epochs[-1]
+    assert set(record.metrics) == {"rel_l2", "mse", "max_abs"}
+    assert record.epoch_time_s > 0 and record.eval_time_s > 0 and record.samples_per_s > 0
+    assert result.total_train_time_s == pytest.approx(sum(e.epoch_time_s for e in result.epochs))
+    assert result.final_metrics["train_loss"] == record.train_loss
+    assert result.num_params == (params.get("n", 1) if task == "sine-sum" else len(params.get("domain", [0]))
+                                 if task == "expression" else 1) * 16 + 16 + 16 + 1
+
+
+def test_training_reduces_the_error():
+    result = train_trial(config(epochs=30, batch_size=None, lr=0.02, model_params={"depth": 1, "width": 32}))
+    assert result.epochs[-1].train_loss < 0.5 * result.epochs[0].train_loss
+
+
+@pytest.mark.parametrize("activation", ["relu"] + (["tmaf"] if HAS_TMAF else []))
+def test_same_seed_is_bit_identical(activation):
+    a = train_trial(config(activation=activation, seed=3))
+    b = train_trial(config(activation=activation, seed=3))
+    c = train_trial(config(activation=activation, seed=4))
+    assert a.final_metrics == b.final_metrics
+    assert [e.train_loss for e in a.epochs] == [e.train_loss for e in b.epochs]
+    assert a.artifacts == b.artifacts
+    assert a.final_metrics != c.final_metrics
+
+
+def test_huge_lr_diverges_as_a_result():
+    result = train_trial(config(lr=1e12, optimizer="sgd", epochs=5, model_params={"depth": 3, "width": 16}))
+    assert result.status == "diverged"
+    assert not math.isfinite(result.final_metrics["train_loss"])
+    assert "became" in result.error and len(result.epochs) < 5
+    assert result.artifacts == {}
+
+
+def test_bad_config_raises_before_training():
+    calls = []
+    with pytest.raises(ValueError, match="choose one of"):
+        train_trial(config(activation="nope"), on_epoch=calls.append)
+    with pytest.raises(ValueError, match="takes no parameter"):
+        train_trial(config(model_params={"depht": 1}), on_epoch=calls.append)
+    with pytest.raises(ValueError, match="CUDA is not available") if not torch.cuda.is_available() else pytest.raises(ValueError):
+        train_trial(config(device="cuda" if not torch.cuda.is_available() else "tpu"))
+    assert calls == []
+
+
+def test_on_epoch_is_called_and_its_exception_propagates():
+    seen = []
+    train_trial(config(epochs=3), on_epoch=seen.append)
+    assert [r.epoch for r in seen] == [1, 2, 3]
+
+    class Pruned(Exception):
+        pass
+
+    def prune(record):
+        raise Pruned()
+
+    with pytest.raises(Pruned):
+        train_trial(config(), on_epoch=prune)
+
+
+def test_validation_split_and_no_test():
+    result = train_trial(config(val_fraction=0.25, evaluate_test=False))
+    assert set(result.final_metrics) == {"val_rel_l2", "val_mse", "val_max_abs", "train_loss"}
+    assert result.epochs[0].samples_per_s > 0
+    both = train_trial(config(val_fraction=0.25))
+    assert {"rel_l2", "val_rel_l2"} <= set(both.final_metrics)
+
+
+def test_predictions_artifact_on_the_fixed_grid():
+    result = train_trial(config("oscillatory", task_params={"train_size": 128, "test_size": 64}))
+    pred = result.artifacts["predictions"]
+    assert len(pred["x"]) == len(pred["target"]) == len(pred["prediction"]) == 4001
+    assert "activation_params" not in result.artifacts  # relu has none
+    json.dumps(result.to_dict())
+    off = train_trial(config("oscillatory", task_params={"train_size": 128, "test_size": 64}, keep_predictions=False))
+    assert "predictions" not in off.artifacts
+
+
+@pytest.mark.skipif(not HAS_TMAF, reason="tmaf not registered yet")
+def test_tmaf_trains_and_keeps_its_parameters_and_curves():
+    result = train_trial(config(activation="tmaf", act_params={"intervals": 10}, act_lr=0.05,
+                                model_params={"depth": 2, "width": 12}))
+    assert result.status == "completed" and result.num_act_params > 0
+    params = result.artifacts["activation_params"]
+    assert set(params) == {"body.1", "body.3"}
+    curves = result.artifacts["activation_curves"]
+    assert len(curves["s"]) == 241 and curves["s"][0] == -6.0
+    assert len(curves["modules"]["body.1"]) == 8 and len(curves["modules"]["body.1"][0]) == 241
+
+
+@pytest.mark.skipif(not HAS_TMAF, reason="tmaf not registered yet")
+def test_activation_parameters_get_their_own_group():
+    from tmafbench import models, tasks
+
+    model = models.create("mlp", activation=activations.factory("tmaf"), task=tasks.create("sine-sum"), width=8)
+    weights, act = split_parameters(model)
+    assert act and len(weights) == 4
+    opt = build_optimizer(model, TrainingConfig(lr=0.1, act_lr=0.5, weight_decay=1e-4, act_weight_decay=0.0,
+                                                optimizer="sgd"))
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.1, 1e-4), (0.5, 0.0)]
+
+
+def _lrs(name, steps=10):
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = build_scheduler(opt, name, steps)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_schedules():
+    assert _lrs("constant") == [1.0] * 10
+    assert _lrs("step-half") == pytest.approx([1.0] * 5 + [0.1] * 5)
+    cosine = _lrs("cosine")
+    assert cosine[0] == 1.0 and all(a > b for a, b in zip(cosine, cosine[1:])) and cosine[-1] < 0.05
+    onecycle = _lrs("onecycle")
+    assert max(onecycle) == pytest.approx(1.0, rel=0.05) and onecycle[0] < 0.1 and onecycle[-1] < 0.1
+    with pytest.raises(ValueError, match="unknown schedule"):
+        _lrs("linear")
+
+
+def test_step_half_over_a_trial():
+    result = train_trial(config(epochs=4, schedule="step-half", batch_size=None))
+    assert [e.lr for e in result.epochs] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])
+
+
+def test_seed_everything_fixes_weights_and_order():
+    g1 = seed_everything(5)
+    w1 = torch.nn.Linear(3, 3).weight.clone()
+    p1 = torch.randperm(10, generator=g1)
+    g2 = seed_everything(5)
+    assert torch.equal(torch.nn.Linear(3, 3).weight, w1) and torch.equal(torch.randperm(10, generator=g2), p1)
+
+
+def test_grad_clip_and_init_scale_run():
+    result = train_trial(config(grad_clip=0.1, init_scale=0.5, optimizer="adamw", schedule="cosine"))
+    assert result.status == "completed"
+
+
+@pytest.mark.data
+def test_real_mnist_one_epoch_784_10_10_relu(real_data_dir):
+    cfg = TrialConfig(task="mnist", model="mlp", activation="relu", seed=0,
+                      task_params={"data_dir": str(real_data_dir), "download": False},
+                      model_params={"depth": 1, "width": 10},
+                      training=TrainingConfig(epochs=1, batch_size=64, lr=1e-3, device="cpu"))
+    result = train_trial(cfg)
+    assert result.final_metrics["accuracy"] > 0.85
+    assert result.num_params == 7960
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("activation", ["relu"] + (["tmaf"] if HAS_TMAF else []))
+def test_cuda_run_matches_cpu_closely(activation):
+    cpu = train_trial(config(activation=activation, epochs=1))
+    gpu = train_trial(config(activation=activation, epochs=1, device="cuda"))
+    assert gpu.device.startswith("cuda") and gpu.status == "completed"
+    assert gpu.final_metrics["rel_l2"] == pytest.approx(cpu.final_metrics["rel_l2"], rel=1e-3)
+    auto = train_trial(config(activation=activation, epochs=1, device="auto"))
+    assert auto.device.startswith("cuda")
