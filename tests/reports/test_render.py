@@ -165,3 +165,29 @@ def test_report_from_postgres(postgres_url, tmp_path):
             session.execute(delete(Study).where(Study.name == name))
             session.commit()
         engine.dispose()
+
+
+def test_one_section_per_task(tmp_path):
+    """Tasks differ in metric and direction: each gets its own tables and figures."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    write_hand_study(url)
+    engine = create_engine(url)
+    with Session(engine) as session:
+        from tmafbench.store.schema import Study
+        from sqlalchemy import select
+
+        study = session.scalar(select(Study).where(Study.name == "hand"))
+        for act, values in (("relu", [0.90, 0.92]), ("tmaf", [0.91, 0.95])):
+            for seed, v in enumerate(values):
+                cell = add_cell(session, study, {"task": "mnist", "activation": act, "seed": seed}, task="mnist")
+                add_run(session, cell, metric=("accuracy", "maximize"), finals={"accuracy": v})
+        add_cell(session, study, {"task": "oscillatory", "activation": "relu", "seed": 0}, task="oscillatory")
+        session.commit()
+    engine.dispose()
+    report = build_report(url, ["hand"], out=tmp_path / "out", formats=("md", "csv"))
+    assert [s.task for s in report.sections] == ["sine-sum", "mnist", "oscillatory"]
+    assert [(s.metric, s.direction) for s in report.sections[:2]] == [("rel_l2", "minimize"), ("accuracy", "maximize")]
+    assert report.sections[2].metric is None and [t.name for t in report.sections[2].tables] == ["oscillatory_failures"]
+    assert (tmp_path / "out" / "tables" / "mnist_paired_vs_baseline.csv").is_file()
+    md = (tmp_path / "out" / "index.md").read_text()
+    assert "## Task: mnist" in md and "higher is better" in md and "no run has finished yet" in md

@@ -142,11 +142,13 @@ def test_failures_counted_per_group(data):
 def test_reference_comparison(data):
     ref = stats.reference_comparison(data, "rel_l2", "minimize").set_index("series")
     relu = ref.loc["relu"]
-    assert relu["reference"] == 0.2 and relu["inside_ci"] is False or relu["inside_ci"] == False  # noqa: E712
+    assert relu["reference"] == 0.2 and relu["inside_ci"] == False  # noqa: E712
     assert relu["verdict"] == "measured lower: better than reference"
     tmaf = ref.loc["tmaf [-5,5]/10"]
     assert tmaf["inside_ci"] == True  # noqa: E712  (0.095 vs mean 0.0958)
     assert tmaf["mean"] == pytest.approx(statistics.mean(VALUES[("tmaf", 1)]))
+    missing = ref.loc["–"]  # the published elu number has no measured group: kept, and said so
+    assert missing["reference"] == 0.1 and missing["n"] == 0 and missing["verdict"] == "no matching group in the study"
 
 
 def test_outcome_prefers_completed_attempt(tmp_path):

@@ -175,11 +175,27 @@ def bench_activations(
     intervals: Sequence[int] = DEFAULT_INTERVALS,
     repeats: int = 10,
     warmup: int = 3,
+    threads: int | None = None,
 ) -> list[BenchRow]:
-    """Benchmark every configuration on every shape; relu and prelu are always measured for the ratios."""
+    """Benchmark every configuration on every shape; relu and prelu are always measured for the ratios.
+
+    `threads` sets torch's (and the native kernel's) thread count for the run; on a shared machine
+    1 thread gives steadier figures, because a parallel region waits for its slowest thread.
+    """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     configs = configurations(names, intervals)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        return _bench_all(configs, list(shapes), repeats, warmup)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _bench_all(configs: list[tuple[str, dict]], shapes: list[Sequence[int]], repeats: int, warmup: int) -> list[BenchRow]:
     baselines = [(b, {}) for b in BASELINES if (b, {}) not in configs]
     rows: list[BenchRow] = []
     for shape in shapes:

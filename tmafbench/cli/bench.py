@@ -37,6 +37,7 @@ def activations_cmd(
     shapes: Optional[list[str]] = typer.Option(None, "--shape", help="Input shape like 4096x1024 (default: the three standard shapes); repeatable."),
     repeats: int = typer.Option(10, "--repeats", help="Timed forward+backward calls per row."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed calls before timing."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: torch's setting)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ) -> None:
     """Time forward+backward of activations; memory saved for backward and peak; ratios to relu and prelu."""
@@ -45,11 +46,11 @@ def activations_cmd(
     from tmafbench.activations.benchmark import DEFAULT_INTERVALS, DEFAULT_SHAPES, bench_activations, parse_shape
 
     parsed = [parse_shape(s) for s in shapes] if shapes else list(DEFAULT_SHAPES)
-    rows = bench_activations(names or None, parsed, intervals or DEFAULT_INTERVALS, repeats, warmup)
+    rows = bench_activations(names or None, parsed, intervals or DEFAULT_INTERVALS, repeats, warmup, threads)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
-    title = f"forward+backward, float32, {torch.get_num_threads()} threads, median of {repeats} after {warmup} warm-up"
+    title = f"forward+backward, float32, {threads or torch.get_num_threads()} threads, median of {repeats} after {warmup} warm-up"
     Console(width=160).print(_table(rows, title))
 
 

@@ -47,7 +47,7 @@ def cells_cmd(spec_path: str = typer.Argument(..., help="Study file (TOML)."), s
               limit: int = typer.Option(200, help="Show at most this many rows.")) -> None:
     """Validate a study file and show its expanded cells; runs and writes nothing."""
     _spec, cells = _load(spec_path, set_)
-    Console().print(_cells_table(cells, limit))
+    Console(width=160).print(_cells_table(cells, limit))
 
 
 class ProgressView:
@@ -115,7 +115,7 @@ def run_cmd(
 
     spec, cells = _load(spec_path, set_)
     if dry_run:
-        Console().print(_cells_table(cells, 200))
+        Console(width=160).print(_cells_table(cells, 200))
         return
     device_list = resolve_devices(devices, workers)
     url = resolve_storage(storage)

@@ -47,9 +47,11 @@ class FigureContext:
     folder: Path
     formats: tuple[str, ...]
     scale: float = 1.0  # < 1 for quick renders (tests)
+    prefix: str = ""  # file-name prefix (one per task when a report covers several)
 
     def save(self, fig, name: str, title: str) -> Figure:
         self.folder.mkdir(parents=True, exist_ok=True)
+        name = self.prefix + name
         record = Figure(name, title)
         # One tight layout for all formats: bbox_inches="tight" or constrained layout would redo
         # the (text-heavy, slow) layout at every save.
@@ -138,7 +140,7 @@ def learning_curves(ctx: FigureContext) -> list[Figure]:
         return []
     facets = _facet_values(data)
     colors = ctx.colors
-    fig, axes = plt.subplots(len(names), len(facets), figsize=ctx.figsize(4 * len(facets), 3.2 * len(names)),
+    fig, axes = plt.subplots(len(names), len(facets), figsize=ctx.figsize(max(4 * len(facets), 6.5), 3.2 * len(names)),
                              squeeze=False, sharex=True, sharey="row")
     for row, name in enumerate(names):
         direction = ctx.direction if name == ctx.metric else "minimize"
@@ -150,7 +152,11 @@ def learning_curves(ctx: FigureContext) -> list[Figure]:
                 ax.fill_between(f["epoch"], f["mean"] - f["half"], f["mean"] + f["half"], color=colors[series], alpha=0.2)
             if _use_log(sub["value"], direction):
                 ax.set_yscale("log")
-            ax.set_title(f"{data.sweep}={value}" if data.sweep else "", fontsize=9)
+                # With few seeds a t band can reach below zero; keep the axis on the seeds' own range.
+                low, high = sub["value"].min(), sub["value"].max()
+                if low > 0:
+                    ax.set_ylim(low / 1.5, high * 1.5)
+            ax.set_title(f"{data.sweep}={_axis_text(value)}" if data.sweep else "", fontsize=9)
             ax.set_xlabel("epoch")
             ax.set_ylabel(metric_label(name, direction) if col == 0 else "", fontsize=8)
             ax.grid(alpha=0.3)
@@ -204,7 +210,7 @@ def seeds_plot(ctx: FigureContext) -> list[Figure]:
     with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib's deprecated `vert`
         warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
         sns.boxplot(**common, showfliers=False, fill=False, linewidth=1, legend=dodge)
-    sns.stripplot(**common, size=3, alpha=0.7, legend=False)
+    sns.stripplot(**common, size=4, alpha=0.8, legend=False, zorder=3)
     if _use_log(frame["value"], ctx.direction):
         ax.set_yscale("log")
     ax.set_ylabel(metric_label(ctx.metric, ctx.direction))
@@ -251,11 +257,12 @@ def predictions(ctx: FigureContext) -> list[Figure]:
         pad = 0.1 * (np.ptp(target[inside]) or 1.0)
         zoom.set_ylim(target[inside].min() - pad, target[inside].max() + pad)
         full.set_ylabel("u(x)")
-        full.set_title("target and predictions" + (f" ({data.sweep}={value})" if data.sweep else ""), fontsize=10)
+        where = f"{data.sweep}={_axis_text(value)}" if data.sweep else ""
+        full.set_title("target and predictions" + (f" ({where})" if where else ""), fontsize=10)
         zoom.set_title(f"zoom on [{lo:.3g}, {hi:.3g}] (most oscillation)", fontsize=10)
         full.legend(fontsize=7)
         suffix = f"_{data.sweep}-{_slug(value)}" if data.sweep else ""
-        figures.append(ctx.save(fig, f"predictions{suffix}", "Target and predictions" + (f", {data.sweep}={value}" if data.sweep else "")))
+        figures.append(ctx.save(fig, f"predictions{suffix}", "Target and predictions" + (f", {where}" if where else "")))
     return figures
 
 
@@ -279,7 +286,7 @@ def learned_activations(ctx: FigureContext) -> list[Figure]:
     if not rows:
         return []
     layers = max(min(len(stored[int(r.cell_id)]["modules"]), MAX_LAYERS) for r in rows)
-    fig, axes = plt.subplots(len(rows), layers, figsize=ctx.figsize(3.2 * layers, 2.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), layers, figsize=ctx.figsize(max(3.2 * layers, 5.5), 2.6 * len(rows)), squeeze=False)
     for i, row in enumerate(rows):
         curves = stored[int(row.cell_id)]
         s = np.asarray(curves["s"], float)
@@ -298,7 +305,7 @@ def learned_activations(ctx: FigureContext) -> list[Figure]:
             ax.set_ylabel("output", fontsize=8)
             ax.grid(alpha=0.3)
         axes[i][0].legend(fontsize=6)
-    fig.suptitle(f"Learned activations (seed {rows[0].seed} of each), ReLU dashed")
+    fig.suptitle(f"Learned activations (seed {rows[0].seed}), ReLU dashed", fontsize=10)
     return [ctx.save(fig, "learned_activations", "Learned activations beside ReLU")]
 
 

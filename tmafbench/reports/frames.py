@@ -47,6 +47,10 @@ _RUN_COLUMNS = (
 )
 
 
+class NothingFinished(TmafbenchError):
+    """No run of the selection has completed yet."""
+
+
 @dataclass
 class ReportData:
     """Everything a report needs, as tidy frames.
@@ -76,6 +80,20 @@ class ReportData:
         if self.cells["study"].nunique() > 1:
             varying.insert(0, "study")
         return varying
+
+    def tasks(self) -> list[str]:
+        """Task labels in study order (the "task" axis, else the registry name)."""
+        return list(dict.fromkeys(self.cells["task"].astype(str)))
+
+    def subset(self, task: str) -> "ReportData":
+        """The cells of one task, with groups, series and sweep axis recomputed for them alone."""
+        cells = self.cells[self.cells["task"].astype(str) == task].copy()
+        ids = set(cells["cell_id"])
+        sub = ReportData(self.studies, cells.reset_index(drop=True), self.finals[self.finals.index.isin(ids)],
+                         self.epochs[self.epochs["cell_id"].isin(ids)], self.timings[self.timings.index.isin(ids)],
+                         self.axes, self.references, self.engine)
+        _add_series(sub)
+        return sub
 
     def artifacts(self, name: str, cell_ids: Iterable[int]) -> dict[int, dict]:
         """{cell_id: artifact data} for the outcome runs of `cell_ids` that stored `name`."""
@@ -201,6 +219,7 @@ def _load_cells(conn, studies: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         cell_axes = dict(r.axes or {})
         cell_axes.setdefault(ACTIVATION_AXIS, r.activation)
         cell_axes.setdefault(SEED_AXIS, r.seed)
+        cell_axes.setdefault("task", r.task)  # reports are split by task (metrics differ)
         axes.extend(a for a in cell_axes if a not in axes)
         outcome = runs.get(r.id, {})
         records.append(
@@ -333,7 +352,7 @@ def primary_metric(data: ReportData, override: str | None = None) -> tuple[str, 
             )
         return override, direction
     if direction_of.empty:
-        raise TmafbenchError("no run has finished yet: nothing to report")
+        raise NothingFinished("no run has finished yet: nothing to report")
     name = named["metric_name"].mode().iloc[0]
     direction = direction_of[name] or _guess_direction(name)
     if name not in data.finals and f"val_{name}" in data.finals:
@@ -347,7 +366,13 @@ def _guess_direction(name: str) -> str:
 
 def sweep_axis(data: ReportData) -> str | None:
     """The axis to spread over columns / the x axis (Table 3.1's `n`), or None when none varies."""
-    candidates = [a for a in data.group_axes if a not in (ACTIVATION_AXIS, "study")]
+    # A sweep varies within an activation; "intervals" that only tells ReLU (None) from TMAF (10)
+    # is part of the activation's identity, not a sweep.
+    candidates = [
+        a for a in data.group_axes
+        if a not in (ACTIVATION_AXIS, "study")
+        and (data.cells.dropna(subset=[a]).groupby(ACTIVATION_AXIS)[a].agg(lambda v: v.map(str).nunique()) > 1).any()
+    ]
     for preferred in SWEEP_AXIS_PREFERENCE:
         if preferred in candidates:
             return preferred

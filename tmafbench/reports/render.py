@@ -24,19 +24,41 @@ DEFAULT_FORMATS = ("md", "html", "tex", "csv", "png", "svg")
 
 
 @dataclass
+class Section:
+    """One task's part of the report: its own primary metric, tables and figures."""
+
+    task: str
+    prefix: str  # file-name prefix of its tables and figures ("" with a single task)
+    metric: str | None
+    direction: str | None
+    baseline: str | None
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     """What `build_report` wrote, with the numbers behind it."""
 
     folder: Path
     studies: list[str]
-    metric: str
-    direction: str
-    baseline: str | None
-    tables: list[Table] = field(default_factory=list)
-    figures: list[Figure] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def tables(self) -> list[Table]:
+        return [t for s in self.sections for t in s.tables]
+
+    @property
+    def figures(self) -> list[Figure]:
+        return [f for s in self.sections for f in s.figures]
+
+    @property
+    def notes(self) -> list[str]:
+        several = len(self.sections) > 1
+        return [f"{s.task}: {n}" if several else n for s in self.sections for n in s.notes]
 
 
 def parse_formats(text: str | None) -> tuple[str, ...]:
@@ -79,20 +101,20 @@ def build_report(
 
 
 def _build(data, studies, folder: Path, baseline, formats, metric, figure_scale) -> Report:
-    metric, direction = frames.primary_metric(data, metric)
+    """One section per task (tasks differ in metric and direction), then the documents."""
     baseline = stats.check_baseline(data, baseline)
-    report = Report(Path(folder), list(studies), metric, direction, baseline)
-    summary = stats.group_summary(data, metric)
-    report.tables = _tables(data, summary, report)
-    images = tuple(f for f in formats if f in IMAGE_FORMATS)
-    if images:
-        ctx = FigureContext(data, metric, direction, baseline, report.folder / "figures", images, figure_scale)
-        report.figures = draw_all(ctx, summary)
+    report = Report(Path(folder), list(studies))
+    tasks = data.tasks()
+    for task in tasks:
+        sub = data.subset(task) if len(tasks) > 1 else data
+        prefix = f"{_slug(task)}_" if len(tasks) > 1 else ""
+        report.sections.append(_section(sub, task, prefix, report.folder, baseline, formats, metric, figure_scale))
+    if all(s.metric is None for s in report.sections):
+        raise frames.NothingFinished("no run has finished yet: nothing to report")
     table_formats = {f for f in formats if f in ("csv", "tex")}
     for table in report.tables:
         report.files += table.write(report.folder / "tables", table_formats)
     report.files += [p for fig in report.figures for p in fig.paths.values()]
-    report.notes += _notes(data, summary, report)
     if "md" in formats:
         report.files.append(_write(report.folder / "index.md", render_markdown(report, data)))
     if "html" in formats:
@@ -100,7 +122,34 @@ def _build(data, studies, folder: Path, baseline, formats, metric, figure_scale)
     return report
 
 
-def _tables(data, summary: pd.DataFrame, report: Report) -> list[Table]:
+def _section(data, task, prefix, folder: Path, baseline, formats, metric, figure_scale) -> Section:
+    if baseline is not None and baseline not in set(data.cells["activation"].astype(str)):
+        baseline = None  # the baseline ran on other tasks only
+    try:
+        metric, direction = frames.primary_metric(data, metric)
+    except frames.NothingFinished as exc:  # nothing finished for this task yet: still count its cells
+        section = Section(task, prefix, None, None, baseline, notes=[str(exc)])
+        section.tables = [tables.failure_table(stats.failure_counts(data))]
+        section.tables[0].name = prefix + section.tables[0].name
+        return section
+    section = Section(task, prefix, metric, direction, baseline)
+    summary = stats.group_summary(data, metric)
+    section.tables = _tables(data, summary, section)
+    for table in section.tables:
+        table.name = prefix + table.name
+    images = tuple(f for f in formats if f in IMAGE_FORMATS)
+    if images:
+        ctx = FigureContext(data, metric, direction, baseline, folder / "figures", images, figure_scale, prefix)
+        section.figures = draw_all(ctx, summary)
+    section.notes += _notes(data, summary, section)
+    return section
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+
+
+def _tables(data, summary: pd.DataFrame, report: Section) -> list[Table]:
     metric, direction, baseline = report.metric, report.direction, report.baseline
     out = [tables.summary_table(summary, data, metric, direction)]
     wide = tables.wide_table(summary, data, metric, direction)
@@ -120,7 +169,7 @@ def _tables(data, summary: pd.DataFrame, report: Report) -> list[Table]:
     return out
 
 
-def _notes(data, summary: pd.DataFrame, report: Report) -> list[str]:
+def _notes(data, summary: pd.DataFrame, report: Section) -> list[str]:
     notes = []
     cells = data.cells
     unfinished = cells[cells["status"] != "completed"]
@@ -144,30 +193,57 @@ def _write(path: Path, text: str) -> Path:
 def _header_lines(report: Report, data) -> list[tuple[str, str]]:
     cells = data.cells
     hardware = sorted(h for h in cells["hardware"].dropna().unique())
+    metrics = "; ".join(f"{s.task}: {metric_label(s.metric, s.direction)}" if len(report.sections) > 1
+                        else metric_label(s.metric, s.direction) for s in report.sections if s.metric)
+    baselines = sorted({s.baseline for s in report.sections if s.baseline})
     return [
         ("Studies", ", ".join(report.studies)),
-        ("Primary metric", metric_label(report.metric, report.direction)),
-        ("Baseline", report.baseline or "none"),
+        ("Primary metric", metrics),
+        ("Baseline", ", ".join(baselines) or "none"),
         ("Cells", f"{len(cells)} ({(cells['status'] == 'completed').sum()} completed) in {cells['group'].nunique()} groups"),
         ("Hardware", "; ".join(hardware) or "unknown"),
         ("Generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + " from the database only"),
     ]
 
 
+def _blocks(report: Report) -> list[tuple[str, int, object]]:
+    """The document as (kind, heading level, content) blocks, shared by Markdown and HTML."""
+    several = len(report.sections) > 1
+    level = 3 if several else 2
+    blocks: list[tuple[str, int, object]] = []
+    for section in report.sections:
+        if several:
+            blocks.append(("heading", 2, f"Task: {section.task}"))
+            blocks += [("warn", 0, n) for n in section.notes]
+        for table in section.tables:
+            blocks += [("heading", level, table.title), ("table", 0, table.shown)]
+            if table.note:
+                blocks.append(("note", 0, table.note))
+        if section.figures:
+            blocks.append(("heading", level, "Figures"))
+        for fig in section.figures:
+            blocks += [("heading", level + 1, fig.title), ("figure", 0, fig)]
+    return blocks
+
+
 def render_markdown(report: Report, data) -> str:
-    """index.md: header, notes, every table, then every figure (relative PNG links)."""
+    """index.md: header, notes, then per task every table and figure (relative PNG links)."""
     lines = [f"# Report: {', '.join(report.studies)}", ""]
     lines += [f"- **{k}:** {v}" for k, v in _header_lines(report, data)] + [""]
-    lines += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
-    for table in report.tables:
-        lines += [f"## {table.title}", "", tables.to_markdown(table.shown), ""]
-        if table.note:
-            lines += [f"_{table.note}_", ""]
-    if report.figures:
-        lines += ["## Figures", ""]
-    for fig in report.figures:
-        rel = fig.paths["png"].relative_to(report.folder).as_posix()
-        lines += [f"### {fig.title}", "", f"![{fig.title}]({rel})", ""]
+    if len(report.sections) == 1:
+        lines += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
+    for kind, level, content in _blocks(report):
+        if kind == "heading":
+            lines += ["#" * level + f" {content}", ""]
+        elif kind == "table":
+            lines += [tables.to_markdown(content), ""]
+        elif kind == "note":
+            lines += [f"_{content}_", ""]
+        elif kind == "warn":
+            lines += [f"> {content}", ""]
+        else:
+            rel = content.paths["png"].relative_to(report.folder).as_posix()
+            lines += [f"![{content.title}]({rel})", ""]
     return "\n".join(lines)
 
 
@@ -192,17 +268,20 @@ def render_html(report: Report, data) -> str:
         f"<h1>Report: {esc(', '.join(report.studies))}</h1><ul>",
         *[f"<li><b>{esc(k)}:</b> {esc(v)}</li>" for k, v in _header_lines(report, data)],
         "</ul>",
-        *[f'<p class="warn">{esc(n)}</p>' for n in report.notes],
     ]
-    for table in report.tables:
-        parts += [f"<h2>{esc(table.title)}</h2>", tables.to_html(table.shown)]
-        if table.note:
-            parts.append(f'<p class="note">{esc(table.note)}</p>')
-    if report.figures:
-        parts.append("<h2>Figures</h2>")
-    for fig in report.figures:
-        encoded = base64.b64encode(fig.paths["png"].read_bytes()).decode("ascii")
-        parts += [f"<h3>{esc(fig.title)}</h3>", f'<img alt="{esc(fig.title)}" src="data:image/png;base64,{encoded}">']
+    if len(report.sections) == 1:
+        parts += [f'<p class="warn">{esc(n)}</p>' for n in report.notes]
+    for kind, level, content in _blocks(report):
+        if kind == "heading":
+            parts.append(f"<h{level}>{esc(content)}</h{level}>")
+        elif kind == "table":
+            parts.append(tables.to_html(content))
+        elif kind == "note":
+            parts.append(f'<p class="note">{esc(content)}</p>')
+        elif kind == "warn":
+            parts.append(f'<p class="warn">{esc(content)}</p>')
+        else:
+            encoded = base64.b64encode(content.paths["png"].read_bytes()).decode("ascii")
+            parts.append(f'<img alt="{esc(content.title)}" src="data:image/png;base64,{encoded}">')
     parts.append("</body></html>")
     return "\n".join(parts)
-

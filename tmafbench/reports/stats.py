@@ -88,7 +88,9 @@ def paired_test(improvement: Sequence[float]) -> PairedTest:
 def improvement(candidate: np.ndarray, baseline: np.ndarray, direction: str) -> np.ndarray:
     """Per-seed improvement of candidate over baseline, positive = candidate better."""
     candidate, baseline = np.asarray(candidate, float), np.asarray(baseline, float)
-    return baseline - candidate if direction == "minimize" else candidate - baseline
+    diff = baseline - candidate if direction == "minimize" else candidate - baseline
+    # Round away float noise (0.881 - 0.88 != 0.88 - 0.879) so that equal gaps and ties stay equal.
+    return np.round(diff, 12)
 
 
 def probability_of_improvement(improvements: Sequence[float]) -> float:
@@ -300,12 +302,17 @@ def reference_comparison(data: ReportData, fallback_metric: str, direction: str)
     rows = []
     for study, reference in data.references.items():
         metric = reference.get("metric") or fallback_metric
-        if metric not in data.finals:
-            metric = fallback_metric
+        if metric not in data.finals:  # e.g. a section of another task: not what the paper measured
+            continue
         values = _metric_values(data, metric)
         for ref in reference.get("rows", []):
             where = {k: v for k, v in ref.items() if k not in ("value", "note")}
             cells = data.cells[(data.cells["study"] == study) & _matches(data.cells, where)]
+            if cells.empty:  # say so rather than dropping the published number
+                rows.append({"study": study, "source": reference.get("source", ""), "metric": metric, "series": "–",
+                             "where": " ".join(f"{k}={v}" for k, v in where.items()), "reference": float(ref["value"]),
+                             "n": 0, "mean": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                             "inside_ci": None, "verdict": "no matching group in the study"})
             for group, f in cells.groupby("group", sort=False):
                 stats = describe(values.loc[values["group"] == group, "value"])
                 rows.append({"study": study, "source": reference.get("source", ""), "metric": metric,

@@ -29,6 +29,18 @@ def redact(url: str) -> str:
         return "<invalid url>"
 
 
+def normalize_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only that is installed."""
+    parsed = make_url(url)
+    if parsed.drivername != "postgresql":
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -58,13 +70,15 @@ def add_sqlite_pragmas(engine: Engine) -> None:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for `url`. SQLite: no pooling across forks, the pragmas above; PostgreSQL: pre-ping."""
+    """An engine for `url`. SQLite: the pragmas above; PostgreSQL: pre-ping, a small pool."""
+    url = normalize_url(url)
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        # NullPool: a connection is opened per checkout, never shared across processes or threads.
-        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, **kwargs)
+        # Each process builds its own engine after it starts (spawn), so pooled connections are
+        # never shared across processes; the pool saves a connect + pragmas per transaction.
+        engine = create_engine(url, pool_size=2, max_overflow=4, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, **kwargs)
         add_sqlite_pragmas(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4, **kwargs)
@@ -113,6 +127,7 @@ class Database:
 
 def read_only_engine(url: str) -> Engine:
     """An engine that cannot write: SQLite opened with `mode=ro`; PostgreSQL read-only transactions."""
+    url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database

@@ -222,15 +222,11 @@ class Repository:
                 continue
         return None
 
-    def set_trial_number(self, run_id: int, number: int) -> None:
-        with self.db.session() as s:
-            s.execute(update(Run).where(Run.id == run_id).values(optuna_trial_number=number))
-
     def heartbeat(self, run_id: int) -> None:
         with self.db.session() as s:
             s.execute(update(Run).where(Run.id == run_id, Run.status == "running").values(heartbeat_at=utcnow()))
 
-    def finish_run(self, run_id: int, result: Any) -> str:
+    def finish_run(self, run_id: int, result: Any, optuna_trial_number: int | None = None) -> str:
         """Store a TrialResult (status, metrics, timings, artifacts) in ONE transaction.
 
         Returns the stored status; a completion for a cell that another run already completed
@@ -238,7 +234,7 @@ class Repository:
         """
         try:
             with self.db.session() as s:
-                self._write_result(s, run_id, result)
+                self._write_result(s, run_id, result, optuna_trial_number)
             return result.status
         except IntegrityError:
             with self.db.session() as s:
@@ -246,8 +242,9 @@ class Repository:
                     status="interrupted", ended_at=utcnow(), error="duplicate: the cell was completed by another run"))
             return "interrupted"
 
-    def _write_result(self, s: Any, run_id: int, result: Any) -> None:
+    def _write_result(self, s: Any, run_id: int, result: Any, optuna_trial_number: int | None) -> None:
         s.execute(update(Run).where(Run.id == run_id).values(
+            optuna_trial_number=optuna_trial_number,
             status=result.status, ended_at=utcnow(), error=result.error, device=result.device,
             num_params=result.num_params, num_act_params=result.num_act_params,
             metric_name=result.metric_name, metric_direction=result.metric_direction))
@@ -261,10 +258,10 @@ class Repository:
         rows += [Artifact(run_id=run_id, name=k, data=v) for k, v in (result.artifacts or {}).items()]
         s.add_all(rows)
 
-    def mark_interrupted(self, run_id: int, error: str) -> None:
+    def mark_interrupted(self, run_id: int, error: str, optuna_trial_number: int | None = None) -> None:
         with self.db.session() as s:
             s.execute(update(Run).where(Run.id == run_id, Run.status == "running").values(
-                status="interrupted", ended_at=utcnow(), error=error))
+                status="interrupted", ended_at=utcnow(), error=error, optuna_trial_number=optuna_trial_number))
 
     def mark_failed(self, run_id: int, error: str) -> None:
         with self.db.session() as s:

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from tmafbench.store.database import Database, is_sqlite, redact
+from tmafbench.store.database import Database, is_sqlite, normalize_url, redact
 from tmafbench.store.repository import Repository, as_utc
 from tmafbench.store.schema import Cell, Run
 from tmafbench.study.scheduler import WorkerOptions, prepare_study, run_local
@@ -65,7 +65,7 @@ class scratch_database:
     """A fresh database per run: a temporary SQLite file, or a new PostgreSQL database on that server."""
 
     def __init__(self, base_url: str | None):
-        self.base_url = base_url
+        self.base_url = normalize_url(base_url) if base_url else None
         self.url = ""
 
     def __enter__(self) -> str:

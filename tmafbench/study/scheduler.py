@@ -35,7 +35,7 @@ from typing import Any, Callable
 from sqlalchemy.exc import OperationalError
 
 from tmafbench.errors import TmafbenchError
-from tmafbench.store.database import Database, add_sqlite_pragmas, is_sqlite
+from tmafbench.store.database import Database, add_sqlite_pragmas, is_sqlite, normalize_url
 from tmafbench.store.repository import Claim, Counts, Repository
 from tmafbench.study.cells import cells_hash, expand
 from tmafbench.study.spec import StudySpec
@@ -96,10 +96,9 @@ def optuna_storage(url: str):
     """Optuna's RDB storage on the same URL; on SQLite with our pragmas (IMMEDIATE writes, WAL)."""
     import optuna
 
+    url = normalize_url(url)
     if is_sqlite(url):
-        from sqlalchemy.pool import NullPool
-
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool, "connect_args": {"timeout": 60}})
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
         add_sqlite_pragmas(storage.engine)
         storage.engine.dispose()  # connections opened before the listeners existed
         return storage
@@ -210,7 +209,7 @@ def failed_result(config: Any, exc: BaseException, device: str) -> Any:
 
 
 def run_cell(repo: Repository, claim: Claim, *, device: str, heartbeat_s: float, trial_fn: TrialFn | None = None,
-             on_epoch: Callable[[Any], None] | None = None) -> Any:
+             on_epoch: Callable[[Any], None] | None = None, trial_number: int | None = None) -> Any:
     """Train one claimed cell on `device` and store its result; returns the TrialResult.
 
     The stored config is the cell's; only the device is this worker's. An exception in training
@@ -231,9 +230,9 @@ def run_cell(repo: Repository, claim: Claim, *, device: str, heartbeat_s: float,
             except Exception as exc:  # a bug or bad data in this cell: a failed attempt, not a dead worker
                 result = failed_result(config, exc, device)
     except (KeyboardInterrupt, SystemExit):
-        repo.mark_interrupted(claim.run_id, "stopped by the user (Ctrl-C)")
+        repo.mark_interrupted(claim.run_id, "stopped by the user (Ctrl-C)", optuna_trial_number=trial_number)
         raise
-    status = repo.finish_run(claim.run_id, result)
+    status = repo.finish_run(claim.run_id, result, optuna_trial_number=trial_number)
     if status != result.status:
         result = dataclasses.replace(result, status=status)
     return result
@@ -253,8 +252,8 @@ class OptunaMirror:
         self.study_id = self.storage.get_study_id_from_name(study_name)
         self.distribution = optuna.distributions.CategoricalDistribution(hashes)
 
-    def start(self, claim: Claim, user_attrs: dict[str, Any]) -> int:
-        """Create the RUNNING trial; returns its number."""
+    def start(self, claim: Claim, user_attrs: dict[str, Any]) -> tuple[int, int]:
+        """Create the RUNNING trial; returns (trial id, trial number)."""
         from optuna.trial import FrozenTrial, TrialState
 
         template = FrozenTrial(
@@ -262,17 +261,16 @@ class OptunaMirror:
             params={"cell": claim.config_hash}, distributions={"cell": self.distribution},
             user_attrs={"attempt": claim.attempt, **user_attrs}, system_attrs={}, intermediate_values={}, trial_id=0)
         trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
-        return self.storage.get_trial_number_from_id(trial_id)
+        return trial_id, self.storage.get_trial_number_from_id(trial_id)
 
-    def finish(self, number: int, status: str, value: float | None) -> None:
+    def finish(self, trial_id: int, status: str, value: float | None) -> None:
         from optuna.trial import TrialState
 
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
-        self.storage.set_trial_user_attr(trial_id, "status", status)
         if status == "completed" and value is not None and value == value and abs(value) != float("inf"):
             self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
-        else:
-            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            return
+        self.storage.set_trial_user_attr(trial_id, "status", status)  # diverged, failed or interrupted
+        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
     def close(self) -> None:
         self.storage.engine.dispose()
@@ -312,22 +310,27 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
         mirror = OptunaMirror(url, study_name, repo.cell_hashes(study.id))
         env_id = _retry_locked(stats, lambda: repo.environment_id(collect(device)))
         trial_fn = trial_fn or default_trial_fn()
+        last_stale_check = -float("inf")
         while options.max_runs is None or stats.runs < options.max_runs:
             loop_start = time.perf_counter()
-            stats.stale_marked += _retry_locked(stats, lambda: repo.mark_stale_runs(study.id, options.grace_s))
+            # Stale runs only need finding about once per grace period (and whenever we are idle).
+            if loop_start - last_stale_check > options.grace_s / 2:
+                stats.stale_marked += _retry_locked(stats, lambda: repo.mark_stale_runs(study.id, options.grace_s))
+                last_stale_check = loop_start
             claim = _retry_locked(stats, lambda: repo.claim_cell(study.id, max_retries, host=host, worker=stats.worker,
                                                                  device=device, environment_id=env_id))
             if claim is None:
                 if _retry_locked(stats, lambda: repo.counts(study.id, max_retries)).done:
                     break
                 time.sleep(options.poll_s)  # others hold the last cells; take over any that go stale
+                last_stale_check = -float("inf")
                 continue
-            number = _retry_locked(stats, lambda: mirror.start(claim, {"host": host, "worker": stats.worker}))
-            _retry_locked(stats, lambda: repo.set_trial_number(claim.run_id, number))
+            trial_id, number = _retry_locked(stats, lambda: mirror.start(claim, {"host": host, "worker": stats.worker}))
             train_start = time.perf_counter()
-            result = run_cell(repo, claim, device=device, heartbeat_s=options.heartbeat_s, trial_fn=trial_fn)
+            result = run_cell(repo, claim, device=device, heartbeat_s=options.heartbeat_s, trial_fn=trial_fn,
+                              trial_number=number)
             train_s = time.perf_counter() - train_start
-            _retry_locked(stats, lambda: mirror.finish(number, result.status, result.final_metric))
+            _retry_locked(stats, lambda: mirror.finish(trial_id, result.status, result.final_metric))
             stats.runs += 1
             stats.completed += result.status in ("completed", "diverged")
             stats.failed += result.status == "failed"

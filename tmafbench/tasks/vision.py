@@ -129,7 +129,7 @@ def load_splits(cls: type[VisionTask], data_dir: str | None, download: bool) -> 
     where = ", ".join(str(p) for p in looked) or "(no data_dir given and TMAFBENCH_DATA unset)"
     raise DataNotFoundError(
         f"{cls.name} data not found; looked in: {where}"
-        + ("; torchvision download failed (offline?)" if download else "")
+        + (f"; torchvision download into {readers.cache_dir() / 'torchvision'} failed (offline?)" if download else "")
         + f". Get it with torchvision.datasets.{cls.torchvision_name}(root, download=True) on a machine "
         "online, or pass data_dir=<folder> (IDX files, train/<class>/ + test/<class>/ images, or a .tar.gz of them)"
     )
