@@ -16,13 +16,11 @@ Epoch times: relu 0.10/0.11/0.12 s, tmaf 0.30/0.33/0.36 s, gelu 0.20/0.22/0.24 s
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from tmafbench.reports.frames import with_installed_driver
 from tmafbench.reports.synthetic import add_cell, add_environment, add_run, add_study
 from tmafbench.store.schema import Base
 
@@ -68,7 +66,7 @@ def _completed(session, cell, env, activation: str, value: float, seed: int, n: 
 
 def write_hand_study(url: str, name: str = STUDY) -> None:
     """Write the table above into `url` (tables created when missing)."""
-    engine = create_engine(with_installed_driver(url))
+    engine = create_engine(url)
     Base.metadata.create_all(engine)
     with Session(engine) as session:
         study = add_study(session, name, reference=REFERENCE)

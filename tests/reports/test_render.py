@@ -100,8 +100,9 @@ def test_figures_only_when_data_exists(tmp_path):
                 add_run(session, cell, metric=("accuracy", "maximize"), finals={"accuracy": v})
         session.commit()
     engine.dispose()
-    report = build_report(url, ["bare"], out=tmp_path / "out", formats=parse_formats("md,csv"), figure_scale=0.5)
+    report = build_report(url, ["bare"], out=tmp_path / "out", formats=parse_formats("md,csv,pdf"), figure_scale=0.5)
     assert [f.name for f in report.figures] == ["seeds"]
+    assert report.figures[0].paths["pdf"].read_bytes()[:5] == b"%PDF-"
     md = (tmp_path / "out" / "index.md").read_text()
     assert "higher is better" in md and "paired t" in md
     assert not (tmp_path / "out" / "index.html").exists()
@@ -150,7 +151,6 @@ def test_report_from_postgres(postgres_url, tmp_path):
 
     from sqlalchemy import delete
 
-    from tmafbench.reports.frames import with_installed_driver
     from tmafbench.store.schema import Study
 
     name = f"hand-{uuid.uuid4().hex[:8]}"
@@ -160,7 +160,7 @@ def test_report_from_postgres(postgres_url, tmp_path):
         paired = next(t for t in report.tables if t.name == "paired_vs_baseline").raw
         assert len(paired) == 3 and (report.folder / "index.md").is_file()
     finally:
-        engine = create_engine(with_installed_driver(postgres_url))
+        engine = create_engine(postgres_url)
         with Session(engine) as session:
             session.execute(delete(Study).where(Study.name == name))
             session.commit()

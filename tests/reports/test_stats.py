@@ -56,6 +56,9 @@ def test_paired_test_choice():
     many = [0.1, 0.2, -0.05, 0.3, 0.15, 0.25, 0.05]
     assert stats.paired_test(many).p == pytest.approx(sps.wilcoxon(many).pvalue)
     assert stats.probability_of_improvement([1, -1, 0, 2]) == pytest.approx(2.5 / 4)
+    # float noise is rounded away: 0.881 - 0.88 and 0.88 - 0.879 are the same gap, 0.1 + 0.2 ties 0.3
+    assert list(stats.improvement([0.881, 0.88], [0.88, 0.879], "maximize")) == [0.001, 0.001]
+    assert list(stats.improvement([0.1 + 0.2], [0.3], "minimize")) == [0.0]
 
 
 def test_group_summary(data):

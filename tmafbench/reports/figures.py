@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # never a display; reports render headless
 
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -85,6 +85,12 @@ def metric_label(metric: str, direction: str) -> str:
     return f"{text} ({'lower' if direction == 'minimize' else 'higher'} is better)"
 
 
+def _log_axis(ax) -> None:
+    """Log y scale without minor tick labels (each is a mathtext layout: slow and cluttered)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _use_log(values: pd.Series | np.ndarray, direction: str) -> bool:
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
@@ -151,9 +157,11 @@ def learning_curves(ctx: FigureContext) -> list[Figure]:
                 ax.plot(f["epoch"], f["mean"], color=colors[series], label=series, lw=1.5)
                 ax.fill_between(f["epoch"], f["mean"] - f["half"], f["mean"] + f["half"], color=colors[series], alpha=0.2)
             if _use_log(sub["value"], direction):
-                ax.set_yscale("log")
-                # With few seeds a t band can reach below zero; keep the axis on the seeds' own range.
-                low, high = sub["value"].min(), sub["value"].max()
+                _log_axis(ax)
+                # With few seeds a t band can reach below zero; keep the axis on the seeds' own range
+                # (over the whole row: the y axis is shared).
+                row_values = ep.loc[ep["name"] == name, "value"]
+                low, high = row_values.min(), row_values.max()
                 if low > 0:
                     ax.set_ylim(low / 1.5, high * 1.5)
             ax.set_title(f"{data.sweep}={_axis_text(value)}" if data.sweep else "", fontsize=9)
@@ -183,7 +191,7 @@ def metric_vs_axis(ctx: FigureContext, summary: pd.DataFrame) -> list[Figure]:
     elif all(float(v).is_integer() for v in order):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if _use_log(summary["mean"], ctx.direction):
-        ax.set_yscale("log")
+        _log_axis(ax)
     ax.set_xlabel(data.sweep)
     ax.set_ylabel(metric_label(ctx.metric, ctx.direction))
     ax.set_title(f"Final {ctx.metric} by {data.sweep} (mean, 95% CI)")
@@ -212,7 +220,7 @@ def seeds_plot(ctx: FigureContext) -> list[Figure]:
         sns.boxplot(**common, showfliers=False, fill=False, linewidth=1, legend=dodge)
     sns.stripplot(**common, size=4, alpha=0.8, legend=False, zorder=3)
     if _use_log(frame["value"], ctx.direction):
-        ax.set_yscale("log")
+        _log_axis(ax)
     ax.set_ylabel(metric_label(ctx.metric, ctx.direction))
     ax.set_xlabel(data.sweep or "")
     ax.tick_params(axis="x", labelrotation=30 if not data.sweep else 0, labelsize=8)

@@ -10,7 +10,6 @@ so failures and missing seeds are counted, never silently dropped.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,29 +21,11 @@ from sqlalchemy.engine import Engine, make_url
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.schema import Artifact, Cell, Environment, EpochMetric, FinalMetric, Run, Study, Timing
 
-# Axes that belong to the activation itself: a baseline such as ReLU has none of them.
+# Axis names with a fixed meaning in every study (store/schema.py conventions).
 SEED_AXIS = "seed"
 ACTIVATION_AXIS = "activation"
 # Preferred order when one axis is picked for the wide tables and the "metric vs axis" figure.
 SWEEP_AXIS_PREFERENCE = ("n", "depth", "width", "train_size", "intervals", "grid")
-# Run columns that would clash with axis names get no prefix; axes are stored as their own names.
-_RUN_COLUMNS = (
-    "study",
-    "cell_id",
-    "group_hash",
-    "label",
-    "task",
-    "model",
-    "seed",
-    "status",
-    "run_id",
-    "attempts",
-    "failed_attempts",
-    "metric_name",
-    "metric_direction",
-    "hardware",
-    "device",
-)
 
 
 class NothingFinished(TmafbenchError):
@@ -108,22 +89,8 @@ class ReportData:
             return {wanted[run_id]: data for run_id, data in conn.execute(stmt)}
 
 
-def with_installed_driver(url: str) -> str:
-    """`postgresql://` -> `postgresql+psycopg2://` when only psycopg2 is installed.
-
-    SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3; the project installs psycopg2-binary.
-    """
-    parsed = make_url(url)
-    if parsed.drivername != "postgresql":
-        return url
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    return url
-
-
 def open_readonly(url: str) -> Engine:
     """An engine that cannot write: SQLite via `mode=ro`, PostgreSQL via a read-only session."""
-    url = with_installed_driver(url)
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":

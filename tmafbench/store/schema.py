@@ -8,10 +8,12 @@ Conventions shared by the writer (study runner) and the reader (reports):
 - `Cell.activation` is the activation *label* from the study file (defaults to the registry
   name, e.g. "tmaf"; a study may label two specs "tmaf-h1" and "tmaf-h0.1"). The registry name
   is in `Cell.config["activation"]`.
-- `Cell.axes` holds every axis value of the cell by axis name, including "activation" (label),
+- `Cell.axes` holds every axis value of the cell by axis name, including "task" (the task label
+  from the study file, default its registry name), "activation" (label),
   "grid" (label or None), "intervals", "depth", "width", task parameters such as "n", and
   "seed". A group is every axis but the seed: `Cell.group_hash` (= TrialConfig.group_hash()).
-- `Cell.label` is the group's readable label, e.g. "tmaf [-5,5]/10 depth=1 width=20 n=3".
+- `Cell.label` is the group's readable label, e.g. "tmaf [-5,5]/10 depth=1 width=20 n=3"
+  (with " task=<label>" appended when the study has several tasks).
 - Epoch metrics (long format), names: "train_loss", the task's test metrics ("rel_l2", "mse",
   "max_abs" for regression; "accuracy", "cross_entropy" for classification), the same with a
   "val_" prefix when a validation split is used, "epoch_time_s", "eval_time_s",

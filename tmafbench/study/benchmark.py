@@ -19,14 +19,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from tmafbench.store.database import Database, is_sqlite, normalize_url, redact
 from tmafbench.store.repository import Repository, as_utc
-from tmafbench.store.schema import Cell, Run
+from tmafbench.store.schema import Run
 from tmafbench.study.scheduler import WorkerOptions, prepare_study, run_local
 from tmafbench.study.spec import parse_spec
 

@@ -194,7 +194,7 @@ def train_trial(config: TrialConfig, *, on_epoch: Callable[[EpochRecord], None] 
     result = TrialResult(status="completed", metric_name=setup.task.metric_name,
                          metric_direction=setup.task.metric_direction, num_params=total,
                          num_act_params=act, device=str(setup.device))
-    with _progress_bar(progress, config.training.epochs) as advance:
+    with _ProgressBar(progress, config.training.epochs) as advance:
         for epoch in range(1, config.training.epochs + 1):
             record = run_epoch(setup, epoch)
             result.epochs.append(record)
@@ -213,7 +213,7 @@ def train_trial(config: TrialConfig, *, on_epoch: Callable[[EpochRecord], None] 
     return result
 
 
-class _progress_bar:
+class _ProgressBar:
     """A rich per-epoch progress bar on stderr, or a no-op when `enabled` is false."""
 
     def __init__(self, enabled: bool, epochs: int):

@@ -8,8 +8,14 @@ Layout: x, out, grad are contiguous [N, C, S] (S = 1 for [N, C]; S = H*W for ima
 Diagonal d has row offset rows[d]: column j of the matrix contributes to output row j + rows[d].
 Its grid is the base grid shifted by shifts[d]; tables are [D, Cf, K] with K = m + 1 values and
 Cf = C (per feature) or 1 (shared, cstride = 0); breakpoints are padded with -inf and +inf,
-[Cb, m + 2] (bstride = m + 2 or 0), so that the bucket index is corrected without branches.
-Work is split over samples n (one OpenMP chunk of rows each), which never race on outputs.
+[Cb, m + 2] (bstride = m + 2 or 0).
+
+Two paths. Uniform shared grids (the common case) compute the index arithmetically,
+ceil((x - lo) / h) clamped, then fix rounding next to a breakpoint with two exact compares against
+thresholds in the input dtype; these loops are vectorised (AVX2 clone via target_clones), and the
+backward's histogram of grad * x is a scalar sweep over the computed indices. Other grids
+(explicit or trainable breakpoints, per feature) use a branch-free binary search in double.
+Work is split over blocks of samples (or sample-channel pairs), which never race on outputs.
 """
 
 SOURCE = r"""
@@ -17,27 +23,16 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 
-/* Interval index j of v: sp[j] < v + ... <= sp[j+1] with sp = [-inf, s_1..s_m, +inf] + shift. */
-static inline int bucket_uniform(double v, const double *sp, double shift, int m, double lo, double inv_h) {
-    double u = (v - shift - lo) * inv_h;
-    u = u > 0.0 ? u : 0.0;                 /* NaN -> 0; compiles to max/min, no branches */
-    u = u < (double)m ? u : (double)m;
-    int j = (int)u;
-    j += (double)j < u;                    /* ceil: the intervals are closed on the right */
-    /* Rounding can put v one interval off next to a breakpoint; exact compares fix it. */
-    j -= v <= sp[j] + shift;
-    j += v > sp[j + 1] + shift;
-    return j;
-}
-
+/* Interval index j of v on a general grid: sp[j] + shift < v <= sp[j+1] + shift, where
+   sp = [-inf, s_1..s_m, +inf]; the count of breakpoints below v, by a branch-free search. */
 static inline int bucket_search(double v, const double *sp, double shift, int m) {
-    const double *s = sp + 1, *base = s;   /* count of breakpoints below v (branch-free search) */
+    const double *s = sp + 1, *base = s;
     int n = m;
     while (n > 1) { int half = n >> 1; base = (base[half] + shift < v) ? base + half : base; n -= half; }
     return (int)(base - s) + (base[0] + shift < v);
 }
 
-#define BUCKET(v, sp, sh) (uniform ? bucket_uniform((v), (sp), (sh), m, lo, inv_h) : bucket_search((v), (sp), (sh), m))
+#define BUCKET(v, sp, sh) bucket_search((v), (sp), (sh), m)
 
 /* d sigmoid(u / tau) / du: the narrow kernel that stands in for the delta of a jump. */
 static inline double bump(double u, double inv_tau) {
