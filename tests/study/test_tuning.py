@@ -15,7 +15,6 @@ from tmafbench.study.tune_spec import apply_params, metric_direction, parse_tune
 from tmafbench.study.tuning import (
     best_trial,
     prepare_tuned,
-    run_tuned_local,
     tune_study_name,
     tune_worker_loop,
     tuning_rows,
@@ -141,17 +140,25 @@ def _metric_names(url: str, study: str) -> set[str]:
     return names
 
 
-@pytest.mark.slow
-def test_tuning_study_end_to_end_with_resume(tuned, sqlite_url):
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tuned study run to the end in this process: 2 slots, a stop, then a resumed worker."""
+    sqlite_url = f"sqlite:///{tmp_path_factory.mktemp('tuned') / 'results.db'}"
+    tuned = parse_tuned_spec(TUNED)
     info = prepare_tuned(tuned, sqlite_url)
-    assert info.created and len(info.groups) == 2
-    # A first worker stops after 2 slots (a "kill" between trials); the resumed run keeps them.
     first = tune_worker_loop("tuned", sqlite_url, options=WorkerOptions(poll_s=0.05, max_runs=2))
-    assert first.runs == 2
     kept = {r.config_hash for r in _runs(sqlite_url, "tuned/tune")}
     again = prepare_tuned(tuned, sqlite_url)
-    assert not again.created
     rest = tune_worker_loop("tuned", sqlite_url, options=FAST)
+    return sqlite_url, info, again, first, kept, rest
+
+
+@pytest.mark.slow
+def test_tuning_study_end_to_end_with_resume(finished):
+    sqlite_url, info, again, first, kept, rest = finished
+    assert info.created and len(info.groups) == 2 and not again.created
+    # A first worker stopped after 2 slots (a "kill" between trials); the resumed run kept them.
+    assert first.runs == 2 and len(kept) == 2
     assert rest.runs == 4 + 4  # 4 remaining slots, then 2 groups x 2 evaluation seeds
 
     tune_runs = _runs(sqlite_url, "tuned/tune")
@@ -199,20 +206,46 @@ def test_tuning_study_end_to_end_with_resume(tuned, sqlite_url):
 
 
 @pytest.mark.slow
-def test_two_local_workers_give_exact_budget(tuned, sqlite_url):
-    spec = parse_tuned_spec(TUNED, ["tune.eval_seeds=[5]", "tune.pruner=\"none\""])
-    info = prepare_tuned(spec, sqlite_url)
-    outcome = run_tuned_local(info, sqlite_url, ["cpu", "cpu"], FAST, poll_s=0.2)
-    assert outcome.done and outcome.tune_counts.completed == 6 and outcome.eval_counts.completed == 2
-    assert sum(w.runs for w in outcome.workers) == 8 and sum(w.locked_errors for w in outcome.workers) == 0
+def test_cli_runs_both_phases_with_two_workers_and_exact_budget(tmp_path, sqlite_url):
+    from typer.testing import CliRunner
+
+    from tmafbench.cli import app
+
+    path = tmp_path / "tuned.toml"
+    path.write_text(TUNED)
+    args = ["study", "run", str(path), "--workers", "2", "--devices", "cpu", "--storage", sqlite_url,
+            "--set", "tune.eval_seeds=[5]", "--set", 'tune.pruner="none"']
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "tuning 6/6 slots done" in result.output and "evaluation 2/2 cells done" in result.output
     runs = _runs(sqlite_url, "tuned/tune")
-    assert len(runs) == 6 and len({r.cell_id for r in runs}) == 6
+    assert len(runs) == 6 and len({r.cell_id for r in runs}) == 6 and {r.status for r in runs} == {"completed"}
+    assert sorted(r.seed for r in _runs(sqlite_url, "tuned")) == [5, 5]
     storage = optuna.storages.RDBStorage(sqlite_url)
-    for group in info.groups:
-        trials = optuna.load_study(study_name=group.optuna_name, storage=storage).trials
+    for label in ("relu depth=1 width=8", "tmaf [-5,5]/10 depth=1 width=8"):
+        trials = optuna.load_study(study_name=f"tuned/tune/{label}", storage=storage).trials
         assert [t.state for t in trials].count(optuna.trial.TrialState.COMPLETE) == 3
         # parallel workers drew different points (seeded per slot, not one seed everywhere)
         assert len({t.params["training.lr"] for t in trials}) == 3
+    storage.engine.dispose()
+
+
+def test_cli_cells_dry_run_and_errors(tmp_path, sqlite_url):
+    from typer.testing import CliRunner
+
+    from tmafbench.cli import app
+
+    path = tmp_path / "tuned.toml"
+    path.write_text(TUNED)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["study", "cells", str(path)])
+    assert shown.exit_code == 0 and "2 groups x 3 trials" in shown.output and "pruner median" in shown.output
+    dry = runner.invoke(app, ["study", "run", str(path), "--dry-run", "--storage", sqlite_url])
+    assert dry.exit_code == 0 and "4 cells" in dry.output
+    bad = runner.invoke(app, ["study", "run", str(path), "--storage", sqlite_url, "--set", "tune.eval_seeds=[0]"])
+    assert bad.exit_code == 2 and "tune.eval_seeds: evaluation seeds must be fresh" in bad.output
+    forced = runner.invoke(app, ["study", "run", str(path), "--storage", sqlite_url, "--force", "--devices", "cpu"])
+    assert forced.exit_code == 2 and "--force is not offered for a tuned study" in forced.output
 
 
 def test_changed_tuned_design_is_refused(tuned, sqlite_url):
@@ -228,3 +261,114 @@ def test_changed_tuned_design_is_refused(tuned, sqlite_url):
     db.dispose()
     assert slots == 8 and parent == other.main_id
     assert kinds == {"tuned": "eval", "tuned/tune": "tune", "tuned-4": "eval", "tuned-4/tune": "tune"}
+    # Deleting a tuned study removes its tune study (cascade) and its per-group Optuna studies.
+    from typer.testing import CliRunner
+
+    from tmafbench.cli import app
+
+    result = CliRunner().invoke(app, ["study", "delete", "tuned-4", "--yes", "--storage", sqlite_url])
+    assert result.exit_code == 0, result.output
+    left = {s.study_name for s in optuna.get_all_study_summaries(sqlite_url)}
+    assert not any(n.startswith("tuned-4") for n in left) and "tuned/tune/relu depth=1 width=8" in left
+    db = Database(sqlite_url)
+    with db.session() as s:
+        assert set(s.scalars(select(Study.name))) == {"tuned", "tuned/tune"}
+    db.dispose()
+
+
+@pytest.mark.slow
+def test_report_shows_tuning_history_settings_and_eval_seeds_only(finished, tmp_path):
+    import pandas as pd
+
+    from tmafbench.reports import frames, tuning
+    from tmafbench.reports.render import build_report, render_markdown
+
+    sqlite_url, info, *_ = finished
+    # Tables only (the ordinary figures are D's and slow); the tuning figure is drawn below.
+    report = build_report(sqlite_url, ["tuned"], out=tmp_path / "rep", formats=("csv",))
+    settings = pd.read_csv(tmp_path / "rep" / "tables" / "tuning_settings.csv")
+    assert list(settings["trials"]) == [3, 3]
+    storage = optuna.storages.RDBStorage(sqlite_url)
+    for group in info.groups:
+        row = settings[settings["group"] == group.label].iloc[0]
+        best = optuna.load_study(study_name=group.optuna_name, storage=storage).best_trial
+        assert row["best_trial"] == best.number and row["best_value"] == pytest.approx(best.value)
+        assert row["training.lr"] == pytest.approx(best.params["training.lr"])
+    engine = frames.open_readonly(sqlite_url)
+    data = frames.load(engine, ["tuned"])
+    assert sorted(data.cells["seed"]) == [1, 1, 2, 2]  # the comparison: evaluation cells only
+    text = render_markdown(report, data)
+    assert "## Tuning" in text and "pruner: median" in text and "test set was not read while tuning" in text
+    assert "evaluation seeds [1, 2] only" in text and "## Comparison on the evaluation seeds" in text
+    section = tuning.build_section(engine, ["tuned"], tmp_path / "fig", ("png",), scale=0.5)
+    engine.dispose()
+    assert section.figures[0].paths["png"].is_file() and section.figures[0].name == "tuning_history"
+
+
+def test_guard_refuses_a_test_metric_during_tuning(tuned):
+    """train_slot on a config that would evaluate the test set stops at the first epoch."""
+    import dataclasses
+
+    from tmafbench.study.tuning import TuningProtocolError, groups_of, train_slot, tuning_config
+
+    group = groups_of(tuned, "tuned")[0]
+    config = tuning_config(tuned, group)
+    assert config.training.evaluate_test is False and config.training.val_fraction == 0.2
+    trial = optuna.create_study().ask()
+    leaky = dataclasses.replace(config, training=dataclasses.replace(config.training, evaluate_test=True))
+    with pytest.raises(TuningProtocolError, match=r"measured test metrics \['rel_l2'"):
+        train_slot(leaky, trial=trial, params={"training.lr": 0.01}, seeds=[0], metric="val_rel_l2", direction="minimize")
+    result = train_slot(config, trial=optuna.create_study().ask(), params={"training.lr": 0.01}, seeds=[0, 3],
+                        metric="val_rel_l2", direction="minimize")
+    assert [r.epoch for r in result.epochs] == [1, 2, 3, 4]  # seed index * epochs + epoch
+    tuning = result.artifacts["tuning"]
+    assert tuning["state"] == "complete" and tuning["config"]["training"]["lr"] == 0.01
+    assert tuning["value"] == pytest.approx(sum(tuning["per_seed"]) / 2)
+    assert result.final_metrics["val_rel_l2"] == pytest.approx(tuning["value"]) and result.final_metrics["pruned"] == 0.0
+
+
+@pytest.mark.slow
+def test_dead_worker_slot_is_retried_and_its_trial_failed(sqlite_url):
+    """A worker that died mid-trial (stale heartbeat, Optuna trial left RUNNING): the slot runs again
+    as attempt 2, the orphaned trial is closed as FAIL, and the budget stays exact."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from tmafbench.store.repository import Repository
+    from tmafbench.store.schema import utcnow
+    from tmafbench.study.tuning import _set_trial_number
+
+    spec = parse_tuned_spec(TUNED, ["tune.trials=2", "tune.eval_seeds=[3]", 'tune.pruner="none"'])
+    info = prepare_tuned(spec, sqlite_url)
+    db = Database(sqlite_url)
+    repo = Repository(db)
+    claim = repo.claim_cell(info.tune_id, 2, host="elsewhere", worker="pid 1", device="cpu")
+    study = optuna.load_study(study_name=info.groups[0].optuna_name, storage=sqlite_url)
+    orphan = study.ask()
+    _set_trial_number(repo, claim.run_id, orphan.number)
+    with db.session() as s:  # the worker died two minutes ago
+        s.execute(update(Run).where(Run.id == claim.run_id).values(heartbeat_at=utcnow() - timedelta(seconds=120)))
+    db.dispose()
+    stats = tune_worker_loop("tuned", sqlite_url, options=FAST)
+    assert stats.stale_marked == 1 and stats.runs == 4 + 2
+    attempts = sorted((r.attempt, r.status) for r in _runs(sqlite_url, "tuned/tune") if r.cell_id == claim.cell_id)
+    assert attempts == [(1, "interrupted"), (2, "completed")]
+    states = [t.state for t in optuna.load_study(study_name=info.groups[0].optuna_name, storage=sqlite_url).trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and states.count(optuna.trial.TrialState.COMPLETE) == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_tuning_on_postgres(postgres_url):
+    """Both phases in-process on a fresh PostgreSQL database: exact budget, evaluation on new seeds."""
+    from tmafbench.study.benchmark import scratch_database
+
+    with scratch_database(postgres_url) as url:
+        spec = parse_tuned_spec(TUNED, ["tune.trials=2", "tune.eval_seeds=[4]"])
+        info = prepare_tuned(spec, url)
+        stats = tune_worker_loop("tuned", url, options=FAST)
+        assert stats.runs == 4 + 2 and stats.failed == 0
+        assert {len(v) for v in tuning_rows(Database(url), info.tune_id).values()} == {2}
+        assert sorted(r.seed for r in _runs(url, "tuned")) == [4, 4]
+        assert not _metric_names(url, "tuned/tune") & {"rel_l2", "mse", "max_abs"}

@@ -177,6 +177,7 @@ def test_grad_clip_and_init_scale_run():
 
 
 @pytest.mark.data
+@pytest.mark.slow  # ~1.5 s alone; far more on a shared, busy CPU
 def test_real_mnist_one_epoch_784_10_10_relu(real_data_dir):
     cfg = TrialConfig(task="mnist", model="mlp", activation="relu", seed=0,
                       task_params={"data_dir": str(real_data_dir), "download": False},

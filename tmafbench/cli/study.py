@@ -36,18 +36,27 @@ def _cells_table(cells: list[Any], limit: int) -> Table:
 
 
 def _load(spec_path: str, overrides: list[str] | None):
+    """(TunedStudy, cells): a file with [tune] is accepted too (tmafbench/study/tune_spec.py)."""
     from tmafbench.study.cells import expand
-    from tmafbench.study.spec import load_spec
+    from tmafbench.study.tune_spec import load_tuned_spec
 
-    spec = load_spec(spec_path, overrides or [])
-    return spec, expand(spec)
+    tuned = load_tuned_spec(spec_path, overrides or [])
+    return tuned, expand(tuned.spec)
+
+
+def _show_cells(tuned: Any, cells: list[Any], limit: int) -> None:
+    Console(width=160).print(_cells_table(cells, limit))
+    if tuned.tune is not None:
+        from tmafbench.cli import tuning
+
+        console.print(tuning.describe(tuned))
 
 
 def cells_cmd(spec_path: str = typer.Argument(..., help="Study file (TOML)."), set_: Optional[list[str]] = SetOpt,
               limit: int = typer.Option(200, help="Show at most this many rows.")) -> None:
     """Validate a study file and show its expanded cells; runs and writes nothing."""
-    _spec, cells = _load(spec_path, set_)
-    Console(width=160).print(_cells_table(cells, limit))
+    tuned, cells = _load(spec_path, set_)
+    _show_cells(tuned, cells, limit)
 
 
 class ProgressView:
@@ -113,12 +122,18 @@ def run_cmd(
     from tmafbench.store.database import redact
     from tmafbench.study.scheduler import WorkerOptions, prepare_study, resolve_devices
 
-    spec, cells = _load(spec_path, set_)
+    tuned, cells = _load(spec_path, set_)
+    spec = tuned.spec
     if dry_run:
-        Console(width=160).print(_cells_table(cells, 200))
+        _show_cells(tuned, cells, 200)
         return
     device_list = resolve_devices(devices, workers)
     url = resolve_storage(storage)
+    if tuned.tune is not None:  # tune every group with the same budget, then evaluate on fresh seeds
+        from tmafbench.cli import tuning
+
+        tuning.run(tuned, url, device_list, WorkerOptions(heartbeat_s=heartbeat, grace_s=grace), new_name=new_name, force=force)
+        return
     info = prepare_study(spec, url, new_name=new_name, force=force)
     console.print(f"{info.message} in {redact(url)}; {len(device_list)} worker(s) on {', '.join(sorted(set(device_list)))}")
     outcome = _run_with_progress(info, url, device_list, WorkerOptions(heartbeat_s=heartbeat, grace_s=grace))
@@ -145,8 +160,13 @@ def worker_cmd(
         study = Repository(db).require_study(name)
     finally:
         db.dispose()
-    info = StudyInfo(study.id, study.name, int(study.spec.get("max_retries", 2)), created=False)
     device_list = resolve_devices(devices, workers)
+    if study.kind == "eval":  # a tuned study: both phases
+        from tmafbench.cli import tuning
+
+        tuning.worker(name, url, device_list, WorkerOptions(heartbeat_s=heartbeat, grace_s=grace))
+        return
+    info = StudyInfo(study.id, study.name, int(study.spec.get("max_retries", 2)), created=False)
     outcome = _run_with_progress(info, url, device_list, WorkerOptions(heartbeat_s=heartbeat, grace_s=grace))
     _report(outcome, name)
 
@@ -227,6 +247,9 @@ def delete_cmd(name: str = typer.Argument(...), storage: Optional[str] = Storage
         typer.echo("not deleted")
         raise typer.Exit(1)
     delete_study(name, url)
+    from tmafbench.cli.tuning import delete_optuna_groups
+
+    delete_optuna_groups(name, url)  # a tuned study's per-group Optuna studies (none otherwise)
     typer.echo(f"deleted study {name!r}")
 
 

@@ -46,14 +46,17 @@ class Report:
     sections: list[Section] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    tuning: Section | None = None  # a tuned study's tuning history and chosen settings (reports/tuning.py)
 
     @property
     def tables(self) -> list[Table]:
-        return [t for s in self.sections for t in s.tables]
+        extra = self.tuning.tables if self.tuning else []
+        return extra + [t for s in self.sections for t in s.tables]
 
     @property
     def figures(self) -> list[Figure]:
-        return [f for s in self.sections for f in s.figures]
+        extra = self.tuning.figures if self.tuning else []
+        return extra + [f for s in self.sections for f in s.figures]
 
     @property
     def notes(self) -> list[str]:
@@ -111,6 +114,10 @@ def _build(data, studies, folder: Path, baseline, formats, metric, figure_scale)
         report.sections.append(_section(sub, task, prefix, report.folder, baseline, formats, metric, figure_scale))
     if all(s.metric is None for s in report.sections):
         raise frames.NothingFinished("no run has finished yet: nothing to report")
+    if data.engine is not None:
+        from tmafbench.reports import tuning
+
+        report.tuning = tuning.build_section(data.engine, list(studies), report.folder, formats, figure_scale)
     table_formats = {f for f in formats if f in ("csv", "tex")}
     for table in report.tables:
         report.files += table.write(report.folder / "tables", table_formats)
@@ -209,8 +216,16 @@ def _header_lines(report: Report, data) -> list[tuple[str, str]]:
 def _blocks(report: Report) -> list[tuple[str, int, object]]:
     """The document as (kind, heading level, content) blocks, shared by Markdown and HTML."""
     several = len(report.sections) > 1
-    level = 3 if several else 2
+    level = 3 if several or report.tuning is not None else 2
     blocks: list[tuple[str, int, object]] = []
+    if report.tuning is not None:  # how each group's settings were chosen, before the comparison
+        blocks.append(("heading", 2, "Tuning"))
+        blocks += [("note", 0, n) for n in report.tuning.notes]
+        for table in report.tuning.tables:
+            blocks += [("heading", 3, table.title), ("table", 0, table.shown), ("note", 0, table.note)]
+        for fig in report.tuning.figures:
+            blocks += [("heading", 3, fig.title), ("figure", 0, fig)]
+        blocks.append(("heading", 2, "Comparison on the evaluation seeds"))
     for section in report.sections:
         if several:
             blocks.append(("heading", 2, f"Task: {section.task}"))

@@ -226,14 +226,14 @@ def load_info(name: str, url: str) -> tuple[TunedStudy, TunedInfo]:
 # --- one tuning slot -----------------------------------------------------------------------------------
 
 
-class TestMetricRead(TmafbenchError):
+class TuningProtocolError(TmafbenchError):
     """A tuning run produced a test metric: the protocol forbids it."""
 
 
 def _guard(record: Any) -> None:
     test_metrics = [k for k in record.metrics if not k.startswith("val_")]
     if test_metrics:
-        raise TestMetricRead(f"a tuning run measured test metrics {test_metrics}; tuning reads validation metrics only")
+        raise TuningProtocolError(f"a tuning run measured test metrics {test_metrics}; tuning reads validation metrics only")
 
 
 def train_slot(config: Any, on_epoch: Callable[[Any], None] | None = None, *, trial: Any, params: dict[str, Any],
@@ -305,11 +305,16 @@ def _mean_finals(results: list[Any]) -> dict[str, float]:
     return {k: statistics.fmean(r.final_metrics[k] for r in results if k in r.final_metrics) for k in names}
 
 
-def make_pruner(kind: str) -> Any:
+def make_pruner(kind: str, startup_trials: int = 2, epochs: int = 1) -> Any:
+    """Optuna's pruner on the per-epoch validation metric.
+
+    Median: no pruning before `startup_trials` trials have finished (the TPE's random start) nor
+    in the first third of the first seed's epochs, where every curve is still noisy.
+    """
     import optuna
 
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=max(2, startup_trials), n_warmup_steps=epochs // 3)
     if kind == "successive-halving":
         return optuna.pruners.SuccessiveHalvingPruner()
     return optuna.pruners.NopPruner()
@@ -327,7 +332,7 @@ def load_optuna_study(tuned: TunedStudy, group: Group, storage: Any, slot: int, 
     seed = int(hashlib.sha256(f"{tune.sampler_seed}/{group.index}/{slot}/{attempt}".encode()).hexdigest()[:8], 16)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=tune.n_startup(), constant_liar=True)
     return optuna.load_study(study_name=group.optuna_name, storage=storage, sampler=sampler,
-                             pruner=make_pruner(tune.pruner))
+                             pruner=make_pruner(tune.pruner, tune.n_startup(), group.base.config.training.epochs))
 
 
 def run_slot(repo: Repository, claim: Claim, tuned: TunedStudy, group: Group, slot: int, storage: Any, *,

@@ -1,0 +1,162 @@
+"""The tuning section of a report: each group's history (best so far against trials), the chosen
+settings, and how they were chosen (sampler, pruner, metric, seeds).
+
+Reads only the tmaf_* tables (read-only engine): the tune study whose parent is a reported study,
+its slot runs and their "tuning" artifacts (tmafbench/study/tuning.py's docstring). The chosen
+settings follow the runner's rule exactly (`tmafbench.study.tuning.best_trial`, a pure function).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from tmafbench.reports.figures import Figure, FigureContext, metric_label
+from tmafbench.reports.tables import Table, fmt
+
+STATES = ("complete", "pruned", "fail")
+
+
+def load_tuning(engine: Engine, studies: list[str]) -> tuple[dict, pd.DataFrame]:
+    """({study name: its [tune] table}, one row per finished slot run: study, group, trial, state, value, params)."""
+    from tmafbench.store.schema import Artifact, Cell, Run, Study
+
+    with engine.connect() as conn:
+        reported = conn.execute(select(Study.id, Study.name, Study.spec).where(Study.name.in_(studies))).all()
+        parents = {sid: name for sid, name, _spec in reported}
+        tune_ids = dict(conn.execute(select(Study.id, Study.parent_id).where(Study.kind == "tune", Study.parent_id.in_(list(parents)))).all())
+        rows = conn.execute(
+            select(Cell.study_id, Cell.group_hash, Cell.label, Run.status, Artifact.data)
+            .join(Run, Run.cell_id == Cell.id)
+            .join(Artifact, (Artifact.run_id == Run.id) & (Artifact.name == "tuning"), isouter=True)
+            .where(Cell.study_id.in_(list(tune_ids)), Run.status.in_(("completed", "diverged", "failed")))
+        ).all()
+    records = []
+    for study_id, group_hash, label, status, data in rows:
+        data = data or {}
+        records.append({"study": parents[tune_ids[study_id]], "group_hash": group_hash, "group": label,
+                        "trial": data.get("trial_number"), "state": data.get("state", "fail") if status != "failed" else "fail",
+                        "value": data.get("value"), "params": data.get("params", {})})
+    frame = pd.DataFrame(records, columns=["study", "group_hash", "group", "trial", "state", "value", "params"])
+    tuned = set(tune_ids.values())
+    specs = {name: (spec or {}).get("tune") or {} for sid, name, spec in reported if sid in tuned}
+    return specs, frame
+
+
+def history(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """Per group, trials in Optuna order with the best completed value so far (NaN before the first)."""
+    out = []
+    for (study, group), sub in frame.groupby(["study", "group"], sort=False):
+        sub = sub.sort_values("trial", na_position="last").reset_index(drop=True)
+        best, rows = math.nan, []
+        for i, r in sub.iterrows():
+            value = r["value"]
+            if r["state"] == "complete" and value is not None and math.isfinite(value):
+                better = math.isnan(best) or (value < best if direction == "minimize" else value > best)
+                best = value if better else best
+            rows.append({"study": study, "group": group, "n": i + 1, "trial": r["trial"], "state": r["state"],
+                         "value": value, "best_so_far": best})
+        out += rows
+    return pd.DataFrame(out)
+
+
+def chosen(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """One row per group: trials by state, the best trial, its value and its settings (one column each)."""
+    from tmafbench.study.tuning import best_trial
+
+    rows = []
+    for (study, group), sub in frame.groupby(["study", "group"], sort=False):
+        records = [{"state": r.state, "value": r.value, "trial_number": r.trial, "params": r.params}
+                   for r in sub.itertuples()]
+        best = best_trial(records, direction)
+        counts = sub["state"].value_counts()
+        row = {"study": study, "group": group, "trials": len(sub), **{s: int(counts.get(s, 0)) for s in STATES},
+               "best_trial": best["trial_number"] if best else None, "best_value": best["value"] if best else None}
+        row.update({k: v for k, v in (best["params"] if best else {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def describe(name: str, tune: dict, several: bool) -> str:
+    """How the settings were chosen, in one sentence."""
+    seeds = tune.get("seeds", 1)
+    seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
+    evals = tune.get("eval_seeds")
+    evals = list(range(max(seeds) + 1, max(seeds) + 1 + evals)) if isinstance(evals, int) else evals
+    text = (f"{tune['trials']} trials per group, Optuna TPE sampler (seed {tune.get('sampler_seed', 0)}), pruner: "
+            f"{tune.get('pruner', 'none')}, on {tune.get('metric') or 'the validation metric'} of a "
+            f"{tune.get('val_fraction', 0.2):g} validation split of the training data (tuning seeds {seeds}); the "
+            f"test set was not read while tuning. The comparison tables show the evaluation seeds {evals} only.")
+    return f"{name}: {text}" if several else text
+
+
+def build_section(engine: Engine, studies: list[str], folder: Path, formats: tuple[str, ...], scale: float = 1.0):
+    """The tuning Section (render.Section), or None when no reported study was tuned."""
+    from tmafbench.reports.render import Section
+    from tmafbench.study.tune_spec import metric_direction
+
+    specs, frame = load_tuning(engine, studies)
+    if not specs:
+        return None
+    metric = next(iter(specs.values())).get("metric") or "val_rel_l2"
+    direction = metric_direction(metric)
+    section = Section("tuning", "tuning_", metric, direction, None)
+    section.notes = [describe(n, t, len(specs) > 1) for n, t in specs.items()]
+    if frame.empty:
+        section.notes.append("No tuning trial has finished yet.")
+        return section
+    table = chosen(frame, direction)
+    section.tables = [settings_table(table, metric, direction, several=len(specs) > 1)]
+    images = tuple(f for f in formats if f in ("png", "svg", "pdf"))
+    if images:
+        ctx = FigureContext(None, metric, direction, None, folder / "figures", images, scale, "tuning_")
+        section.figures = [history_figure(ctx, history(frame, direction), several=len(specs) > 1)]
+    return section
+
+
+def settings_table(table: pd.DataFrame, metric: str, direction: str, several: bool) -> Table:
+    raw = table if several else table.drop(columns=["study"])
+    shown = raw.copy()
+    shown["best_value"] = [fmt(v) for v in shown["best_value"]]
+    for col in shown.columns:
+        if col not in ("study", "group", "best_value"):
+            shown[col] = [_cell(v) for v in shown[col]]
+    shown = shown.rename(columns={"best_value": f"best {metric}", "best_trial": "best trial"})
+    return Table("tuning_settings", "Tuning: chosen settings per group", raw.reset_index(drop=True), shown.reset_index(drop=True),
+                 note=f"Best = {'lowest' if direction == 'minimize' else 'highest'} {metric} among the completed, "
+                      "non-pruned trials (ties: the earliest); its settings were used on the evaluation seeds.")
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return fmt(value, 3)
+    return str(value)
+
+
+def history_figure(ctx: FigureContext, hist: pd.DataFrame, several: bool) -> Figure:
+    """Best validation value so far against trials, one line per group; each trial as a dot (x: pruned)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=ctx.figsize(7, 4))
+    for i, ((study, group), sub) in enumerate(hist.groupby(["study", "group"], sort=False)):
+        color = f"C{i % 10}"
+        label = f"{study}: {group}" if several else group
+        ax.step(sub["n"], sub["best_so_far"], where="post", color=color, label=label, linewidth=2)
+        done = sub[sub["state"] == "complete"]
+        ax.scatter(done["n"], done["value"], color=color, s=16, alpha=0.6)
+        pruned = sub[(sub["state"] == "pruned") & sub["value"].notna()]
+        ax.scatter(pruned["n"], pruned["value"], color=color, marker="x", s=20, alpha=0.6)
+    values = hist["value"].dropna()
+    if len(values) and ctx.direction == "minimize" and (values > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric_label(ctx.metric, ctx.direction))
+    ax.set_title("Tuning history: best so far (line), each trial (dot; x = pruned)")
+    ax.legend(fontsize=8)
+    return ctx.save(fig, "history", "Tuning history: best validation value so far against trials")
