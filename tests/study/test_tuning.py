@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from tmafbench.errors import SpecError
 from tmafbench.store.database import Database
-from tmafbench.store.schema import Artifact, Cell, EpochMetric, FinalMetric, Run, Study
+from tmafbench.store.schema import Cell, EpochMetric, FinalMetric, Run, Study
 from tmafbench.study.scheduler import SpecChangedError, WorkerOptions
 from tmafbench.study.tune_spec import apply_params, metric_direction, parse_tuned_spec
 from tmafbench.study.tuning import (
@@ -131,6 +131,14 @@ def _runs(url: str, study: str) -> list[tuple]:
     return rows
 
 
+def _tuning_rows(url: str, tune_id: int) -> dict:
+    db = Database(url)
+    try:
+        return tuning_rows(db, tune_id)
+    finally:
+        db.dispose()
+
+
 def _metric_names(url: str, study: str) -> set[str]:
     db = Database(url)
     with db.session() as s:
@@ -174,7 +182,7 @@ def test_tuning_study_end_to_end_with_resume(finished):
         per_group[group.label] = study
         assert len(study.get_trials(states=finished)) == 3
         assert study.user_attrs["pruner"] == "median" and study.user_attrs["metric"] == "val_rel_l2"
-    assert {len(v) for v in tuning_rows(Database(sqlite_url), info.tune_id).values()} == {3}
+    assert {len(v) for v in _tuning_rows(sqlite_url, info.tune_id).values()} == {3}
 
     # No test metric was read during tuning: only val_* and train_loss (and timings) are stored.
     names = _metric_names(sqlite_url, "tuned/tune")
@@ -339,7 +347,7 @@ def test_dead_worker_slot_is_retried_and_its_trial_failed(sqlite_url):
     from tmafbench.store.schema import utcnow
     from tmafbench.study.tuning import _set_trial_number
 
-    spec = parse_tuned_spec(TUNED, ["tune.trials=2", "tune.eval_seeds=[3]", 'tune.pruner="none"'])
+    spec = parse_tuned_spec(TUNED, ["tune.trials=2", "tune.eval_seeds=[3]", 'tune.pruner="successive-halving"'])
     info = prepare_tuned(spec, sqlite_url)
     db = Database(sqlite_url)
     repo = Repository(db)
@@ -355,7 +363,8 @@ def test_dead_worker_slot_is_retried_and_its_trial_failed(sqlite_url):
     attempts = sorted((r.attempt, r.status) for r in _runs(sqlite_url, "tuned/tune") if r.cell_id == claim.cell_id)
     assert attempts == [(1, "interrupted"), (2, "completed")]
     states = [t.state for t in optuna.load_study(study_name=info.groups[0].optuna_name, storage=sqlite_url).trials]
-    assert states.count(optuna.trial.TrialState.FAIL) == 1 and states.count(optuna.trial.TrialState.COMPLETE) == 2
+    finished = states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED)
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and finished == 2
 
 
 @pytest.mark.postgres
@@ -369,6 +378,6 @@ def test_tuning_on_postgres(postgres_url):
         info = prepare_tuned(spec, url)
         stats = tune_worker_loop("tuned", url, options=FAST)
         assert stats.runs == 4 + 2 and stats.failed == 0
-        assert {len(v) for v in tuning_rows(Database(url), info.tune_id).values()} == {2}
+        assert {len(v) for v in _tuning_rows(url, info.tune_id).values()} == {2}
         assert sorted(r.seed for r in _runs(url, "tuned")) == [4, 4]
         assert not _metric_names(url, "tuned/tune") & {"rel_l2", "mse", "max_abs"}

@@ -15,7 +15,9 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from tmafbench.reports.figures import Figure, FigureContext, metric_label
+from matplotlib.ticker import MaxNLocator
+
+from tmafbench.reports.figures import Figure, FigureContext, _log_axis, metric_label
 from tmafbench.reports.tables import Table, fmt
 
 STATES = ("complete", "pruned", "fail")
@@ -153,8 +155,9 @@ def history_figure(ctx: FigureContext, hist: pd.DataFrame, several: bool) -> Fig
         pruned = sub[(sub["state"] == "pruned") & sub["value"].notna()]
         ax.scatter(pruned["n"], pruned["value"], color=color, marker="x", s=20, alpha=0.6)
     values = hist["value"].dropna()
-    if len(values) and ctx.direction == "minimize" and (values > 0).all():
-        ax.set_yscale("log")
+    if len(values) and ctx.direction == "minimize" and (values > 0).all() and values.max() > 10 * values.min():
+        _log_axis(ax)  # errors spanning decades
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(metric_label(ctx.metric, ctx.direction))
     ax.set_title("Tuning history: best so far (line), each trial (dot; x = pruned)")

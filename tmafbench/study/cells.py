@@ -13,7 +13,16 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
-from tmafbench.study.spec import GRID_KEYS, ActivationSpec, AxisValues, GridSpec, ScopedAxis, StudySpec, TaskSpec
+from tmafbench.study.spec import (
+    GRID_KEYS,
+    ActivationSpec,
+    AxisValues,
+    GridSpec,
+    ScopedAxis,
+    ScopedCases,
+    StudySpec,
+    TaskSpec,
+)
 from tmafbench.training.config import TrainingConfig, TrialConfig
 
 
@@ -73,6 +82,8 @@ def _axis(values: AxisValues | None, task: str, activation: str) -> list[Any] | 
         return None
     if isinstance(values, ScopedAxis):
         return list(values.values) if values.applies(task, activation) else None
+    if isinstance(values, ScopedCases):
+        return values.values_for(task, activation)
     return list(values)
 
 

@@ -152,7 +152,19 @@ class ScopedAxis(_Strict):
         )
 
 
-AxisValues = list[Any] | ScopedAxis
+class ScopedCases(_Strict):
+    """Several scoped value lists for one axis, e.g. n = 1..4 for one task and 5..8 for another:
+    `n = { cases = [ { values = [1, 2], tasks = ["shallow"] }, { values = [5], tasks = ["deep"] } ] }`.
+    A cell takes the values of every case that applies to it, in order."""
+
+    cases: list[ScopedAxis] = Field(min_length=1)
+
+    def values_for(self, task: str, activation: str) -> list[Any] | None:
+        values = [v for case in self.cases if case.applies(task, activation) for v in case.values]
+        return values or None
+
+
+AxisValues = list[Any] | ScopedAxis | ScopedCases
 
 
 class Axes(_Strict):
@@ -273,7 +285,7 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("list[any]", "ScopedAxis", "int", "list[int]") or str(part).startswith(("function-", "list[")):
+        elif part in ("list[any]", "ScopedAxis", "ScopedCases", "int", "list[int]") or str(part).startswith(("function-", "list[")):
             continue  # pydantic's union-branch names are not keys
         else:
             out += ("." if out else "") + str(part)

@@ -242,21 +242,27 @@ def train_slot(config: Any, on_epoch: Callable[[Any], None] | None = None, *, tr
 
     Reports the per-epoch metric to Optuna (step = seed index * epochs + epoch, so one step means the
     same seed and epoch in every trial) and stops at the first prune. Returns one TrialResult for
-    the whole slot (see the module docstring for what is stored).
+    the whole slot (see the module docstring for what is stored). `on_epoch` is unused: the slot
+    reports to Optuna itself.
     """
+    config = apply_params(config, params)
+    results, seen, pruned = _train_seeds(config, trial, seeds, metric, trial_fn)
+    return _slot_result(config, trial, params, seeds, metric, direction, results, seen, pruned)
+
+
+def _train_seeds(config: Any, trial: Any, seeds: list[int], metric: str,
+                 trial_fn: Callable[..., Any] | None) -> tuple[list[Any], list[tuple[int, Any]], bool]:
+    """(results of the seeds that ran to the end, (seed index, epoch record) seen, pruned?)."""
     import optuna
 
     from tmafbench.training import train_trial
-    from tmafbench.training.result import TrialResult
 
     trial_fn = trial_fn or train_trial
-    config = apply_params(config, params)
     epochs = config.training.epochs
     results: list[Any] = []
-    seen: list[Any] = []  # (seed index, record), kept by the callback: a pruned trial returns nothing
-    pruned = False
+    seen: list[tuple[int, Any]] = []  # kept by the callback: a pruned seed returns no result
     for i, seed in enumerate(seeds):
-        def report(record: Any, i: int = i) -> None:
+        def report(record: Any, i: int = i, seed: int = seed) -> None:
             _guard(record)
             seen.append((i, record))
             value = record.metrics.get(metric)
@@ -268,25 +274,35 @@ def train_slot(config: Any, on_epoch: Callable[[Any], None] | None = None, *, tr
         try:
             result = trial_fn(dataclasses.replace(config, seed=seed), on_epoch=report)
         except optuna.TrialPruned:
-            pruned = True
-            break
+            return results, seen, True
         results.append(result)
-        if result.status != "completed":
+        if result.status != "completed":  # diverged: the trial ends here
             break
-    records = [dataclasses.replace(r, epoch=i * epochs + r.epoch) for i, r in seen]
+    return results, seen, False
+
+
+def _slot_result(config: Any, trial: Any, params: dict[str, Any], seeds: list[int], metric: str, direction: str,
+                 results: list[Any], seen: list[tuple[int, Any]], pruned: bool) -> Any:
+    """One TrialResult for the slot: epochs renumbered across seeds, finals averaged over seeds."""
+    from tmafbench.training.result import TrialResult
+
+    epochs = config.training.epochs
     status = results[-1].status if results and results[-1].status != "completed" else "completed"
     per_seed = [r.final_metrics.get(metric) for r in results if r.status == "completed"]
-    value = _mean(per_seed) if status == "completed" and not pruned else None
-    if pruned:
+    if pruned:  # Optuna keeps a pruned trial's last reported value; so do we
         value = seen[-1][1].metrics.get(metric) if seen else None
+    else:
+        value = _mean(per_seed) if status == "completed" else None
     finals = _mean_finals(results) if results else {}
     finals["pruned"] = float(pruned)
     if not pruned and status == "completed":
         finals[metric] = value
-    state = "pruned" if pruned else "complete" if status == "completed" and value is not None and math.isfinite(value) else "fail"
+    ok = status == "completed" and value is not None and math.isfinite(value)
+    state = "pruned" if pruned else "complete" if ok else "fail"
     first = results[0] if results else None
     return TrialResult(
-        status=status, metric_name=metric, metric_direction=direction, epochs=records, final_metrics=finals,
+        status=status, metric_name=metric, metric_direction=direction,
+        epochs=[dataclasses.replace(r, epoch=i * epochs + r.epoch) for i, r in seen], final_metrics=finals,
         total_train_time_s=sum(r.epoch_time_s for _, r in seen), num_params=first.num_params if first else 0,
         num_act_params=first.num_act_params if first else 0, device=first.device if first else config.training.device,
         error=results[-1].error if results and status != "completed" else None,

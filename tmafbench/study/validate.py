@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from tmafbench.errors import SpecError
 from tmafbench.registry import Registry
-from tmafbench.study.spec import ScopedAxis, StudySpec
+from tmafbench.study.spec import ScopedAxis, ScopedCases, StudySpec
 
 
 MakeError = Callable[[tuple[Any, ...], str], SpecError]
@@ -74,11 +74,17 @@ def _check_labels(spec: StudySpec, err: MakeError) -> None:
     for section in ("task_params", "model_params", "training"):
         scoped += [((section, key), value) for key, value in getattr(axes, section).items()]
     for loc, value in scoped:
-        if isinstance(value, ScopedAxis):
+        cases = [((), value)] if isinstance(value, ScopedAxis) else []
+        if isinstance(value, ScopedCases):
+            cases = [(("cases", i), case) for i, case in enumerate(value.cases)]
+        for where, case in cases:
             for field, valid in (("activations", acts), ("tasks", tasks)):
-                for name in getattr(value, field) or []:
+                for name in getattr(case, field) or []:
                     if name not in valid:
-                        raise err(("axes",) + loc + (field,), f"unknown {field[:-1]} label {name!r}; choose from: {', '.join(valid)}")
+                        raise err(
+                            ("axes",) + loc + where + (field,),
+                            f"unknown {field[:-1]} label {name!r}; choose from: {', '.join(valid)}",
+                        )
 
 
 def _check_grid_scopes(spec: StudySpec, err: MakeError) -> None:
