@@ -92,3 +92,29 @@ def test_unknown_study_and_missing_database(tmp_path):
     assert result.exit_code == 2 and "no tmafbench results" in result.output
     result = invoke("study", "worker", "nope", "--storage", url)
     assert result.exit_code == 2 and "no tmafbench results" in result.output
+
+
+MISSING_DATA = """
+name = "needs-mnist"
+[defaults]
+task = "mnist"
+task_params = {{ data_dir = "{folder}", download = false, train_size = 64, test_size = 64 }}
+model_params = {{ depth = 1, width = 8 }}
+training = {{ epochs = 1 }}
+[axes]
+seeds = 1
+[[axes.activations]]
+name = "relu"
+"""
+
+
+def test_missing_data_is_one_line_and_writes_nothing(tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    spec = tmp_path / "mnist.toml"
+    spec.write_text(MISSING_DATA.format(folder=empty))
+    db = tmp_path / "results.db"
+    result = invoke("study", "run", str(spec), "--storage", f"sqlite:///{db}")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: mnist data not found; looked in:") and str(empty) in result.output
+    assert not db.exists()

@@ -117,3 +117,40 @@ training = { epochs = 2 }
     assert osc and all("n" not in c.axes and c.config.training.epochs == 2 for c in osc)
     assert all(c.config.task_params["train_size"] == 32 for c in osc)
     assert all(c.label.endswith("task=oscillatory") for c in osc)
+
+
+CASES = """
+name = "cases"
+[defaults]
+task = "sine-sum"
+model_params = { width = 8 }
+task_params = { train_size = 64, test_size = 64 }
+training = { epochs = 1 }
+[[axes.tasks]]
+name = "sine-sum"
+label = "shallow"
+model_params = { depth = 1 }
+[[axes.tasks]]
+name = "sine-sum"
+label = "deep"
+model_params = { depth = 2 }
+[axes]
+seeds = 1
+[axes.task_params.n]
+cases = [ { values = [1, 2], tasks = ["shallow"] }, { values = [5], tasks = ["deep"] } ]
+[[axes.activations]]
+name = "relu"
+"""
+
+
+def test_axis_cases_give_each_task_its_own_values():
+    cells = expand(parse_spec(CASES))
+    got = sorted((c.axes["task"], c.config.task_params["n"], c.config.model_params["depth"]) for c in cells)
+    assert got == [("deep", 5, 2), ("shallow", 1, 1), ("shallow", 2, 1)]
+
+
+def test_axis_case_with_an_unknown_task_label_is_refused():
+    from tmafbench.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"axes\.task_params\.n\.cases\[1\]\.tasks.*unknown task label 'nope'"):
+        parse_spec(CASES.replace('tasks = ["deep"]', 'tasks = ["nope"]'))

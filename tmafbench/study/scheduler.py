@@ -39,6 +39,7 @@ from tmafbench.store.database import Database, add_sqlite_pragmas, is_sqlite, no
 from tmafbench.store.repository import Claim, Counts, Repository
 from tmafbench.study.cells import cells_hash, expand
 from tmafbench.study.spec import StudySpec
+from tmafbench.study.validate import check_data
 
 TrialFn = Callable[..., Any]
 
@@ -114,6 +115,7 @@ def prepare_study(spec: StudySpec, url: str, *, new_name: str | None = None, for
 
     name = new_name or spec.name
     cells = expand(spec)
+    check_data(cell.config for cell in cells)  # missing data: one clear error, nothing written
     design = cells_hash(cells)
     spec_dict = {**spec.to_dict(), "name": name}
     reference = spec.reference.model_dump(mode="json") if spec.reference else None

@@ -58,6 +58,7 @@ from tmafbench.study.scheduler import (
     run_cell,
     worker_loop,
 )
+from tmafbench.study.validate import check_data
 from tmafbench.study.tune_spec import SpaceParam, TunedStudy, apply_params, group_bases, metric_direction, space_for, tuned_from_dict
 
 TUNE_SUFFIX = "/tune"
@@ -170,6 +171,7 @@ def prepare_tuned(tuned: TunedStudy, url: str, *, new_name: str | None = None) -
     data = {**tuned.data, "name": name}
     design = design_hash(data)
     groups = groups_of(tuned, name)
+    check_data(cell.config for group in groups for cell in group.cells)  # before anything is written
     db = Database(url)
     try:
         db.create_all()

@@ -7,7 +7,7 @@ and model parameters are checked against their registries, and training options 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from tmafbench.errors import SpecError
 from tmafbench.registry import Registry
@@ -157,3 +157,21 @@ def _check_cells(spec: StudySpec, err: MakeError) -> None:
         if cell.config_hash in seen:
             raise err(("axes", "activations"), f"cells {seen[cell.config_hash]!r} and {cell.label!r} are identical; differ their params")
         seen[cell.config_hash] = cell.label
+
+
+def check_data(configs: Iterable[Any]) -> None:
+    """Find every data set the cells read, once, so that missing data fails before anything is written.
+
+    Generated tasks (sine-sum, oscillatory, expression) need nothing. Image tasks are loaded through
+    the same per-process cache the trainer uses, so a DataNotFoundError names the folders looked in.
+    """
+    from tmafbench import tasks
+    from tmafbench.tasks.vision import VisionTask, load_splits
+
+    seen: set[tuple[Any, ...]] = set()
+    for config in configs:
+        task = tasks.create(config.task, **config.task_params)
+        key = (type(task), getattr(task, "data_dir", None), getattr(task, "download", None))
+        if isinstance(task, VisionTask) and key not in seen:
+            seen.add(key)
+            load_splits(type(task), task.data_dir, task.download)
