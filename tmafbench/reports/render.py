@@ -203,8 +203,10 @@ def _header_lines(report: Report, data) -> list[tuple[str, str]]:
     metrics = "; ".join(f"{s.task}: {metric_label(s.metric, s.direction)}" if len(report.sections) > 1
                         else metric_label(s.metric, s.direction) for s in report.sections if s.metric)
     baselines = sorted({s.baseline for s in report.sections if s.baseline})
+    descriptions = [d for d in data.studies["description"].fillna("") if d]
     return [
         ("Studies", ", ".join(report.studies)),
+        *([("Description", " / ".join(descriptions))] if descriptions else []),
         ("Primary metric", metrics),
         ("Baseline", ", ".join(baselines) or "none"),
         ("Cells", f"{len(cells)} ({(cells['status'] == 'completed').sum()} completed) in {cells['group'].nunique()} groups"),
