@@ -13,20 +13,9 @@ from tmafbench.cli import app
 from tmafbench.study.scheduler import WorkerOptions, prepare_study, worker_loop
 from tmafbench.study.spec import parse_spec
 
-SPEC = """
-name = "res"
-[defaults]
-task = "sine-sum"
-task_params = { n = 1, train_size = 64, test_size = 64 }
-model_params = { depth = 1, width = 8 }
-training = { epochs = 2, batch_size = 32 }
-[axes]
-seeds = 2
-[[axes.activations]]
-name = "relu"
-[[axes.activations]]
-name = "tanh"
-"""
+from tiny_specs import study_toml
+
+SPEC = study_toml("res", epochs=2)
 
 runner = CliRunner()
 

@@ -10,18 +10,9 @@ from typer.testing import CliRunner
 
 from tmafbench.cli import app
 
-TINY = """
-name = "cli"
-[defaults]
-task = "sine-sum"
-task_params = { n = 1, train_size = 64, test_size = 64 }
-model_params = { depth = 1, width = 8 }
-training = { epochs = 1, batch_size = 32 }
-[axes]
-seeds = 2
-[[axes.activations]]
-name = "relu"
-"""
+from tiny_specs import study_toml
+
+TINY = study_toml("cli", activations=("relu",))
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""Tiny real studies: sine-sum n=1, 64 samples, one epoch."""
+"""Tiny real studies (tests/tiny_specs.py): sine-sum n=1, 64 samples, one epoch."""
 
 from __future__ import annotations
 
@@ -6,22 +6,7 @@ from pathlib import Path
 
 import pytest
 
-TINY = """
-name = "tiny"
-description = "two activations, two seeds"
-[defaults]
-task = "sine-sum"
-model = "mlp"
-task_params = { n = 1, train_size = 64, test_size = 64 }
-model_params = { depth = 1, width = 8 }
-training = { epochs = 1, batch_size = 32 }
-[axes]
-seeds = 2
-[[axes.activations]]
-name = "relu"
-[[axes.activations]]
-name = "tanh"
-"""
+from tiny_specs import TINY
 
 
 @pytest.fixture

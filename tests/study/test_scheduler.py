@@ -23,6 +23,8 @@ from tmafbench.study.scheduler import (
 )
 from tmafbench.study.spec import parse_spec
 
+from tiny_specs import study_toml
+
 
 def runs_by_cell(url: str) -> dict[str, list[tuple[int, str]]]:
     db = Database(url)
@@ -95,18 +97,8 @@ def test_changed_design_is_refused_then_forced(tiny_spec_text, sqlite_url):
                                                                if h in before and h in kept}
 
 
-SLOW_CELL = """
-name = "killme"
-[defaults]
-task = "sine-sum"
-task_params = { n = 1, train_size = 1024, test_size = 64 }
-model_params = { depth = 2, width = 32 }
-training = { epochs = 6, batch_size = 16 }
-[axes]
-seeds = 1
-[[axes.activations]]
-name = "relu"
-"""
+SLOW_CELL = study_toml("killme", train_size=1024, depth=2, width=32, epochs=20, batch_size=16, seeds=1,
+                       activations=("relu",))
 
 WORKER = (
     "import sys; from tmafbench.study.scheduler import worker_loop, WorkerOptions; "
@@ -115,7 +107,10 @@ WORKER = (
 
 
 def start_worker_and_wait_running(url: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A shell that starts jobs in the background makes them ignore SIGINT, and Python then never
+    # installs its KeyboardInterrupt handler: restore the default so the Ctrl-C test means something.
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         runs = runs_by_cell(url)

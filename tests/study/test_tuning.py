@@ -20,19 +20,10 @@ from tmafbench.study.tuning import (
     tuning_rows,
 )
 
-TUNED = """
-name = "tuned"
-description = "relu vs tmaf, 3 trials each"
-[defaults]
-task = "sine-sum"
-model = "mlp"
-task_params = { n = 1, train_size = 96, test_size = 64 }
-model_params = { depth = 1, width = 8 }
-training = { epochs = 2, batch_size = 32 }
-[[axes.activations]]
-name = "relu"
-[[axes.activations]]
-name = "tmaf"
+from tiny_specs import study_toml
+
+TUNED = study_toml("tuned", description="relu vs tmaf, 3 trials each", model="mlp", train_size=96, epochs=2, seeds=None,
+                   activations=("relu", "tmaf"), tail="""\
 [tune]
 trials = 3
 seeds = 1
@@ -43,7 +34,7 @@ sampler_seed = 7
 "training.lr" = { low = 1e-3, high = 3e-2, log = true }
 training.batch_size = { choices = [16, 32] }
 "act_params.init" = { choices = ["relu", "random"] }
-"""
+""")
 
 FAST = WorkerOptions(poll_s=0.05, heartbeat_s=5.0, grace_s=60.0)
 

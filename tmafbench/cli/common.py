@@ -92,5 +92,30 @@ def resolve_storage(storage: str | None) -> str:
     return storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
+def progress_bar(console: Any) -> Any:
+    """The rich progress bar the study commands draw: description, bar, n/m, detail, elapsed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+
+
+def counts_detail(counts: Any) -> str:
+    return f"done {counts.completed}  running {counts.running}  failed {counts.failed}  pending {counts.pending}"
+
+
+def exit_for_outcome(console: Any, exit_codes: list[int | None], interrupted: bool, done: bool,
+                     resume_hint: str = "run the same command again to resume") -> None:
+    """After local workers: name crashed workers; exit 130 when interrupted, 1 when cells are left."""
+    crashed = [code for code in exit_codes if code not in (0, None)]
+    if crashed and not interrupted:
+        console.print(f"{len(crashed)} worker process(es) exited with an error (codes {crashed}); see the messages above")
+    if interrupted:
+        console.print(f"interrupted: {resume_hint}")
+        raise typer.Exit(130)
+    if not done:
+        raise typer.Exit(1)
+
+
 def is_tty() -> bool:
     return sys.stderr.isatty()

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tmafbench.cli.common import App, resolve_storage
+from tmafbench.cli.common import App, counts_detail, exit_for_outcome, progress_bar, resolve_storage
 
 study_app = App(help="Run studies (a grid of cells from a TOML file) and inspect them.")
 
@@ -63,16 +63,12 @@ class ProgressView:
     """Cells done / running / failed / pending with an ETA, drawn by rich."""
 
     def __init__(self, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+        self.progress = progress_bar(console)
         self.task = self.progress.add_task("cells", total=total, detail="")
 
     def __call__(self, counts: Any, eta_s: float | None) -> None:
         eta = "ETA --" if eta_s is None else f"ETA {eta_s / 60:.1f} min" if eta_s >= 60 else f"ETA {eta_s:.0f} s"
-        detail = (f"done {counts.completed}  running {counts.running}  failed {counts.failed}  "
-                  f"pending {counts.pending}  {eta}")
+        detail = f"{counts_detail(counts)}  {eta}"
         self.progress.update(self.task, completed=counts.completed + counts.failed, detail=detail)
 
 
@@ -93,14 +89,7 @@ def _report(outcome: Any, name: str) -> None:
     c = outcome.counts
     console.print(f"study {name!r}: {c.completed}/{c.total} cells done ({c.diverged} diverged), "
                   f"{c.failed} failed, {c.pending + c.running} left; {outcome.wall_s:.1f} s")
-    crashed = [code for code in outcome.exit_codes if code not in (0, None)]
-    if crashed and not outcome.interrupted:
-        console.print(f"{len(crashed)} worker process(es) exited with an error (codes {crashed}); see the messages above")
-    if outcome.interrupted:
-        console.print("interrupted: run the same command again to resume")
-        raise typer.Exit(130)
-    if not c.done:
-        raise typer.Exit(1)
+    exit_for_outcome(console, outcome.exit_codes, outcome.interrupted, c.done)
 
 
 def run_cmd(
@@ -209,24 +198,13 @@ def status_cmd(name: str = typer.Argument(...), storage: Optional[str] = Storage
 
 def show_cmd(name: str = typer.Argument(...), storage: Optional[str] = StorageOpt) -> None:
     """The study's provenance and spec, and a summary per group."""
-    from sqlalchemy import func, select
-
-    from tmafbench.store.schema import Cell, FinalMetric, Run
-
     db, repo = _repo(storage)
     study = repo.require_study(name)
     out = Console()
     out.print(f"[bold]{study.name}[/bold] ({study.kind}) {study.description}")
     out.print(f"spec hash {study.spec_hash}  tmafbench {study.tmafbench_version}  commit {study.git_commit or '-'}  "
               f"created {study.created_at:%Y-%m-%d %H:%M} UTC")
-    with db.session() as s:
-        metric = func.avg(FinalMetric.value)
-        rows = s.execute(
-            select(Cell.label, func.count(func.distinct(Cell.id)), func.count(func.distinct(Run.id)), Run.metric_name, metric)
-            .join(Run, Run.cell_id == Cell.id, isouter=True)
-            .join(FinalMetric, (FinalMetric.run_id == Run.id) & (FinalMetric.name == Run.metric_name), isouter=True)
-            .where(Cell.study_id == study.id, (Run.status == "completed") | (Run.id.is_(None)))
-            .group_by(Cell.label, Run.metric_name).order_by(Cell.label)).all()
+    rows = repo.group_summary(study.id)
     db.dispose()
     table = Table()
     for col in ("group", "cells", "completed runs", "metric", "mean"):

@@ -11,6 +11,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from tmafbench.cli.common import counts_detail, exit_for_outcome, progress_bar
+
 console = Console(stderr=True)
 
 
@@ -31,18 +33,14 @@ class TunedProgress:
     """Slots, then evaluation cells, done / running / failed / pending."""
 
     def __init__(self, info: Any):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+        self.progress = progress_bar(console)
         # Totals are set from the database counts on the first update.
         self.tasks = {"tune": self.progress.add_task("tuning slots", total=None, detail=""),
                       "eval": self.progress.add_task("evaluation cells", total=None, detail="")}
 
     def __call__(self, phase: str, counts: Any) -> None:
-        detail = f"done {counts.completed}  running {counts.running}  failed {counts.failed}  pending {counts.pending}"
         self.progress.update(self.tasks[phase], total=counts.total, completed=counts.completed + counts.failed,
-                             detail=detail)
+                             detail=counts_detail(counts))
 
 
 def run(tuned: Any, url: str, devices: list[str], options: Any, *, new_name: str | None, force: bool) -> None:
@@ -74,14 +72,8 @@ def _run_info(info: Any, url: str, devices: list[str], options: Any) -> None:
     t, e = outcome.tune_counts, outcome.eval_counts
     console.print(f"study {info.name!r}: tuning {t.completed}/{t.total} slots done ({t.failed} failed); evaluation "
                   f"{e.completed}/{e.total} cells done ({e.diverged} diverged, {e.failed} failed); {outcome.wall_s:.1f} s")
-    crashed = [code for code in outcome.exit_codes if code not in (0, None)]
-    if crashed and not outcome.interrupted:
-        console.print(f"{len(crashed)} worker process(es) exited with an error (codes {crashed}); see the messages above")
-    if outcome.interrupted:
-        console.print("interrupted: run the same command again to resume (finished trials are kept)")
-        raise typer.Exit(130)
-    if not outcome.done:
-        raise typer.Exit(1)
+    exit_for_outcome(console, outcome.exit_codes, outcome.interrupted, outcome.done,
+                     "run the same command again to resume (finished trials are kept)")
 
 
 def delete_optuna_groups(name: str, url: str) -> int:

@@ -11,14 +11,14 @@ so failures and missing seeds are counted, never silently dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
-from sqlalchemy import create_engine, inspect, select
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import inspect, select
+from sqlalchemy.engine import Engine
 
 from tmafbench.errors import TmafbenchError
+from tmafbench.store.database import read_only_engine
 from tmafbench.store.schema import Artifact, Cell, Environment, EpochMetric, FinalMetric, Run, Study, Timing
 
 # Axis names with a fixed meaning in every study (store/schema.py conventions).
@@ -90,20 +90,8 @@ class ReportData:
 
 
 def open_readonly(url: str) -> Engine:
-    """An engine that cannot write: SQLite via `mode=ro`, PostgreSQL via a read-only session."""
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        database = parsed.database
-        if not database or database == ":memory:":
-            raise TmafbenchError("a report needs a database file, not an in-memory SQLite database")
-        path = Path(database).expanduser()
-        if not path.is_file():
-            raise TmafbenchError(f"no results database at {path} (pass --storage or set TMAFBENCH_STORAGE)")
-        return create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true")
-    if backend == "postgresql":
-        return create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
-    return create_engine(url)
+    """An engine that cannot write (store.database.read_only_engine), with the report's message."""
+    return read_only_engine(url, missing="no results database at {path} (pass --storage or set TMAFBENCH_STORAGE)")
 
 
 def load(engine: Engine, study_names: list[str]) -> ReportData:

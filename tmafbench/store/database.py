@@ -125,8 +125,11 @@ class Database:
         self.engine.dispose()
 
 
-def read_only_engine(url: str) -> Engine:
-    """An engine that cannot write: SQLite opened with `mode=ro`; PostgreSQL read-only transactions."""
+def read_only_engine(url: str, missing: str = "no database file at {path}") -> Engine:
+    """An engine that cannot write: SQLite opened with `mode=ro`; PostgreSQL read-only transactions.
+
+    `missing` is the error message (with `{path}`) when the SQLite file does not exist.
+    """
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -134,8 +137,8 @@ def read_only_engine(url: str) -> Engine:
         if not database or database == ":memory:":
             raise TmafbenchError("a read-only query needs a SQLite file, not an in-memory database")
         path = Path(database).expanduser().resolve()
-        if not path.exists():
-            raise TmafbenchError(f"no database file at {path}")
+        if not path.is_file():
+            raise TmafbenchError(missing.format(path=path))
         ro_url = f"sqlite:///file:{path}?mode=ro&uri=true"
         engine = create_engine(ro_url, poolclass=NullPool)
 

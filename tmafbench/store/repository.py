@@ -291,6 +291,17 @@ class Repository:
         pending = max(0, total - completed - running - failed)
         return Counts(total, completed, diverged, running, failed, pending)
 
+    def group_summary(self, study_id: int) -> list[tuple[str, int, int, str | None, float | None]]:
+        """Per cell label: (label, cells, completed runs, metric name, mean of that metric over them)."""
+        with self.db.session() as s:
+            return [tuple(row) for row in s.execute(
+                select(Cell.label, func.count(func.distinct(Cell.id)), func.count(func.distinct(Run.id)), Run.metric_name,
+                       func.avg(FinalMetric.value))
+                .join(Run, Run.cell_id == Cell.id, isouter=True)
+                .join(FinalMetric, (FinalMetric.run_id == Run.id) & (FinalMetric.name == Run.metric_name), isouter=True)
+                .where(Cell.study_id == study_id, (Run.status == "completed") | (Run.id.is_(None)))
+                .group_by(Cell.label, Run.metric_name).order_by(Cell.label)).all()]
+
     def completed_durations(self, study_id: int) -> list[float]:
         """Wall seconds of this study's completed runs (for the ETA)."""
         with self.db.session() as s:

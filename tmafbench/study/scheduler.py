@@ -18,9 +18,11 @@ This module imports no torch at import time: worker processes (spawn) set CUDA_V
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -30,13 +32,14 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from queue import Empty
 from typing import Any, Callable
 
 from sqlalchemy.exc import OperationalError
 
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import Database, add_sqlite_pragmas, is_sqlite, normalize_url
-from tmafbench.store.repository import Claim, Counts, Repository
+from tmafbench.store.repository import FINAL_OK, Claim, Counts, Repository
 from tmafbench.study.cells import cells_hash, expand
 from tmafbench.study.spec import StudySpec
 from tmafbench.study.validate import check_data
@@ -69,6 +72,23 @@ class WorkerStats:
     locked_errors: int = 0  # "database is locked" seen (and retried)
     overhead_s: list[float] = field(default_factory=list)  # per run: loop time minus training time
     train_s: list[float] = field(default_factory=list)
+
+    def record(self, status: str, train_s: float) -> None:
+        """Count one finished run of `train_s` seconds."""
+        self.runs += 1
+        self.completed += status in FINAL_OK
+        self.failed += status == "failed"
+        self.interrupted += status == "interrupted"
+        self.train_s.append(train_s)
+
+    def merged(self, other: "WorkerStats") -> "WorkerStats":
+        """Both workers' counts and times, under this one's name."""
+        out = dataclasses.replace(self)
+        for f in ("runs", "completed", "failed", "interrupted", "stale_marked", "locked_errors"):
+            setattr(out, f, getattr(self, f) + getattr(other, f))
+        out.overhead_s = self.overhead_s + other.overhead_s
+        out.train_s = self.train_s + other.train_s
+        return out
 
 
 @dataclass(frozen=True)
@@ -210,6 +230,36 @@ def failed_result(config: Any, exc: BaseException, device: str) -> Any:
     return TrialResult(status="failed", metric_name="", metric_direction="minimize", device=device, error=tb)
 
 
+# Set by our SIGINT handler. Python raises KeyboardInterrupt wherever the main thread happens to be,
+# and where that is a weakref or GC callback the exception is printed and dropped ("Exception
+# ignored in ..."): training then finishes as if nothing happened. The flag survives that.
+_CTRL_C = threading.Event()
+
+
+@contextlib.contextmanager
+def ctrl_c_guard():
+    """While a worker loop runs: Ctrl-C raises KeyboardInterrupt as usual and is also remembered,
+    so that `run_cell` stops after the trial even when the exception itself was swallowed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        _CTRL_C.set()
+        raise KeyboardInterrupt
+
+    _CTRL_C.clear()
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:  # started with Ctrl-C ignored (a background job): keep it so
+        yield
+        return
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_cell(repo: Repository, claim: Claim, *, device: str, heartbeat_s: float, trial_fn: TrialFn | None = None,
              on_epoch: Callable[[Any], None] | None = None, trial_number: int | None = None) -> Any:
     """Train one claimed cell on `device` and store its result; returns the TrialResult.
@@ -227,6 +277,8 @@ def run_cell(repo: Repository, claim: Claim, *, device: str, heartbeat_s: float,
         with Heartbeat(repo, claim.run_id, heartbeat_s):
             try:
                 result = trial_fn(config, on_epoch=on_epoch)
+                if _CTRL_C.is_set():  # a Ctrl-C that Python swallowed during the trial
+                    raise KeyboardInterrupt
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # a bug or bad data in this cell: a failed attempt, not a dead worker
@@ -296,6 +348,7 @@ def _retry_locked(stats: WorkerStats, fn: Callable[[], Any], attempts: int = 20)
     raise TmafbenchError("the database stayed locked; use PostgreSQL for this many workers")
 
 
+@ctrl_c_guard()
 def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: WorkerOptions = WorkerOptions(),
                 trial_fn: TrialFn | None = None, worker: str | None = None) -> WorkerStats:
     """Claim and run cells of `study_name` until every cell is final. Returns this worker's stats."""
@@ -333,11 +386,7 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
                               trial_number=number)
             train_s = time.perf_counter() - train_start
             _retry_locked(stats, lambda: mirror.finish(trial_id, result.status, result.final_metric))
-            stats.runs += 1
-            stats.completed += result.status in ("completed", "diverged")
-            stats.failed += result.status == "failed"
-            stats.interrupted += result.status == "interrupted"
-            stats.train_s.append(train_s)
+            stats.record(result.status, train_s)
             stats.overhead_s.append(time.perf_counter() - loop_start - train_s)
         mirror.close()
     finally:
@@ -371,8 +420,9 @@ def resolve_devices(devices: str, workers: int | None) -> list[str]:
     return [items[i % len(items)] for i in range(n)]
 
 
-def _worker_process(study_name: str, url: str, device: str, threads: int, options: WorkerOptions, queue: Any) -> None:
-    """Entry point of a local worker process (spawn): pin the GPU or the thread count, then loop."""
+def _worker_process(loop: Callable[..., WorkerStats], study_name: str, url: str, device: str, threads: int,
+                    options: WorkerOptions, queue: Any) -> None:
+    """Entry point of a local worker process (spawn): pin the GPU or the thread count, then run `loop`."""
     if device.startswith("cuda:"):
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]  # before CUDA initialises
         device = "cuda:0"
@@ -381,7 +431,7 @@ def _worker_process(study_name: str, url: str, device: str, threads: int, option
     if device == "cpu":
         torch.set_num_threads(threads)
     try:
-        stats = worker_loop(study_name, url, device=device, options=options)
+        stats = loop(study_name, url, device=device, options=options)
     except KeyboardInterrupt:
         stats = WorkerStats(worker=f"pid {os.getpid()}", interrupted=1)
     queue.put(dataclasses.asdict(stats))
@@ -396,37 +446,38 @@ class StudyOutcome:
     exit_codes: list[int | None] = field(default_factory=list)  # of the worker processes
 
 
-def start_workers(study_name: str, url: str, devices: list[str], options: WorkerOptions) -> tuple[list[Any], Any]:
-    """Start one spawn-context process per device entry; returns (processes, stats queue)."""
+@dataclass
+class ProcessesOutcome:
+    workers: list[WorkerStats]
+    interrupted: bool
+    exit_codes: list[int | None]  # of the worker processes
+
+
+def run_processes(loop: Callable[..., WorkerStats], study_name: str, url: str, devices: list[str],
+                  options: WorkerOptions, on_poll: Callable[[], None] | None = None, poll_s: float = 0.5,
+                  process_name: str = "tmafbench-worker") -> ProcessesOutcome:
+    """Run `loop` (a module-level worker loop) in one spawn process per device entry until all exit.
+
+    `on_poll()` is called every `poll_s` while they run. On Ctrl-C the workers got SIGINT too: each
+    marks its run interrupted and exits; we wait for them, then terminate any left.
+    """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // len(devices))
-    procs = [ctx.Process(target=_worker_process, args=(study_name, url, d, threads, options, queue),
-                         name=f"tmafbench-worker-{i}", daemon=False) for i, d in enumerate(devices)]
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    procs = [ctx.Process(target=_worker_process, args=(loop, study_name, url, d, threads, options, queue),
+                         name=f"{process_name}-{i}", daemon=False) for i, d in enumerate(devices)]
     for p in procs:
         p.start()
-    return procs, queue
-
-
-def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOptions = WorkerOptions(),
-              progress: Callable[[Counts, float], None] | None = None, poll_s: float = 0.5) -> StudyOutcome:
-    """Run the study to the end with local workers; `progress(counts, eta_s)` is called as it goes."""
-    db = Database(url)
-    repo = Repository(db)
-    start = time.perf_counter()
-    procs, queue = start_workers(info.name, url, devices, options)
     stats: list[WorkerStats] = []
     interrupted = False
     try:
         while any(p.is_alive() for p in procs):
             stats += _drain(queue)
-            if progress is not None:
-                counts = repo.counts(info.id, info.max_retries)
-                progress(counts, eta(repo, info.id, counts, len(devices), time.perf_counter() - start))
+            if on_poll is not None:
+                on_poll()
             time.sleep(poll_s)
     except KeyboardInterrupt:
-        interrupted = True  # the workers got SIGINT too: each marks its run interrupted and exits
+        interrupted = True
         for p in procs:
             p.join(timeout=30)
     finally:
@@ -435,9 +486,26 @@ def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOpti
                 p.terminate()
             p.join()
         stats += _drain(queue)
+    return ProcessesOutcome(stats, interrupted, [p.exitcode for p in procs])
+
+
+def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOptions = WorkerOptions(),
+              progress: Callable[[Counts, float], None] | None = None, poll_s: float = 0.5) -> StudyOutcome:
+    """Run the study to the end with local workers; `progress(counts, eta_s)` is called as it goes."""
+    db = Database(url)
+    repo = Repository(db)
+    start = time.perf_counter()
+
+    def report() -> None:
         counts = repo.counts(info.id, info.max_retries)
+        progress(counts, eta(repo, info.id, counts, len(devices)))
+
+    try:
+        run = run_processes(worker_loop, info.name, url, devices, options, report if progress else None, poll_s)
+        counts = repo.counts(info.id, info.max_retries)
+    finally:
         db.dispose()
-    return StudyOutcome(counts, time.perf_counter() - start, stats, interrupted, [p.exitcode for p in procs])
+    return StudyOutcome(counts, time.perf_counter() - start, run.workers, run.interrupted, run.exit_codes)
 
 
 def _drain(queue: Any) -> list[WorkerStats]:
@@ -445,11 +513,11 @@ def _drain(queue: Any) -> list[WorkerStats]:
     while True:
         try:
             out.append(WorkerStats(**queue.get_nowait()))
-        except Exception:  # queue.Empty (or closed): nothing more for now
+        except Empty:  # nothing more for now
             return out
 
 
-def eta(repo: Repository, study_id: int, counts: Counts, workers: int, elapsed_s: float) -> float | None:
+def eta(repo: Repository, study_id: int, counts: Counts, workers: int) -> float | None:
     """Seconds left: median run time x cells left / workers (None before the first run ends)."""
     durations = repo.completed_durations(study_id)
     if not durations:

@@ -55,9 +55,9 @@ import copy
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tmafbench.errors import SpecError
 
@@ -167,28 +167,35 @@ class ScopedCases(_Strict):
 AxisValues = list[Any] | ScopedAxis | ScopedCases
 
 
+def _check_seeds(value: int | list[int]) -> int | list[int]:
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"a seed count must be >= 1, got {value}")
+    if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+        raise ValueError("a seed list must be non-empty and without repeats")
+    return value
+
+
+# A seed count n (seeds 0..n-1) or an explicit list of distinct seeds.
+Seeds = Annotated[int | list[int], AfterValidator(_check_seeds)]
+
+
+def seed_list(seeds: int | list[int]) -> list[int]:
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+
+
 class Axes(_Strict):
     tasks: list[TaskSpec] = Field(default_factory=list)
     activations: list[ActivationSpec] = Field(min_length=1)
     grids: list[GridSpec] = Field(default_factory=list)
-    seeds: int | list[int] = 1
+    seeds: Seeds = 1
     depth: AxisValues | None = None
     width: AxisValues | None = None
     task_params: dict[str, AxisValues] = Field(default_factory=dict)
     model_params: dict[str, AxisValues] = Field(default_factory=dict)
     training: dict[str, AxisValues] = Field(default_factory=dict)
 
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, value: int | list[int]) -> int | list[int]:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"a seed count must be >= 1, got {value}")
-        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
-            raise ValueError("a seed list must be non-empty and without repeats")
-        return value
-
     def seed_list(self) -> list[int]:
-        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+        return seed_list(self.seeds)
 
 
 class Defaults(_Strict):

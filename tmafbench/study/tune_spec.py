@@ -34,7 +34,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tmafbench.errors import SpecError
-from tmafbench.study.spec import StudySpec, _clean, _Strict, apply_overrides, spec_error
+from tmafbench.study.spec import Seeds, StudySpec, _clean, _Strict, apply_overrides, seed_list, spec_error
 from tmafbench.training.config import TrainingConfig, TrialConfig
 
 SECTIONS = ("training", "act_params", "task_params", "model_params")
@@ -114,8 +114,8 @@ class TuneSpec(_Strict):
     """The `[tune]` table, less `space` (parsed into `SpaceParam`s by `parse_space`)."""
 
     trials: int = Field(ge=1)
-    seeds: int | list[int] = 1
-    eval_seeds: int | list[int]
+    seeds: Seeds = 1
+    eval_seeds: Seeds
     metric: str | None = None
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     pruner: Literal["none", "median", "successive-halving"] = "none"
@@ -123,17 +123,8 @@ class TuneSpec(_Strict):
     startup_trials: int | None = Field(default=None, ge=0)
     space: dict[str, Any] = Field(min_length=1)
 
-    @field_validator("seeds", "eval_seeds")
-    @classmethod
-    def _seeds(cls, value: int | list[int]) -> int | list[int]:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"a seed count must be >= 1, got {value}")
-        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
-            raise ValueError("a seed list must be non-empty and without repeats")
-        return value
-
     def tune_seed_list(self) -> list[int]:
-        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+        return seed_list(self.seeds)
 
     def eval_seed_list(self) -> list[int]:
         """A list as given; a count n means the n seeds after the largest tuning seed (fresh)."""

@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
 import socket
 import statistics
@@ -50,12 +49,14 @@ from tmafbench.store.schema import Artifact, Cell, Run
 from tmafbench.study.cells import CellPlan, expand
 from tmafbench.study.scheduler import (
     SpecChangedError,
+    ctrl_c_guard,
     WorkerOptions,
     WorkerStats,
     _retry_locked,
     git_commit,
     optuna_storage,
     run_cell,
+    run_processes,
     worker_loop,
 )
 from tmafbench.study.validate import check_data
@@ -515,6 +516,7 @@ def ensure_eval_cells(db: Database, info: TunedInfo, direction: str, trials: int
 # --- the worker loop (both phases) ------------------------------------------------------------------
 
 
+@ctrl_c_guard()
 def tune_worker_loop(name: str, url: str, *, device: str = "cpu", options: WorkerOptions = WorkerOptions(),
                      trial_fn: Callable[..., Any] | None = None, worker: str | None = None) -> WorkerStats:
     """Claim and run tuning slots until all are final, then evaluation cells until all are final."""
@@ -548,7 +550,7 @@ def tune_worker_loop(name: str, url: str, *, device: str = "cpu", options: Worke
             start = time.perf_counter()
             result = run_slot(repo, claim, tuned, groups[plan.group_hash], plan.slot, storage, device=device,
                               options=options, stats=stats, trial_fn=trial_fn)
-            _count(stats, result.status, start)
+            stats.record(result.status, time.perf_counter() - start)
         else:
             return stats  # max_runs reached inside the tuning phase
         finish_tuning(db, storage, tuned, info, options.grace_s)
@@ -558,7 +560,7 @@ def tune_worker_loop(name: str, url: str, *, device: str = "cpu", options: Worke
     left = None if options.max_runs is None else options.max_runs - stats.runs
     evaluation = worker_loop(name, url, device=device, options=dataclasses.replace(options, max_runs=left),
                              trial_fn=trial_fn, worker=stats.worker)
-    return _merge(stats, evaluation)
+    return stats.merged(evaluation)
 
 
 def finish_tuning(db: Database, storage: Any, tuned: TunedStudy, info: TunedInfo, grace_s: float) -> int:
@@ -569,23 +571,6 @@ def finish_tuning(db: Database, storage: Any, tuned: TunedStudy, info: TunedInfo
     for group in info.groups:
         reconcile(repo, optuna.load_study(study_name=group.optuna_name, storage=storage), info.tune_id, group.group_hash, grace_s)
     return ensure_eval_cells(db, info, metric_direction(tuned.tune.metric), tuned.tune.trials)
-
-
-def _count(stats: WorkerStats, status: str, start: float) -> None:
-    stats.runs += 1
-    stats.completed += status in ("completed", "diverged")
-    stats.failed += status == "failed"
-    stats.interrupted += status == "interrupted"
-    stats.train_s.append(time.perf_counter() - start)
-
-
-def _merge(a: WorkerStats, b: WorkerStats) -> WorkerStats:
-    out = dataclasses.replace(a)
-    for f in ("runs", "completed", "failed", "interrupted", "stale_marked", "locked_errors"):
-        setattr(out, f, getattr(a, f) + getattr(b, f))
-    out.overhead_s = a.overhead_s + b.overhead_s
-    out.train_s = a.train_s + b.train_s
-    return out
 
 
 # --- local workers ------------------------------------------------------------------------------------
@@ -605,69 +590,26 @@ class TunedOutcome:
         return self.tune_counts.done and self.eval_counts.done and self.eval_counts.total > 0
 
 
-def _tune_process(name: str, url: str, device: str, threads: int, options: WorkerOptions, queue: Any) -> None:
-    """Entry point of a local tuning worker (spawn): pin the GPU or the thread count, then loop."""
-    if device.startswith("cuda:"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]  # before CUDA initialises
-        device = "cuda:0"
-    import torch
-
-    if device == "cpu":
-        torch.set_num_threads(threads)
-    try:
-        stats = tune_worker_loop(name, url, device=device, options=options)
-    except KeyboardInterrupt:
-        stats = WorkerStats(worker=f"pid {os.getpid()}", interrupted=1)
-    queue.put(dataclasses.asdict(stats))
-
-
-def counts_of(url: str, info: TunedInfo) -> tuple[Counts, Counts]:
-    db = Database(url)
-    try:
-        repo = Repository(db)
-        return repo.counts(info.tune_id, info.max_retries), repo.counts(info.main_id, info.max_retries)
-    finally:
-        db.dispose()
+def counts_of(repo: Repository, info: TunedInfo) -> tuple[Counts, Counts]:
+    """(tuning slots, evaluation cells) by state."""
+    return repo.counts(info.tune_id, info.max_retries), repo.counts(info.main_id, info.max_retries)
 
 
 def run_tuned_local(info: TunedInfo, url: str, devices: list[str], options: WorkerOptions = WorkerOptions(),
                     progress: Callable[[str, Counts], None] | None = None, poll_s: float = 0.5) -> TunedOutcome:
     """Run both phases to the end with one local process per device entry."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // len(devices))
-    procs = [ctx.Process(target=_tune_process, args=(info.name, url, d, threads, options, queue),
-                         name=f"tmafbench-tune-{i}") for i, d in enumerate(devices)]
+    db = Database(url)  # one engine for every progress poll
+    repo = Repository(db)
     start = time.perf_counter()
-    for p in procs:
-        p.start()
-    stats: list[WorkerStats] = []
-    interrupted = False
+
+    def report() -> None:
+        tune, evaluation = counts_of(repo, info)
+        progress("tune", tune) if not tune.done else progress("eval", evaluation)
+
     try:
-        while any(p.is_alive() for p in procs):
-            stats += _drain(queue)
-            if progress is not None:
-                tune, evaluation = counts_of(url, info)
-                progress("tune", tune) if not tune.done else progress("eval", evaluation)
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        interrupted = True
-        for p in procs:
-            p.join(timeout=30)
+        run = run_processes(tune_worker_loop, info.name, url, devices, options, report if progress else None, poll_s,
+                            process_name="tmafbench-tune")
+        tune, evaluation = counts_of(repo, info)
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-            p.join()
-        stats += _drain(queue)
-    tune, evaluation = counts_of(url, info)
-    return TunedOutcome(tune, evaluation, time.perf_counter() - start, stats, interrupted, [p.exitcode for p in procs])
-
-
-def _drain(queue: Any) -> list[WorkerStats]:
-    out = []
-    while True:
-        try:
-            out.append(WorkerStats(**queue.get_nowait()))
-        except Exception:  # queue.Empty: nothing more for now
-            return out
+        db.dispose()
+    return TunedOutcome(tune, evaluation, time.perf_counter() - start, run.workers, run.interrupted, run.exit_codes)
