@@ -109,3 +109,11 @@ def test_missing_data_is_one_line_and_writes_nothing(tmp_path):
     assert result.exit_code == 2
     assert result.output.startswith("error: mnist data not found; looked in:") and str(empty) in result.output
     assert not db.exists()
+
+
+@pytest.mark.parametrize("command", [("study", "list"), ("study", "status", "x"), ("results", "export", "--study", "x")])
+def test_read_commands_do_not_create_a_database_at_a_mistyped_path(tmp_path, command):
+    missing = tmp_path / "typo" / "results.db"
+    result = invoke(*command, "--storage", f"sqlite:///{missing}")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: no results database at") and not missing.parent.exists()

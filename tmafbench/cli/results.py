@@ -56,7 +56,7 @@ def export_cmd(study: str = typer.Option(..., "--study", help="Study name."),
         raise ValueError(f"--format must be csv, json or parquet, got {fmt!r}")
     if fmt == "parquet" and out is None:
         raise ValueError("--format parquet needs --out FILE")
-    db = Database(resolve_storage(storage))
+    db = Database(resolve_storage(storage), must_exist=True)
     try:
         db.check_schema()
         frame = runs_frame(db, study)

@@ -143,7 +143,7 @@ def worker_cmd(
     from tmafbench.study.scheduler import StudyInfo, WorkerOptions, resolve_devices
 
     url = resolve_storage(storage)
-    db = Database(url)
+    db = Database(url, must_exist=True)
     try:
         db.check_schema()
         study = Repository(db).require_study(name)
@@ -164,7 +164,7 @@ def _repo(storage: str | None):
     from tmafbench.store.database import Database
     from tmafbench.store.repository import Repository
 
-    db = Database(resolve_storage(storage))
+    db = Database(resolve_storage(storage), must_exist=True)
     db.check_schema()
     return db, Repository(db)
 

@@ -87,7 +87,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 class Database:
     """The results store behind one URL: engine, sessions, table creation."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, must_exist: bool = False):
+        """`must_exist=True` (commands that only read) refuses a SQLite path with no file, instead
+        of silently creating an empty database at a mistyped path."""
+        if must_exist:
+            _require_sqlite_file(url)
         self.url = url
         self.engine = make_engine(url)
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
@@ -123,6 +127,14 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _require_sqlite_file(url: str, missing: str = "no results database at {path} (pass --storage or set TMAFBENCH_STORAGE)") -> None:
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        path = Path(parsed.database).expanduser().resolve()
+        if not path.is_file():
+            raise TmafbenchError(missing.format(path=path))
 
 
 def read_only_engine(url: str, missing: str = "no database file at {path}") -> Engine:
