@@ -101,8 +101,8 @@ class VisionTask(Task):
         root = readers.cache_dir() / "torchvision"
         try:
             sets = [getattr(tvd, self.torchvision_name)(str(root), train=t, download=True) for t in (True, False)]
-        except Exception:  # offline, or the mirror is down: the caller reports where it looked
-            return None
+        except (OSError, RuntimeError):  # offline (URLError is an OSError) or every mirror failed
+            return None  # the caller reports where it looked
         return tuple(_from_torchvision(s, self.channels) for s in sets)  # type: ignore[return-value]
 
 
