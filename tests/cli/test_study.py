@@ -80,8 +80,13 @@ def test_run_list_status_show_delete(spec_file, tmp_path, monkeypatch):
 def test_unknown_study_and_missing_database(tmp_path):
     url = f"sqlite:///{tmp_path / 'none.db'}"
     result = invoke("study", "status", "nope", "--storage", url)
-    assert result.exit_code == 2 and "no tmafbench results" in result.output
+    assert result.exit_code == 2 and "no results database at" in result.output
     result = invoke("study", "worker", "nope", "--storage", url)
+    assert result.exit_code == 2 and "no results database at" in result.output
+    assert not (tmp_path / "none.db").exists()
+    empty = tmp_path / "empty.db"  # a file without our tables
+    empty.touch()
+    result = invoke("study", "status", "nope", "--storage", f"sqlite:///{empty}")
     assert result.exit_code == 2 and "no tmafbench results" in result.output
 
 
@@ -117,3 +122,9 @@ def test_read_commands_do_not_create_a_database_at_a_mistyped_path(tmp_path, com
     result = invoke(*command, "--storage", f"sqlite:///{missing}")
     assert result.exit_code == 2
     assert result.output.startswith("error: no results database at") and not missing.parent.exists()
+
+
+def test_a_malformed_storage_url_is_one_line_without_the_url(spec_file):
+    result = invoke("study", "run", str(spec_file), "--storage", "not a url:secret@")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: not a database URL") and "secret" not in result.output

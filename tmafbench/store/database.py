@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from sqlalchemy import Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -25,19 +26,30 @@ def redact(url: str) -> str:
     """The URL with its password replaced by `***`: safe to print or store."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL at all: say nothing about it
+    except ArgumentError:  # not a URL at all: say nothing about it
         return "<invalid url>"
 
 
 def normalize_url(url: str) -> str:
-    """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only that is installed."""
-    parsed = make_url(url)
+    """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only that is installed.
+
+    A malformed URL, or PostgreSQL without any driver, is a one-line TmafbenchError.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise TmafbenchError(
+            "not a database URL (the credentials are not echoed); expected sqlite:///FILE or "
+            "postgresql://USER@HOST/DB") from None
     if parsed.drivername != "postgresql":
         return url
     import importlib.util
 
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+    have_psycopg = importlib.util.find_spec("psycopg") is not None
+    if not have_psycopg and importlib.util.find_spec("psycopg2") is not None:
         return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    if not have_psycopg:
+        raise TmafbenchError("PostgreSQL storage needs a driver: pip install 'tmafbench[postgres]' (psycopg 3)")
     return url
 
 
