@@ -10,6 +10,7 @@ cell becomes claimable again (as the next attempt).
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
@@ -322,9 +323,7 @@ def timings(result: Any) -> dict[str, float]:
     epochs = result.epochs
     out = {"total_train_s": float(result.total_train_time_s)}
     if epochs:
-        times = sorted(e.epoch_time_s for e in epochs)
-        mid = len(times) // 2
-        out["median_epoch_s"] = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
-        out["mean_samples_per_s"] = sum(e.samples_per_s for e in epochs) / len(epochs)
+        out["median_epoch_s"] = statistics.median(e.epoch_time_s for e in epochs)
+        out["mean_samples_per_s"] = statistics.fmean(e.samples_per_s for e in epochs)
         out["total_eval_s"] = sum(e.eval_time_s for e in epochs)
     return {k: v for k, v in out.items() if math.isfinite(v)}
