@@ -69,6 +69,20 @@ def test_user_errors_are_one_line(db_url, tmp_path, args, message):
     assert "Traceback" not in result.output
 
 
+def test_notes_file_goes_under_the_header(db_url, tmp_path):
+    notes = tmp_path / "notes.md"
+    notes.write_text("Measured errors are far above the paper's.")
+    out = tmp_path / "rep"
+    result = runner.invoke(app, ["report", "build", "hand", "--storage", db_url, "--out", str(out),
+                                 "--format", "md", "--notes", str(notes)])
+    assert result.exit_code == 0, result.output
+    assert "## Notes\n\nMeasured errors are far above the paper's." in (out / "index.md").read_text()
+    missing = runner.invoke(app, ["report", "build", "hand", "--storage", db_url, "--out", str(tmp_path / "x"),
+                                  "--notes", str(tmp_path / "nope.md")])
+    assert missing.exit_code == 2 and "error: notes file" in missing.output and "does not exist" in missing.output
+    assert "Traceback" not in missing.output and not (tmp_path / "x").exists()
+
+
 def test_missing_database_is_one_line(tmp_path):
     result = runner.invoke(app, ["report", "build", "hand", "--storage", f"sqlite:///{tmp_path / 'none.db'}"])
     assert result.exit_code == 2 and "error: no results database at" in result.output

@@ -140,6 +140,47 @@ def test_errors_are_clear(tmp_path, hand_db):
         build_report(hand_db, ["pending"], out=tmp_path / "x")
 
 
+def test_notes_are_shown_as_written_and_the_reference_is_named(tmp_path, hand_db):
+    notes = tmp_path / "notes.md"
+    notes.write_text("**Does not match** the paper: errors < 1 <b>tried</b> 3 budgets.\n\n- item\n")
+    report = build_report(hand_db, ["hand"], out=tmp_path / "out", formats=("md", "html"), notes=notes,
+                          figure_scale=0.4)
+    md = (report.folder / "index.md").read_text()
+    assert "## Notes\n\n**Does not match** the paper: errors < 1 <b>tried</b> 3 budgets.\n\n- item" in md
+    assert md.index("## Notes") < md.index("> Incomplete")  # right under the header
+    assert "- **Published reference:** paper Table 3.1 (3 values)" in md
+    html = (report.folder / "index.html").read_text()
+    assert '<div class="notes">**Does not match** the paper: errors &lt; 1 &lt;b&gt;tried&lt;/b&gt;' in html
+
+
+def test_a_study_without_reference_says_so(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        cell = add_cell(session, add_study(session, "plain"), {"activation": "relu", "seed": 0})
+        add_run(session, cell, finals={"rel_l2": 0.5})
+        session.commit()
+    engine.dispose()
+    report = build_report(url, ["plain"], out=tmp_path / "out", formats=("md",))
+    md = (report.folder / "index.md").read_text()
+    assert "- **Published reference:** none: the study file has no [reference] table" in md
+    assert "## Notes" not in md
+
+
+@pytest.mark.parametrize("content, message", [(None, "does not exist"), ("  \n", "is empty"),
+                                              (b"\xff\xfe\x00", "cannot read notes file")])
+def test_bad_notes_file_is_refused_before_writing(tmp_path, hand_db, content, message):
+    notes = tmp_path / "notes.md"
+    if isinstance(content, bytes):
+        notes.write_bytes(content)
+    elif content is not None:
+        notes.write_text(content)
+    with pytest.raises(TmafbenchError, match=message):
+        build_report(hand_db, ["hand"], out=tmp_path / "out", formats=("md",), notes=notes)
+    assert not (tmp_path / "out").exists()
+
+
 def test_md_and_html_imply_png():
     assert parse_formats("md") == ("md", "png")
     assert parse_formats("csv,tex") == ("csv", "tex")

@@ -152,6 +152,33 @@ def finished(tmp_path_factory):
     return sqlite_url, info, again, first, kept, rest
 
 
+def test_status_of_a_tuned_study_counts_both_phases(tuned, sqlite_url):
+    from tmafbench.store.repository import Repository
+
+    prepare_tuned(tuned, sqlite_url)
+    db = Database(sqlite_url)
+    try:
+        status = Repository(db).study_status("tuned")
+    finally:
+        db.dispose()
+    # Before tuning ends the study has no evaluation cells; it is not "finished" for that.
+    assert status["total"] == 0 and status["finished"] is False and status["phase"] == "tuning"
+    assert status["tuning"] == {"total": 6, "done": 0, "running": 0, "failed": 0, "pending": 6}
+
+
+@pytest.mark.slow
+def test_finished_tuned_study_status(finished):
+    from tmafbench.store.repository import Repository
+
+    db = Database(finished[0])
+    try:
+        status = Repository(db).study_status("tuned")
+    finally:
+        db.dispose()
+    assert status["phase"] == "evaluation" and status["finished"] is True
+    assert status["tuning"]["done"] == 6 and status["done"] == status["total"] == 4
+
+
 @pytest.mark.slow
 def test_tuning_study_end_to_end_with_resume(finished):
     sqlite_url, info, again, first, kept, rest = finished

@@ -22,12 +22,13 @@ def build(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Activation label to compare against (default: relu when present)."),
     formats: Optional[str] = typer.Option(None, "--format", help="Comma list of md,html,tex,csv,png,svg,pdf (default: md,html,tex,csv,png,svg)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Final metric to report (default: the task's primary metric)."),
+    notes: Optional[Path] = typer.Option(None, "--notes", help="A Markdown file of your own notes (say, how the numbers compare with a paper), shown under the header."),
 ) -> None:
     """Write a report folder for STUDY... from the database; never trains."""
     from tmafbench.reports.render import build_report, parse_formats
 
     report = build_report(resolve_storage(storage), studies, out=out, baseline=baseline,
-                          formats=parse_formats(formats), metric=metric)
+                          formats=parse_formats(formats), metric=metric, notes=notes)
     for note in report.notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"wrote {len(report.files)} files ({len(report.tables)} tables, {len(report.figures)} figures) "

@@ -186,14 +186,19 @@ def list_cmd(storage: Optional[str] = StorageOpt) -> None:
 
 def status_cmd(name: str = typer.Argument(...), storage: Optional[str] = StorageOpt,
                as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON.")) -> None:
-    """Cells done / running / failed / pending of one study."""
+    """Cells done / running / failed / pending of one study (and its tuning slots, for a tuned study)."""
     db, repo = _repo(storage)
-    study = repo.require_study(name)
-    c = repo.counts(study.id, int(study.spec.get("max_retries", 2)))
-    db.dispose()
-    data = {"study": name, "total": c.total, "done": c.completed, "diverged": c.diverged, "running": c.running,
-            "failed": c.failed, "pending": c.pending, "finished": c.done}
-    typer.echo(json.dumps(data) if as_json else "  ".join(f"{k}={v}" for k, v in data.items()))
+    try:
+        data = repo.study_status(name)
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    tuning = data.pop("tuning", None)
+    typer.echo("  ".join(f"{k}={v}" for k, v in data.items()))
+    if tuning is not None:
+        typer.echo("tuning slots: " + "  ".join(f"{k}={v}" for k, v in tuning.items()))
 
 
 def show_cmd(name: str = typer.Argument(...), storage: Optional[str] = StorageOpt) -> None:

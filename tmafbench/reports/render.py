@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tmafbench.errors import TmafbenchError
 from tmafbench.reports import frames, stats, tables
 from tmafbench.reports.figures import IMAGE_FORMATS, Figure, FigureContext, draw_all, metric_label
 from tmafbench.reports.tables import Table
@@ -47,6 +48,7 @@ class Report:
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     tuning: Section | None = None  # a tuned study's tuning history and chosen settings (reports/tuning.py)
+    commentary: str = ""  # the analyst's notes (--notes), shown verbatim under the header
 
     @property
     def tables(self) -> list[Table]:
@@ -90,23 +92,44 @@ def build_report(
     formats: tuple[str, ...] = DEFAULT_FORMATS,
     metric: str | None = None,
     figure_scale: float = 1.0,
+    notes: Path | None = None,
 ) -> Report:
-    """Read `studies` from `storage` and write the report into `out` (default reports/<names>)."""
+    """Read `studies` from `storage` and write the report into `out` (default reports/<names>).
+
+    `notes` names a Markdown file of the analyst's own words (how the numbers compare with a paper,
+    what was tried); it is copied under the header as written, and is the only text in the report
+    that did not come from the database.
+    """
     start = time.perf_counter()
+    commentary = read_notes(notes) if notes is not None else ""
     engine = frames.open_readonly(storage)
     try:
         data = frames.load(engine, list(studies))
-        report = _build(data, studies, out or default_folder(studies), baseline, formats, metric, figure_scale)
+        report = _build(data, studies, out or default_folder(studies), baseline, formats, metric, figure_scale,
+                        commentary)
     finally:
         engine.dispose()
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _build(data, studies, folder: Path, baseline, formats, metric, figure_scale) -> Report:
+def read_notes(path: Path) -> str:
+    """The text of a --notes file, checked before anything is read or written."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise TmafbenchError(f"notes file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TmafbenchError(f"cannot read notes file {path}: {exc}") from None
+    if not text:
+        raise TmafbenchError(f"notes file {path} is empty")
+    return text
+
+
+def _build(data, studies, folder: Path, baseline, formats, metric, figure_scale, commentary: str = "") -> Report:
     """One section per task (tasks differ in metric and direction), then the documents."""
     baseline = stats.check_baseline(data, baseline)
-    report = Report(Path(folder), list(studies))
+    report = Report(Path(folder), list(studies), commentary=commentary)
     tasks = data.tasks()
     for task in tasks:
         sub = data.subset(task) if len(tasks) > 1 else data
@@ -207,12 +230,22 @@ def _header_lines(report: Report, data) -> list[tuple[str, str]]:
     return [
         ("Studies", ", ".join(report.studies)),
         *([("Description", " / ".join(descriptions))] if descriptions else []),
+        ("Published reference", _reference_line(data)),
         ("Primary metric", metrics),
         ("Baseline", ", ".join(baselines) or "none"),
         ("Cells", f"{len(cells)} ({(cells['status'] == 'completed').sum()} completed) in {cells['group'].nunique()} groups"),
         ("Hardware", "; ".join(hardware) or "unknown"),
         ("Generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + " from the database only"),
     ]
+
+
+def _reference_line(data) -> str:
+    """Where the published numbers come from, or plainly that the study file gives none."""
+    if not data.references:
+        return "none: the study file has no [reference] table, so nothing here is compared with published numbers"
+    several = len(data.studies) > 1
+    return "; ".join(f"{study + ': ' if several else ''}{ref.get('source', '?')} ({len(ref.get('rows', []))} values)"
+                     for study, ref in data.references.items())
 
 
 def _blocks(report: Report) -> list[tuple[str, int, object]]:
@@ -247,6 +280,8 @@ def render_markdown(report: Report, data) -> str:
     """index.md: header, notes, then per task every table and figure (relative PNG links)."""
     lines = [f"# Report: {', '.join(report.studies)}", ""]
     lines += [f"- **{k}:** {v}" for k, v in _header_lines(report, data)] + [""]
+    if report.commentary:
+        lines += ["## Notes", "", report.commentary, ""]
     if len(report.sections) == 1:
         lines += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
     for kind, level, content in _blocks(report):
@@ -272,6 +307,7 @@ table.tbl th{background:#f3f3f3}
 .note{color:#555;font-size:12px;font-style:italic}
 .warn{background:#fff4e0;border-left:4px solid #e0a030;padding:.4em .8em}
 img{max-width:100%;border:1px solid #eee}
+.notes{white-space:pre-wrap;background:#f7f7f7;border-left:4px solid #888;padding:.6em .9em;font-size:14px}
 """
 
 
@@ -286,6 +322,8 @@ def render_html(report: Report, data) -> str:
         *[f"<li><b>{esc(k)}:</b> {esc(v)}</li>" for k, v in _header_lines(report, data)],
         "</ul>",
     ]
+    if report.commentary:  # the analyst's Markdown, shown as written (no Markdown renderer needed)
+        parts += ["<h2>Notes</h2>", f'<div class="notes">{esc(report.commentary)}</div>']
     if len(report.sections) == 1:
         parts += [f'<p class="warn">{esc(n)}</p>' for n in report.notes]
     for kind, level, content in _blocks(report):

@@ -292,6 +292,27 @@ class Repository:
         pending = max(0, total - completed - running - failed)
         return Counts(total, completed, diverged, running, failed, pending)
 
+    def study_status(self, name: str) -> dict[str, Any]:
+        """`study status` in one dict: the cells by state and whether the study is finished.
+
+        A tuned study's evaluation cells only exist once tuning is over, so its status also gives the
+        tuning slots (its child study of kind "tune") and is finished only when both phases are.
+        """
+        study = self.require_study(name)
+        max_retries = int(study.spec.get("max_retries", 2))
+        c = self.counts(study.id, max_retries)
+        status: dict[str, Any] = {"study": name, "total": c.total, "done": c.completed, "diverged": c.diverged,
+                                  "running": c.running, "failed": c.failed, "pending": c.pending, "finished": c.done}
+        with self.db.session() as s:
+            tune_id = s.scalar(select(Study.id).where(Study.parent_id == study.id, Study.kind == "tune"))
+        if tune_id is not None:
+            t = self.counts(tune_id, max_retries)
+            status["tuning"] = {"total": t.total, "done": t.completed, "running": t.running, "failed": t.failed,
+                                "pending": t.pending}
+            status["phase"] = "tuning" if not t.done else "evaluation"
+            status["finished"] = t.done and c.done and c.total > 0
+        return status
+
     def group_summary(self, study_id: int) -> list[tuple[str, int, int, str | None, float | None]]:
         """Per cell label: (label, cells, completed runs, metric name, mean of that metric over them)."""
         with self.db.session() as s:
