@@ -149,6 +149,7 @@ def test_notes_are_shown_as_written_and_the_reference_is_named(tmp_path, hand_db
     assert "## Notes\n\n**Does not match** the paper: errors < 1 <b>tried</b> 3 budgets.\n\n- item" in md
     assert md.index("## Notes") < md.index("> Incomplete")  # right under the header
     assert "- **Published reference:** paper Table 3.1 (3 values)" in md
+    assert "- **Training:** not recorded" in md  # the hand study stores no training config
     html = (report.folder / "index.html").read_text()
     assert '<div class="notes">**Does not match** the paper: errors &lt; 1 &lt;b&gt;tried&lt;/b&gt;' in html
 

@@ -143,6 +143,59 @@ def _add_series(data: ReportData) -> None:
     data.sweep = sweep
 
 
+# Training settings named in a report's header, in this order, with how each is written.
+BUDGET_KEYS = {"optimizer": "{}", "lr": "lr {}", "act_lr": "activation lr {}", "momentum": "momentum {}",
+               "weight_decay": "weight decay {}", "schedule": "{} schedule", "epochs": "{} epochs",
+               "batch_size": "batch {}", "grad_clip": "grad clip {}", "init_scale": "init scale {}"}
+
+
+def training_budget(cells: pd.DataFrame) -> str:
+    """The cells' training settings in one line: a value every cell shares, or the range it spans.
+
+    A tuned study's chosen settings differ by group; they then read "lr 0.003–0.09 (differs by
+    group)". Task parameters that are not axes (training and test set sizes) follow after ";".
+    """
+    configs = [c for c in cells["config"] if c] if "config" in cells else []
+    if not configs:
+        return "not recorded"
+    uses_sgd = any(c.get("training", {}).get("optimizer") == "sgd" for c in configs)
+    parts = []
+    for key, pattern in BUDGET_KEYS.items():
+        if key == "momentum" and not uses_sgd:
+            continue
+        values = [c.get("training", {}).get(key) for c in configs]
+        if key == "act_lr":  # a recorded None means "the weight lr"
+            values = ["= lr" if v is None and key in c.get("training", {}) else v for v, c in zip(values, configs)]
+        text = _values_text(values)
+        if text is not None:
+            parts.append(pattern.format(text))
+    task_keys = sorted({k for c in configs for k in c.get("task_params", {})} - set(cells.columns))
+    task = [f"{k}={_values_text([c.get('task_params', {}).get(k) for c in configs])}" for k in task_keys]
+    if not parts and not task:
+        return "not recorded"
+    return ", ".join(parts) + (f"; {', '.join(task)}" if task else "")
+
+
+def _values_text(values: list[Any]) -> str | None:
+    """One value as written, a numeric range marked as differing by group, or the distinct values."""
+    distinct = list(dict.fromkeys(v for v in values if v is not None))
+    if not distinct:
+        return None
+    if len(distinct) == 1:
+        return _fmt_value(distinct[0])
+    numbers = [v for v in distinct if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) == len(distinct):
+        return f"{_short(min(numbers))}–{_short(max(numbers))} (differs by group)"
+    return " | ".join(_short(v) for v in distinct)
+
+
+def _short(value: Any) -> str:
+    """Integers in full, other floats to 3 significant digits."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.3g}"
+    return _fmt_value(value)
+
+
 def _fmt_value(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -160,7 +213,8 @@ def _check_studies(studies: pd.DataFrame, names: list[str]) -> None:
 def _load_cells(conn, studies: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """One row per cell with its outcome run; axis values expanded into columns."""
     cell_rows = conn.execute(
-        select(Cell.id, Cell.study_id, Cell.group_hash, Cell.label, Cell.task, Cell.model, Cell.activation, Cell.seed, Cell.axes).where(
+        select(Cell.id, Cell.study_id, Cell.group_hash, Cell.label, Cell.task, Cell.model, Cell.activation, Cell.seed, Cell.axes,
+               Cell.config).where(
             Cell.study_id.in_([int(i) for i in studies["id"]])
         )
     ).all()
@@ -195,6 +249,7 @@ def _load_cells(conn, studies: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
                 "metric_direction": outcome.get("metric_direction"),
                 "hardware": outcome.get("hardware"),
                 "device": outcome.get("device"),
+                "config": r.config or {},
             }
         )
     frame = pd.DataFrame.from_records(records)

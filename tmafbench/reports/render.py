@@ -231,12 +231,20 @@ def _header_lines(report: Report, data) -> list[tuple[str, str]]:
         ("Studies", ", ".join(report.studies)),
         *([("Description", " / ".join(descriptions))] if descriptions else []),
         ("Published reference", _reference_line(data)),
+        ("Training", _budget(report, cells)),
         ("Primary metric", metrics),
         ("Baseline", ", ".join(baselines) or "none"),
         ("Cells", f"{len(cells)} ({(cells['status'] == 'completed').sum()} completed) in {cells['group'].nunique()} groups"),
         ("Hardware", "; ".join(hardware) or "unknown"),
         ("Generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + " from the database only"),
     ]
+
+
+def _budget(report: Report, cells: pd.DataFrame) -> str:
+    """The training settings, per task when the report has several (their budgets differ)."""
+    if len(report.sections) == 1:
+        return frames.training_budget(cells)
+    return " / ".join(f"{s.task}: {frames.training_budget(cells[cells['task'] == s.task])}" for s in report.sections)
 
 
 def _reference_line(data) -> str:

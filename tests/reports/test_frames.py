@@ -1,0 +1,36 @@
+"""Report frames: the training-budget line of a report's header."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tmafbench.reports.frames import training_budget
+
+
+def _cells(*configs: dict, **axes: list) -> pd.DataFrame:
+    return pd.DataFrame({"config": list(configs), **axes})
+
+
+def _config(**training) -> dict:
+    base = {"optimizer": "adam", "lr": 1e-3, "act_lr": None, "momentum": 0.9, "weight_decay": 0.0,
+            "schedule": "cosine", "epochs": 60, "batch_size": 256, "grad_clip": None, "init_scale": 1.0}
+    return {"training": {**base, **training}, "task_params": {"train_size": 20000, "test_size": 5000, "n": 1}}
+
+
+def test_shared_settings_are_written_once_and_axes_are_left_out():
+    line = training_budget(_cells(_config(), _config(), n=[1, 2]))
+    assert line == ("adam, lr 0.001, activation lr = lr, weight decay 0, cosine schedule, 60 epochs, batch 256, "
+                    "init scale 1; test_size=5000, train_size=20000")  # n is an axis: not repeated here
+
+
+def test_settings_that_differ_by_group_show_their_range():
+    line = training_budget(_cells(_config(lr=0.003058, act_lr=0.22), _config(lr=0.0942), _config(lr=0.01)))
+    assert "lr 0.00306–0.0942 (differs by group)" in line
+    assert "activation lr 0.22 | = lr" in line  # tuned for one group, the weight lr for the others
+
+
+def test_momentum_only_for_sgd_and_missing_configs():
+    assert "momentum" not in training_budget(_cells(_config()))
+    assert "sgd, lr 0.1, activation lr = lr, momentum 0.9" in training_budget(_cells(_config(optimizer="sgd", lr=0.1)))
+    assert training_budget(_cells({"activation": "relu"})) == "not recorded"
+    assert training_budget(pd.DataFrame({"seed": [0]})) == "not recorded"
