@@ -77,6 +77,19 @@ def test_run_list_status_show_delete(spec_file, tmp_path, monkeypatch):
     assert "cli" not in [s.study_name for s in optuna.get_all_study_summaries(url)]
 
 
+def test_list_never_cuts_a_long_name(tmp_path, monkeypatch):
+    from tmafbench.study.scheduler import prepare_study
+    from tmafbench.study.spec import parse_spec
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    long_name = "paper-table-3-3-cifar10-cpu-reduced-with-a-much-longer-name"
+    prepare_study(parse_spec(TINY), url, new_name=long_name)
+    monkeypatch.setenv("COLUMNS", "80")  # a narrow terminal
+    result = invoke("study", "list", "--storage", url)
+    assert result.exit_code == 0, result.output
+    assert long_name in result.output and "pending" in result.output
+
+
 def test_unknown_study_and_missing_database(tmp_path):
     url = f"sqlite:///{tmp_path / 'none.db'}"
     result = invoke("study", "status", "nope", "--storage", url)

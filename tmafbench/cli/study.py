@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from tmafbench.cli.common import App, counts_detail, exit_for_outcome, progress_bar, resolve_storage
@@ -173,15 +174,19 @@ def list_cmd(storage: Optional[str] = StorageOpt) -> None:
     """List the studies in the database with their progress."""
     db, repo = _repo(storage)
     table = Table(title=f"studies in {db.safe_url}")
+    names = repo.study_names()
     for col in ("name", "kind", "cells", "done", "running", "failed", "pending", "created"):
-        table.add_column(col)
-    for name in repo.study_names():
+        table.add_column(col, no_wrap=True)
+    for name in names:
         study = repo.get_study(name)
         c = repo.counts(study.id, int(study.spec.get("max_retries", 2)))
         table.add_row(name, study.kind, str(c.total), str(c.completed), str(c.running), str(c.failed),
                       str(c.pending), f"{study.created_at:%Y-%m-%d %H:%M}")
     db.dispose()
-    Console().print(table)
+    # Whole names are what the other commands take: widen past a narrow terminal rather than cut them.
+    console = Console()
+    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    Console(width=max(console.width, natural)).print(table)
 
 
 def status_cmd(name: str = typer.Argument(...), storage: Optional[str] = StorageOpt,
