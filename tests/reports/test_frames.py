@@ -27,6 +27,9 @@ def test_settings_that_differ_by_group_show_their_range():
     line = training_budget(_cells(_config(lr=0.003058, act_lr=0.22), _config(lr=0.0942), _config(lr=0.01)))
     assert "lr 0.00306–0.0942 (differs by group)" in line
     assert "activation lr 0.22 | = lr" in line  # tuned for one group, the weight lr for the others
+    line = training_budget(_cells(_config(act_lr=0.22), _config(act_lr=0.003), _config(), _config(schedule="onecycle")))
+    assert "activation lr 0.003–0.22 (differs by group) | = lr," in line
+    assert "cosine | onecycle schedule" in line
 
 
 def test_momentum_only_for_sgd_and_missing_configs():

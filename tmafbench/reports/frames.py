@@ -184,9 +184,12 @@ def _values_text(values: list[Any]) -> str | None:
     if len(distinct) == 1:
         return _fmt_value(distinct[0])
     numbers = [v for v in distinct if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if len(numbers) == len(distinct):
-        return f"{_short(min(numbers))}–{_short(max(numbers))} (differs by group)"
-    return " | ".join(_short(v) for v in distinct)
+    others = [_short(v) for v in distinct if v not in numbers]
+    if len(numbers) > 1:  # a range rather than every tuned value
+        others.insert(0, f"{_short(min(numbers))}–{_short(max(numbers))} (differs by group)")
+    elif numbers:
+        others.insert(0, _short(numbers[0]))
+    return " | ".join(others)
 
 
 def _short(value: Any) -> str:
