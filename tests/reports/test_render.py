@@ -151,7 +151,9 @@ def test_notes_are_shown_as_written_and_the_reference_is_named(tmp_path, hand_db
     assert "- **Published reference:** paper Table 3.1 (3 values)" in md
     assert "- **Training:** not recorded" in md  # the hand study stores no training config
     html = (report.folder / "index.html").read_text()
-    assert '<div class="notes">**Does not match** the paper: errors &lt; 1 &lt;b&gt;tried&lt;/b&gt;' in html
+    # Markdown becomes HTML; raw HTML in the notes is escaped, never passed through
+    assert '<div class="notes"><p><strong>Does not match</strong> the paper: errors &lt; 1 &lt;b&gt;tried&lt;/b&gt;' in html
+    assert "<li>item</li>" in html
 
 
 def test_a_study_without_reference_says_so(tmp_path):

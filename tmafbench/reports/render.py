@@ -315,8 +315,18 @@ table.tbl th{background:#f3f3f3}
 .note{color:#555;font-size:12px;font-style:italic}
 .warn{background:#fff4e0;border-left:4px solid #e0a030;padding:.4em .8em}
 img{max-width:100%;border:1px solid #eee}
-.notes{white-space:pre-wrap;background:#f7f7f7;border-left:4px solid #888;padding:.6em .9em;font-size:14px}
+.notes{background:#f7f7f7;border-left:4px solid #888;padding:.1em .9em;font-size:14px}
 """
+
+
+def notes_html(text: str) -> str:
+    """The --notes Markdown as HTML (CommonMark via markdown-it-py, which rich already needs).
+
+    Raw HTML in the notes is escaped, not passed through: a notes file cannot inject markup.
+    """
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).render(text)
 
 
 def render_html(report: Report, data) -> str:
@@ -330,8 +340,8 @@ def render_html(report: Report, data) -> str:
         *[f"<li><b>{esc(k)}:</b> {esc(v)}</li>" for k, v in _header_lines(report, data)],
         "</ul>",
     ]
-    if report.commentary:  # the analyst's Markdown, shown as written (no Markdown renderer needed)
-        parts += ["<h2>Notes</h2>", f'<div class="notes">{esc(report.commentary)}</div>']
+    if report.commentary:
+        parts += ["<h2>Notes</h2>", f'<div class="notes">{notes_html(report.commentary)}</div>']
     if len(report.sections) == 1:
         parts += [f'<p class="warn">{esc(n)}</p>' for n in report.notes]
     for kind, level, content in _blocks(report):
