@@ -120,6 +120,50 @@ def test_pairing_ignores_activation_only_axes(data):
         assert cells.at[cand, "n"] == cells.at[base, "n"]
 
 
+def test_per_activation_settings_are_the_tunable_training_fields():
+    import dataclasses
+
+    from tmafbench.study.tune_spec import FIXED_TRAINING
+    from tmafbench.training.config import TrainingConfig
+
+    tunable = {f.name for f in dataclasses.fields(TrainingConfig)} - set(FIXED_TRAINING)
+    assert stats.PER_ACTIVATION_SETTINGS == tunable
+
+
+def test_pairing_with_a_setting_chosen_per_activation(tmp_path):
+    """As in a study that trains each activation at its own tuned lr: pair on n, not on lr;
+    never pair an n the baseline did not run."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from tmafbench.reports.synthetic import add_cell, add_run, add_study
+    from tmafbench.store.schema import Base
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    groups = [("relu", 5, 0.005), ("relu", 6, 0.004), ("tmaf", 5, 0.03), ("tmaf", 6, 0.017), ("tmaf", 7, 0.02),
+              ("prelu", 5, 0.005)]
+    with Session(engine) as session:
+        study = add_study(session, "own-lr")
+        for act, n, lr in groups:
+            for seed in (1, 2, 3):
+                cell = add_cell(session, study, {"activation": act, "n": n, "lr": lr, "seed": seed})
+                add_run(session, cell, finals={"rel_l2": 0.1 * seed + (0.05 + 0.01 * seed ** 2 if act == "relu" else 0.0)})
+        session.commit()
+    engine.dispose()
+    engine = frames.open_readonly(url)
+    data = frames.load(engine, ["own-lr"])
+    engine.dispose()
+    cells = data.cells.drop_duplicates("group").set_index("group")
+    pairs = {(cells.at[c, "activation"], cells.at[c, "n"]): (cells.at[b, "n"], cells.at[b, "lr"])
+             for c, b in stats.pair_baselines(data, "relu").items()}
+    # tmaf n=7 has no relu n=7: left unpaired; prelu's lr equals relu's: an exact match
+    assert pairs == {("tmaf", 5): (5, 0.005), ("tmaf", 6): (6, 0.004), ("prelu", 5): (5, 0.005)}
+    paired = stats.paired_comparison(data, "rel_l2", "minimize", "relu")
+    assert set(paired["pairs"]) == {3} and (paired["mean_improvement"] > 0).all()
+
+
 def test_timing_ratio_and_hardware(data):
     timing = stats.timing_summary(data, "relu")
     relu1, tmaf1, gelu1 = (_row(timing, "relu", 1), _row(timing, "tmaf [-5,5]/10", 1), _row(timing, "gelu", 1))

@@ -160,28 +160,42 @@ def in_group_order(data: ReportData, frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values("group", key=lambda col: col.map(rank), kind="stable").reset_index(drop=True)
 
 
+# Training settings that fair tuning may choose per activation: TrainingConfig's fields less the
+# protocol ones (tune_spec.FIXED_TRAINING). Written out so that reports do not import torch;
+# tests/reports/test_stats.py checks that the two agree.
+PER_ACTIVATION_SETTINGS = frozenset({"optimizer", "lr", "momentum", "weight_decay", "act_lr", "act_weight_decay",
+                                     "schedule", "batch_size", "grad_clip", "init_scale"})
+
+
 def _scoped_axes(data: ReportData, baseline_cells: pd.DataFrame) -> set[str]:
     """Axes the baseline does not have (e.g. grid, intervals for ReLU): they belong to activations."""
     return {a for a in data.axes if baseline_cells[a].isna().all()}
 
 
 def pair_baselines(data: ReportData, baseline: str) -> dict[str, str]:
-    """{candidate group: baseline group}: groups that differ from the baseline only by activation."""
+    """{candidate group: baseline group}: groups that differ from the baseline only by activation.
+
+    A training setting that may differ by activation (a learning rate chosen for each, as fair
+    tuning does) and whose value never occurs for the baseline is left out of the match when that
+    leaves exactly one baseline group: the baseline at its own setting. Problem axes (n, depth,
+    width, task) and the epoch budget always have to match.
+    """
     cells = data.cells
     base = cells[cells[ACTIVATION_AXIS] == baseline]
     scoped = _scoped_axes(data, base)
     key_axes = [a for a in data.group_axes if a not in scoped and a != ACTIVATION_AXIS]
-
-    def key(frame: pd.DataFrame) -> pd.Series:
-        return frame[key_axes].map(str).agg("|".join, axis=1) if key_axes else pd.Series("", index=frame.index)
-
-    base_by_key = base.assign(key=key(base)).groupby("key")["group"].unique()
+    base_values = {a: set(base[a].map(str)) for a in key_axes}
+    base_groups = base.drop_duplicates("group")
     pairs = {}
-    candidates = cells[cells[ACTIVATION_AXIS] != baseline]
-    for group, k in candidates.assign(key=key(candidates)).groupby("group")["key"].first().items():
-        matches = base_by_key.get(k)
-        if matches is not None and len(matches) == 1:
-            pairs[group] = matches[0]
+    for _, row in cells[cells[ACTIVATION_AXIS] != baseline].drop_duplicates("group").iterrows():
+        own = [a for a in key_axes if str(row[a]) not in base_values[a]]
+        if any(a not in PER_ACTIVATION_SETTINGS for a in own):
+            continue  # e.g. an n the baseline never ran
+        same = base_groups
+        for axis in (a for a in key_axes if a not in own):
+            same = same[same[axis].map(str) == str(row[axis])]
+        if len(same) == 1:
+            pairs[row["group"]] = same["group"].iloc[0]
     return pairs
 
 
