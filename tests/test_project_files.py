@@ -1,0 +1,54 @@
+"""The committed study files, reports and READMEs stay true: every study file validates, every
+committed report has its notes, and every relative link in the READMEs and notes resolves."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tmafbench.study.cells import expand
+from tmafbench.study.tune_spec import load_tuned_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY_FILES = sorted((ROOT / "studies").glob("*.toml"))
+# Reports the project commits: not those .gitignore keeps out (the quickstart report the README's
+# main command writes on a user's machine).
+IGNORED = {line.strip().strip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+           if line.strip().startswith("/reports/")}
+REPORTS = sorted(p for p in (ROOT / "reports").iterdir()
+                 if (p / "index.md").is_file() and f"reports/{p.name}" not in IGNORED)
+MARKDOWN = [ROOT / "README.md", ROOT / "reports" / "README.md", *sorted((ROOT / "reports" / "notes").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_the_project_has_study_files_and_reports():
+    assert len(STUDY_FILES) >= 5 and len(REPORTS) >= 5
+
+
+@pytest.mark.parametrize("path", STUDY_FILES, ids=lambda p: p.name)
+def test_study_file_validates_and_is_named_after_its_file(path):
+    tuned = load_tuned_spec(path)  # the whole validation `study run` does before writing anything
+    assert tuned.spec.name == path.stem  # `report build <name>` then matches the file a reader sees
+    assert expand(tuned.spec)
+    assert f"studies/{path.name}" in path.read_text()  # the header shows how to run it
+
+
+@pytest.mark.parametrize("folder", REPORTS, ids=lambda p: p.name)
+def test_committed_report_carries_its_notes(folder):
+    notes = ROOT / "reports" / "notes" / f"{folder.name}.md"
+    assert notes.is_file(), f"{folder.name} has no reports/notes/{folder.name}.md"
+    index = (folder / "index.md").read_text(encoding="utf-8")
+    assert notes.read_text(encoding="utf-8").strip() in index
+    assert (folder / "index.html").is_file()
+    assert not list(folder.rglob("*.db"))  # reports, never databases
+
+
+@pytest.mark.parametrize("doc", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(doc):
+    # Notes are shown inside reports/<study>/index.md, one folder below reports/, like reports/notes/.
+    for target in LINK.findall(doc.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s) and other absolute links
+        assert (doc.parent / target).exists(), f"{doc.relative_to(ROOT)} links to missing {target}"
