@@ -72,6 +72,28 @@ def test_two_worker_processes_run_every_cell_once(tiny_spec_text, sqlite_url):
     assert stats.runs == 0 and runs_by_cell(sqlite_url) == runs
 
 
+REFERENCE_TAIL = """
+[reference]
+source = "paper Table 9"
+metric = "rel_l2"
+rows = [{ activation = "relu", value = 0.25 }]
+"""
+
+
+def test_documentation_edits_are_stored_on_resume_without_a_new_design(tiny_spec_text, sqlite_url):
+    first = prepare_study(parse_spec(tiny_spec_text), sqlite_url)
+    edited = tiny_spec_text.replace('description = "two activations, two seeds"', 'description = "now with the paper"')
+    again = prepare_study(parse_spec(edited + REFERENCE_TAIL), sqlite_url)
+    assert again.id == first.id and not again.created
+    assert again.message.endswith("updated its description and reference from the file")
+    db = Database(sqlite_url)
+    study = Repository(db).require_study("tiny")
+    assert study.reference == {"source": "paper Table 9", "metric": "rel_l2", "rows": [{"activation": "relu", "value": 0.25}]}
+    assert study.description == "now with the paper" and len(Repository(db).cell_hashes(first.id)) == 4
+    db.dispose()
+    assert prepare_study(parse_spec(edited + REFERENCE_TAIL), sqlite_url).message == "resuming study 'tiny' (4 cells)"
+
+
 def test_changed_design_is_refused_then_forced(tiny_spec_text, sqlite_url):
     spec = parse_spec(tiny_spec_text)
     prepare_study(spec, sqlite_url)

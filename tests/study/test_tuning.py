@@ -152,6 +152,34 @@ def finished(tmp_path_factory):
     return sqlite_url, info, again, first, kept, rest
 
 
+def test_tuned_study_takes_a_new_reference_and_resumes_a_first_release_hash(tuned, sqlite_url):
+    from sqlalchemy import update
+
+    from tmafbench.study.tuning import design_hash
+
+    info = prepare_tuned(tuned, sqlite_url)
+    with_reference = parse_tuned_spec(TUNED + """
+[reference]
+source = "paper Table 9"
+metric = "rel_l2"
+rows = [{ activation = "relu", value = 0.25 }]
+""")
+    again = prepare_tuned(with_reference, sqlite_url)  # not "another design": the reference documents it
+    assert again.main_id == info.main_id and again.message.endswith("updated its reference from the file")
+    db = Database(sqlite_url)
+    with db.session() as s:
+        assert s.get(Study, info.main_id).reference["source"] == "paper Table 9"
+        # a study stored by the first release hashed description and reference too: still the same design
+        legacy = design_hash({**with_reference.data, "name": "tuned"}, ignored=("name",))
+        s.execute(update(Study).where(Study.id == info.main_id).values(spec_hash=legacy))
+    db.dispose()
+    assert prepare_tuned(with_reference, sqlite_url).main_id == info.main_id
+    db = Database(sqlite_url)
+    with db.session() as s:  # and the stored hash is brought up to date
+        assert s.get(Study, info.main_id).spec_hash == design_hash({**with_reference.data, "name": "tuned"}) != legacy
+    db.dispose()
+
+
 def test_status_of_a_tuned_study_counts_both_phases(tuned, sqlite_url):
     from tmafbench.store.repository import Repository
 

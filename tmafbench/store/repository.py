@@ -147,6 +147,24 @@ class Repository:
             s.execute(update(Study).where(Study.id == study_id).values(spec=spec, spec_hash=spec_hash, reference=reference))
             return len(existing) - len(gone), len(gone), len(new)
 
+    def refresh_documentation(self, study_id: int, *, description: str, reference: dict | None, spec: dict,
+                              spec_hash: str) -> list[str]:
+        """Store the file's description, published reference and spec text when its design is unchanged.
+
+        They document a study without changing what runs, so editing them (say, adding the paper's
+        numbers to `[reference]`) and running the file again updates them and trains nothing.
+        Returns the names of what changed.
+        """
+        with self.db.session() as s:
+            study = s.get(Study, study_id)
+            changed = [n for n, old, new in (("description", study.description, description),
+                                             ("reference", study.reference, reference), ("spec", study.spec, spec))
+                       if old != new]
+            if changed or study.spec_hash != spec_hash:
+                s.execute(update(Study).where(Study.id == study_id).values(
+                    description=description, reference=reference, spec=spec, spec_hash=spec_hash))
+            return changed
+
     def cell_hashes(self, study_id: int) -> list[str]:
         with self.db.session() as s:
             return list(s.scalars(select(Cell.config_hash).where(Cell.study_id == study_id).order_by(Cell.id)))

@@ -140,10 +140,20 @@ def slot_plans(tuned: TunedStudy, groups: list[Group]) -> list[SlotPlan]:
     return plans
 
 
-def design_hash(data: dict[str, Any]) -> str:
-    """The tuned study's design: its whole spec (space, budget, seeds and grid), name excluded."""
-    blob = json.dumps({k: v for k, v in data.items() if k != "name"}, sort_keys=True, default=str)
+# Keys of a study file that document it without changing what runs.
+DOCUMENTATION_KEYS = ("name", "description", "reference")
+
+
+def design_hash(data: dict[str, Any], ignored: tuple[str, ...] = DOCUMENTATION_KEYS) -> str:
+    """The tuned study's design: its whole spec (space, budget, seeds and grid), documentation excluded."""
+    blob = json.dumps({k: v for k, v in data.items() if k not in ignored}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def same_design(stored_hash: str, data: dict[str, Any]) -> bool:
+    """True for the current hash, and for the first release's (which also hashed description and
+    reference), so that studies stored by it still resume."""
+    return stored_hash in (design_hash(data), design_hash(data, ignored=("name",)))
 
 
 # --- create or load ----------------------------------------------------------------------------------
@@ -179,13 +189,18 @@ def prepare_tuned(tuned: TunedStudy, url: str, *, new_name: str | None = None) -
         repo = Repository(db)
         main = repo.get_study(name)
         created = main is None
-        if main is not None and (main.kind != "eval" or main.spec_hash != design):
+        if main is not None and (main.kind != "eval" or not same_design(main.spec_hash, data)):
             raise SpecChangedError(
                 f"study {name!r} already exists with another design; use --new-name NAME for a separate study "
                 "(or `tmafbench study delete` it first)")
         common = dict(description=tuned.spec.description, spec=data, spec_hash=design, version=__version__,
                       git_commit=git_commit())
         reference = tuned.spec.reference.model_dump(mode="json") if tuned.spec.reference else None
+        updated: list[str] = []
+        if main is not None:  # same design: take the file's description and reference as they are now
+            updated = [c for c in repo.refresh_documentation(main.id, description=tuned.spec.description,
+                                                             reference=reference, spec=data, spec_hash=design)
+                       if c != "spec"]
         main_id = main.id if main else repo.create_study(name=name, reference=reference, cells=[], kind="eval", **common)
         tune = repo.get_study(tune_study_name(name))
         tune_id = tune.id if tune else repo.create_study(name=tune_study_name(name), reference=None, cells=slot_plans(tuned, groups),
@@ -207,6 +222,8 @@ def prepare_tuned(tuned: TunedStudy, url: str, *, new_name: str | None = None) -
     verb = "created" if created else "resuming"
     message = (f"{verb} tuned study {name!r}: {len(groups)} groups x {tuned.tune.trials} trials = {slots} tuning slots, "
                f"then {sum(len(g.cells) for g in groups)} evaluation cells")
+    if updated:
+        message += f"; updated its {' and '.join(updated)} from the file"
     return TunedInfo(name, main_id, tune_id, tuned.spec.max_retries, groups, created, message)
 
 
