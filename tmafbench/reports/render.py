@@ -252,7 +252,12 @@ def _reference_line(data) -> str:
     if not data.references:
         return "none: the study file has no [reference] table, so nothing here is compared with published numbers"
     several = len(data.studies) > 1
-    return "; ".join(f"{study + ': ' if several else ''}{ref.get('source', '?')} ({len(ref.get('rows', []))} values)"
+
+    def count(ref: dict) -> str:
+        n = len(ref.get("rows", []))
+        return f"{n} value" + ("" if n == 1 else "s")
+
+    return "; ".join(f"{study + ': ' if several else ''}{ref.get('source', '?')} ({count(ref)})"
                      for study, ref in data.references.items())
 
 
