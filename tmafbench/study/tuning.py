@@ -621,7 +621,9 @@ def run_tuned_local(info: TunedInfo, url: str, devices: list[str], options: Work
 
     def report() -> None:
         tune, evaluation = counts_of(repo, info)
-        progress("tune", tune) if not tune.done else progress("eval", evaluation)
+        progress("tune", tune)
+        if tune.done:  # evaluation cells exist only once tuning is over
+            progress("eval", evaluation)
 
     try:
         run = run_processes(tune_worker_loop, info.name, url, devices, options, report if progress else None, poll_s,
