@@ -145,9 +145,16 @@ def history_figure(ctx: FigureContext, hist: pd.DataFrame, several: bool) -> Fig
     """Best validation value so far against trials, one line per group; each trial as a dot (x: pruned)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=ctx.figsize(7, 4))
-    for i, ((study, group), sub) in enumerate(hist.groupby(["study", "group"], sort=False)):
-        color = f"C{i % 10}"
+    import seaborn as sns
+
+    groups = list(hist.groupby(["study", "group"], sort=False))
+    # Distinct colours for every group, and the legend beside the plot once it would cover it.
+    palette = sns.color_palette("tab10" if len(groups) <= 10 else "tab20" if len(groups) <= 20 else "husl",
+                                n_colors=max(len(groups), 1))
+    beside = len(groups) > 6
+    fig, ax = plt.subplots(figsize=ctx.figsize(11 if beside else 7, max(4.0, 0.2 * len(groups) + 0.8)))
+    for i, ((study, group), sub) in enumerate(groups):
+        color = palette[i]
         label = f"{study}: {group}" if several else group
         ax.step(sub["n"], sub["best_so_far"], where="post", color=color, label=label, linewidth=2)
         done = sub[sub["state"] == "complete"]
@@ -161,5 +168,8 @@ def history_figure(ctx: FigureContext, hist: pd.DataFrame, several: bool) -> Fig
     ax.set_xlabel("trial")
     ax.set_ylabel(metric_label(ctx.metric, ctx.direction))
     ax.set_title("Tuning history: best so far (line), each trial (dot; x = pruned)")
-    ax.legend(fontsize=8)
+    if beside:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    else:
+        ax.legend(fontsize=8)
     return ctx.save(fig, "history", "Tuning history: best validation value so far against trials")
