@@ -59,11 +59,11 @@ def test_two_worker_processes_run_every_cell_once(tiny_spec_text, sqlite_url):
     assert len(outcome.workers) == 2 and sum(w.runs for w in outcome.workers) == 6
     assert sum(w.locked_errors for w in outcome.workers) == 0
     assert seen and seen[-1].total == 6
-    # Optuna mirrors each run as a trial with the cell hash as its one parameter
+    # Optuna mirrors each run as a trial with the cell hash as a user attribute
     import optuna
 
     trials = optuna.load_study(study_name="tiny", storage=sqlite_url).trials
-    assert sorted(t.params["cell"] for t in trials) == sorted(runs)
+    assert sorted(t.user_attrs["cell"] for t in trials) == sorted(runs)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     # running again resumes: nothing left to do, nothing runs twice
     again = prepare_study(spec, sqlite_url)
@@ -117,6 +117,11 @@ def test_changed_design_is_refused_then_forced(tiny_spec_text, sqlite_url):
     # the results of kept cells survive (the runs of removed cells are gone with them)
     assert {h: r for h, r in before.items() if h in kept} == {h: r for h, r in runs_by_cell(sqlite_url).items()
                                                                if h in before and h in kept}
+    # a worker then runs the added cells (the Optuna mirror must accept cells it has not seen)
+    stats = worker_loop("tiny", sqlite_url, options=WorkerOptions(poll_s=0.1))
+    after = runs_by_cell(sqlite_url)
+    assert sorted(after) == sorted(kept) and all(r[-1][1] == "completed" for r in after.values())
+    assert stats.runs == len(kept) - sum(1 for h in kept if h in before and before[h][-1][1] == "completed")
 
 
 SLOW_CELL = study_toml("killme", train_size=1024, depth=2, width=32, epochs=20, batch_size=16, seeds=1,

@@ -300,15 +300,15 @@ def run_cell(repo: Repository, claim: Claim, *, device: str, heartbeat_s: float,
 
 
 class OptunaMirror:
-    """Each run as an Optuna trial (param "cell"), so optuna-dashboard can follow the study."""
+    """Each run as an Optuna trial, so optuna-dashboard can follow the study.
 
-    def __init__(self, url: str, study_name: str, hashes: list[str]):
-        import optuna
+    The cell's hash is a user attribute, not a parameter: a categorical parameter's choices are
+    fixed for an Optuna study's life, and `--force` adds cells to a running study.
+    """
 
-        self.optuna = optuna
+    def __init__(self, url: str, study_name: str):
         self.storage = optuna_storage(url)
         self.study_id = self.storage.get_study_id_from_name(study_name)
-        self.distribution = optuna.distributions.CategoricalDistribution(hashes)
 
     def start(self, claim: Claim, user_attrs: dict[str, Any]) -> tuple[int, int]:
         """Create the RUNNING trial; returns (trial id, trial number)."""
@@ -316,8 +316,9 @@ class OptunaMirror:
 
         template = FrozenTrial(
             number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
-            params={"cell": claim.config_hash}, distributions={"cell": self.distribution},
-            user_attrs={"attempt": claim.attempt, **user_attrs}, system_attrs={}, intermediate_values={}, trial_id=0)
+            params={}, distributions={},
+            user_attrs={"cell": claim.config_hash, "attempt": claim.attempt, **user_attrs}, system_attrs={},
+            intermediate_values={}, trial_id=0)
         trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
         return trial_id, self.storage.get_trial_number_from_id(trial_id)
 
@@ -366,7 +367,7 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
         repo = Repository(db)
         study = repo.require_study(study_name)
         max_retries = int(study.spec.get("max_retries", 2))
-        mirror = OptunaMirror(url, study_name, repo.cell_hashes(study.id))
+        mirror = OptunaMirror(url, study_name)
         env_id = _retry_locked(stats, lambda: repo.environment_id(collect(device)))
         trial_fn = trial_fn or default_trial_fn()
         last_stale_check = -float("inf")
