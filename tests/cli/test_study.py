@@ -77,6 +77,16 @@ def test_run_list_status_show_delete(spec_file, tmp_path, monkeypatch):
     assert "cli" not in [s.study_name for s in optuna.get_all_study_summaries(url)]
 
 
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_grace_shorter_than_two_heartbeats_is_refused_before_writing(spec_file, tmp_path, command):
+    db = tmp_path / "r.db"
+    target = str(spec_file) if command == "run" else "cli"
+    result = invoke("study", command, target, "--grace", "5", "--heartbeat", "10", "--storage", f"sqlite:///{db}")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "error: --grace (5 s) must be at least twice --heartbeat (10 s)" in result.output
+    assert not db.exists()
+
+
 def test_list_never_cuts_a_long_name(tmp_path, monkeypatch):
     from tmafbench.study.scheduler import prepare_study
     from tmafbench.study.spec import parse_spec

@@ -17,7 +17,7 @@ study_app = App(help="Run studies (a grid of cells from a TOML file) and inspect
 StorageOpt = typer.Option(None, "--storage", help="Database URL (default: $TMAFBENCH_STORAGE, else sqlite:///tmafbench.db).")
 SetOpt = typer.Option(None, "--set", help="Override a study-file key: --set defaults.training.epochs=3 (repeatable).")
 HeartbeatOpt = typer.Option(10.0, "--heartbeat", help="Seconds between a running worker's heartbeats.")
-GraceOpt = typer.Option(60.0, "--grace", help="A run without heartbeat for this many seconds is taken as dead and its cell retried.")
+GraceOpt = typer.Option(60.0, "--grace", help="A run without heartbeat for this many seconds is taken as dead and its cell retried (at least twice --heartbeat).")
 
 console = Console(stderr=True)
 
@@ -117,16 +117,17 @@ def run_cmd(
     if dry_run:
         _show_cells(tuned, cells, 200)
         return
+    options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)  # checked before anything is written
     device_list = resolve_devices(devices, workers)
     url = resolve_storage(storage)
     if tuned.tune is not None:  # tune every group with the same budget, then evaluate on fresh seeds
         from tmafbench.cli import tuning
 
-        tuning.run(tuned, url, device_list, WorkerOptions(heartbeat_s=heartbeat, grace_s=grace), new_name=new_name, force=force)
+        tuning.run(tuned, url, device_list, options, new_name=new_name, force=force)
         return
     info = prepare_study(spec, url, new_name=new_name, force=force)
     console.print(f"{info.message} in {redact(url)}; {len(device_list)} worker(s) on {', '.join(sorted(set(device_list)))}")
-    outcome = _run_with_progress(info, url, device_list, WorkerOptions(heartbeat_s=heartbeat, grace_s=grace))
+    outcome = _run_with_progress(info, url, device_list, options)
     _report(outcome, info.name)
 
 
@@ -143,6 +144,7 @@ def worker_cmd(
     from tmafbench.store.repository import Repository
     from tmafbench.study.scheduler import StudyInfo, WorkerOptions, resolve_devices
 
+    options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)
     url = resolve_storage(storage)
     db = Database(url, must_exist=True)
     try:
@@ -154,10 +156,10 @@ def worker_cmd(
     if study.kind == "eval":  # a tuned study: both phases
         from tmafbench.cli import tuning
 
-        tuning.worker(name, url, device_list, WorkerOptions(heartbeat_s=heartbeat, grace_s=grace))
+        tuning.worker(name, url, device_list, options)
         return
     info = StudyInfo(study.id, study.name, int(study.spec.get("max_retries", 2)), created=False)
-    outcome = _run_with_progress(info, url, device_list, WorkerOptions(heartbeat_s=heartbeat, grace_s=grace))
+    outcome = _run_with_progress(info, url, device_list, options)
     _report(outcome, name)
 
 

@@ -58,6 +58,15 @@ class WorkerOptions:
     poll_s: float = 1.0  # idle wait while other workers finish the last cells
     max_runs: int | None = None  # stop after this many runs (tests, benchmarks)
 
+    def __post_init__(self) -> None:
+        if self.heartbeat_s <= 0:
+            raise TmafbenchError(f"--heartbeat must be > 0 seconds, got {self.heartbeat_s:g}")
+        # A live run is silent for up to one heartbeat interval (longer on a loaded machine): a grace
+        # shorter than two intervals takes live runs for dead and trains their cells twice.
+        if self.grace_s < 2 * self.heartbeat_s:
+            raise TmafbenchError(f"--grace ({self.grace_s:g} s) must be at least twice --heartbeat "
+                                 f"({self.heartbeat_s:g} s), or live runs are taken for dead and run twice")
+
 
 @dataclass
 class WorkerStats:
