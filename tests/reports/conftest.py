@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
 from hand_study import write_hand_study
+from tmafbench.store.schema import Base
 
 
 @pytest.fixture
@@ -15,3 +18,14 @@ def hand_db(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'results.db'}"
     write_hand_study(url)
     return url
+
+
+@pytest.fixture
+def new_db(tmp_path: Path):
+    """(url, session) on a fresh SQLite file with the tmaf_* tables: add rows, commit, then read url."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        yield url, session
+    engine.dispose()

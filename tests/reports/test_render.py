@@ -15,7 +15,6 @@ from hand_study import write_hand_study
 from tmafbench.errors import TmafbenchError
 from tmafbench.reports.render import build_report, parse_formats
 from tmafbench.reports.synthetic import add_cell, add_run, add_study
-from tmafbench.store.schema import Base
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HAND_FIGURES = {"metric_vs_axis", "seeds", "learning_curves", "predictions_n-1", "predictions_n-2",
@@ -88,18 +87,14 @@ def test_markdown_marks_incomplete_groups_and_links_figures(full_report):
     assert "| group | n=1 | n=2 |" in md
 
 
-def test_figures_only_when_data_exists(tmp_path):
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    engine = create_engine(url)
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:  # final metrics only: no epochs, timings or artifacts
-        study = add_study(session, "bare")
-        for act, values in (("relu", [0.9, 0.91]), ("tmaf", [0.93, 0.92])):
-            for seed, v in enumerate(values):
-                cell = add_cell(session, study, {"activation": act, "seed": seed}, task="mnist")
-                add_run(session, cell, metric=("accuracy", "maximize"), finals={"accuracy": v})
-        session.commit()
-    engine.dispose()
+def test_figures_only_when_data_exists(tmp_path, new_db):
+    url, session = new_db  # final metrics only: no epochs, timings or artifacts
+    study = add_study(session, "bare")
+    for act, values in (("relu", [0.9, 0.91]), ("tmaf", [0.93, 0.92])):
+        for seed, v in enumerate(values):
+            cell = add_cell(session, study, {"activation": act, "seed": seed}, task="mnist")
+            add_run(session, cell, metric=("accuracy", "maximize"), finals={"accuracy": v})
+    session.commit()
     report = build_report(url, ["bare"], out=tmp_path / "out", formats=parse_formats("md,csv,pdf"), figure_scale=0.5)
     assert [f.name for f in report.figures] == ["seeds"]
     assert report.figures[0].paths["pdf"].read_bytes()[:5] == b"%PDF-"
@@ -156,15 +151,11 @@ def test_notes_are_shown_as_written_and_the_reference_is_named(tmp_path, hand_db
     assert "<li>item</li>" in html
 
 
-def test_a_study_without_reference_says_so(tmp_path):
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    engine = create_engine(url)
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        cell = add_cell(session, add_study(session, "plain"), {"activation": "relu", "seed": 0})
-        add_run(session, cell, finals={"rel_l2": 0.5})
-        session.commit()
-    engine.dispose()
+def test_a_study_without_reference_says_so(tmp_path, new_db):
+    url, session = new_db
+    cell = add_cell(session, add_study(session, "plain"), {"activation": "relu", "seed": 0})
+    add_run(session, cell, finals={"rel_l2": 0.5})
+    session.commit()
     report = build_report(url, ["plain"], out=tmp_path / "out", formats=("md",))
     md = (report.folder / "index.md").read_text()
     assert "- **Published reference:** none: the study file has no [reference] table" in md

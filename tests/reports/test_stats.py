@@ -11,6 +11,7 @@ from scipy import stats as sps
 
 from hand_study import VALUES
 from tmafbench.reports import frames, stats
+from tmafbench.reports.synthetic import add_cell, add_run, add_study
 
 
 @pytest.fixture
@@ -130,28 +131,18 @@ def test_per_activation_settings_are_the_tunable_training_fields():
     assert stats.PER_ACTIVATION_SETTINGS == tunable
 
 
-def test_pairing_with_a_setting_chosen_per_activation(tmp_path):
+def test_pairing_with_a_setting_chosen_per_activation(new_db):
     """As in a study that trains each activation at its own tuned lr: pair on n, not on lr;
     never pair an n the baseline did not run."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.orm import Session
-
-    from tmafbench.reports.synthetic import add_cell, add_run, add_study
-    from tmafbench.store.schema import Base
-
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    engine = create_engine(url)
-    Base.metadata.create_all(engine)
+    url, session = new_db
     groups = [("relu", 5, 0.005), ("relu", 6, 0.004), ("tmaf", 5, 0.03), ("tmaf", 6, 0.017), ("tmaf", 7, 0.02),
               ("prelu", 5, 0.005)]
-    with Session(engine) as session:
-        study = add_study(session, "own-lr")
-        for act, n, lr in groups:
-            for seed in (1, 2, 3):
-                cell = add_cell(session, study, {"activation": act, "n": n, "lr": lr, "seed": seed})
-                add_run(session, cell, finals={"rel_l2": 0.1 * seed + (0.05 + 0.01 * seed ** 2 if act == "relu" else 0.0)})
-        session.commit()
-    engine.dispose()
+    study = add_study(session, "own-lr")
+    for act, n, lr in groups:
+        for seed in (1, 2, 3):
+            cell = add_cell(session, study, {"activation": act, "n": n, "lr": lr, "seed": seed})
+            add_run(session, cell, finals={"rel_l2": 0.1 * seed + (0.05 + 0.01 * seed ** 2 if act == "relu" else 0.0)})
+    session.commit()
     engine = frames.open_readonly(url)
     data = frames.load(engine, ["own-lr"])
     engine.dispose()
@@ -198,23 +189,12 @@ def test_reference_comparison(data):
     assert missing["reference"] == 0.1 and missing["n"] == 0 and missing["verdict"] == "no matching group in the study"
 
 
-def test_outcome_prefers_completed_attempt(tmp_path):
-    from sqlalchemy import create_engine
-    from sqlalchemy.orm import Session
-
-    from tmafbench.reports.synthetic import add_cell, add_run, add_study
-    from tmafbench.store.schema import Base
-
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    engine = create_engine(url)
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        study = add_study(session, "s")
-        cell = add_cell(session, study, {"activation": "relu", "seed": 0})
-        add_run(session, cell, status="failed", metric=("", "minimize"))
-        add_run(session, cell, status="completed", attempt=2, finals={"rel_l2": 0.5})
-        session.commit()
-    engine.dispose()
+def test_outcome_prefers_completed_attempt(new_db):
+    url, session = new_db
+    cell = add_cell(session, add_study(session, "s"), {"activation": "relu", "seed": 0})
+    add_run(session, cell, status="failed", metric=("", "minimize"))
+    add_run(session, cell, status="completed", attempt=2, finals={"rel_l2": 0.5})
+    session.commit()
     data = frames.load(frames.open_readonly(url), ["s"])
     row = data.cells.iloc[0]
     assert row["status"] == "completed" and row["attempts"] == 2 and row["failed_attempts"] == 1
