@@ -144,7 +144,6 @@ def _cell(value) -> str:
 def history_figure(ctx: FigureContext, hist: pd.DataFrame, several: bool) -> Figure:
     """Best validation value so far against trials, one line per group; each trial as a dot (x: pruned)."""
     import matplotlib.pyplot as plt
-
     import seaborn as sns
 
     groups = list(hist.groupby(["study", "group"], sort=False))

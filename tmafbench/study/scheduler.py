@@ -170,9 +170,8 @@ def prepare_study(spec: StudySpec, url: str, *, new_name: str | None = None, for
             message = f"study {name!r} redesigned: kept {kept} cells, removed {removed}, added {added}"
         else:
             study_id, created = existing.id, False
-            changed = repo.refresh_documentation(study_id, description=spec.description, reference=reference,
+            updated = repo.refresh_documentation(study_id, description=spec.description, reference=reference,
                                                  spec=spec_dict, spec_hash=design)
-            updated = [c for c in changed if c != "spec"]
             message = f"resuming study {name!r} ({len(cells)} cells)" + (
                 f"; updated its {' and '.join(updated)} from the file" if updated else "")
         storage = optuna_storage(url)

@@ -198,9 +198,8 @@ def prepare_tuned(tuned: TunedStudy, url: str, *, new_name: str | None = None) -
         reference = tuned.spec.reference.model_dump(mode="json") if tuned.spec.reference else None
         updated: list[str] = []
         if main is not None:  # same design: take the file's description and reference as they are now
-            updated = [c for c in repo.refresh_documentation(main.id, description=tuned.spec.description,
-                                                             reference=reference, spec=data, spec_hash=design)
-                       if c != "spec"]
+            updated = repo.refresh_documentation(main.id, description=tuned.spec.description, reference=reference,
+                                                 spec=data, spec_hash=design)
         main_id = main.id if main else repo.create_study(name=name, reference=reference, cells=[], kind="eval", **common)
         tune = repo.get_study(tune_study_name(name))
         tune_id = tune.id if tune else repo.create_study(name=tune_study_name(name), reference=None, cells=slot_plans(tuned, groups),
