@@ -13,6 +13,7 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -23,6 +24,8 @@ from scipy import stats as sps
 
 from tmafbench.errors import TmafbenchError
 from tmafbench.reports.frames import ACTIVATION_AXIS, SEED_AXIS, ReportData
+from tmafbench.study.tune_spec import FIXED_TRAINING
+from tmafbench.training.config import TrainingConfig
 
 CONFIDENCE = 0.95
 # Below this many pairs a two-sided Wilcoxon test cannot reach p < 0.05 (its smallest p with 5
@@ -161,10 +164,8 @@ def in_group_order(data: ReportData, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # Training settings that fair tuning may choose per activation: TrainingConfig's fields less the
-# protocol ones (tune_spec.FIXED_TRAINING). Written out so that reports do not import torch;
-# tests/reports/test_stats.py checks that the two agree.
-PER_ACTIVATION_SETTINGS = frozenset({"optimizer", "lr", "momentum", "weight_decay", "act_lr", "act_weight_decay",
-                                     "schedule", "batch_size", "grad_clip", "init_scale"})
+# protocol ones.
+PER_ACTIVATION_SETTINGS = frozenset(f.name for f in dataclasses.fields(TrainingConfig)) - set(FIXED_TRAINING)
 
 
 def _scoped_axes(data: ReportData, baseline_cells: pd.DataFrame) -> set[str]:
