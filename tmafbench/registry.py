@@ -38,6 +38,14 @@ class Entry(Generic[T]):
     params: tuple[ParamInfo, ...]
 
 
+def registry_of(module: Any) -> "Registry | None":
+    """The Registry instance a package (activations, tasks, models) exposes, if any."""
+    for value in vars(module).values():
+        if isinstance(value, Registry):
+            return value
+    return None
+
+
 class Registry(Generic[T]):
     """Maps names to factories; `create(name, **params)` validates and builds."""
 

@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tmafbench.cli import app
-from tmafbench.study.scheduler import WorkerOptions, prepare_study, worker_loop
-from tmafbench.study.spec import parse_spec
+from tmafbench.study.lifecycle import prepare
+from tmafbench.study.scheduler import WorkerOptions, worker_loop
+from tmafbench.study.design import parse_design
 
 from tiny_specs import study_toml
 
@@ -23,7 +24,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def url(tmp_path_factory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('res') / 'r.db'}"
-    prepare_study(parse_spec(SPEC), url)
+    prepare(parse_design(SPEC), url)
     worker_loop("res", url, options=WorkerOptions(poll_s=0.1))
     return url
 

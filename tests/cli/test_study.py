@@ -59,7 +59,7 @@ def test_run_list_status_show_delete(spec_file, tmp_path, monkeypatch):
     assert "2/2 cells done" in result.output
     status = json.loads(invoke("study", "status", "cli", "--json").output)
     assert status == {"study": "cli", "total": 2, "done": 2, "diverged": 0, "running": 0, "failed": 0,
-                      "pending": 0, "finished": True}
+                      "crashed": 0, "pending": 0, "finished": True}
     assert "cli" in invoke("study", "list").output
     shown = invoke("study", "show", "cli").output
     assert "relu depth=1 width=8" in shown and "rel_l2" in shown
@@ -88,12 +88,12 @@ def test_grace_shorter_than_two_heartbeats_is_refused_before_writing(spec_file, 
 
 
 def test_list_never_cuts_a_long_name(tmp_path, monkeypatch):
-    from tmafbench.study.scheduler import prepare_study
-    from tmafbench.study.spec import parse_spec
+    from tmafbench.study.design import parse_design
+    from tmafbench.study.lifecycle import prepare
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     long_name = "paper-table-3-3-cifar10-cpu-reduced-with-a-much-longer-name"
-    prepare_study(parse_spec(TINY), url, new_name=long_name)
+    prepare(parse_design(TINY).renamed(long_name), url)
     monkeypatch.setenv("COLUMNS", "80")  # a narrow terminal
     result = invoke("study", "list", "--storage", url)
     assert result.exit_code == 0, result.output
@@ -151,3 +151,73 @@ def test_a_malformed_storage_url_is_one_line_without_the_url(spec_file):
     result = invoke("study", "run", str(spec_file), "--storage", "not a url:secret@")
     assert result.exit_code == 2
     assert result.output.startswith("error: not a database URL") and "secret" not in result.output
+
+
+EVERY_STORAGE_COMMAND = [("study", "status", "x"), ("study", "list"), ("study", "show", "x"), ("study", "worker", "x"),
+                         ("study", "delete", "x", "--yes"), ("report", "build", "x"), ("results", "export", "--study", "x"),
+                         ("results", "query", "select 1")]
+
+
+@pytest.mark.parametrize("command", [*EVERY_STORAGE_COMMAND, ("study", "run", "SPEC")], ids=" ".join)
+@pytest.mark.parametrize("url, says", [
+    ("notadb://x", "unknown database backend 'notadb'"),
+    ("postgresql://u:pw@127.0.0.1:1/x", "postgresql://u:***@127.0.0.1:1/x: connection failed"),
+], ids=["unknown-backend", "unreachable-server"])
+def test_every_storage_error_is_one_line(command, url, says, spec_file):
+    args = [str(spec_file) if a == "SPEC" else a for a in command]
+    result = invoke(*args, "--storage", url)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and says in result.output, result.output
+    assert "Traceback" not in result.output and "pw@" not in result.output and len(result.output.splitlines()) == 1
+
+
+TWO_TASKS = """
+name = "offline"
+[defaults]
+model_params = {{ depth = 1, width = 8 }}
+training = {{ epochs = 1, batch_size = 16 }}
+[[axes.tasks]]
+name = "mnist"
+params = {{ data_dir = "{folder}", download = false, train_size = 32, test_size = 16 }}
+[[axes.tasks]]
+name = "sine-sum"
+params = {{ n = 1, train_size = 32, test_size = 16 }}
+[axes]
+seeds = 1
+[[axes.activations]]
+name = "relu"
+"""
+
+
+@pytest.mark.slow
+def test_resume_checks_data_only_for_cells_that_will_run(tmp_path, monkeypatch):
+    """The MNIST cell ran while the data was there; without it, the sine-sum cell still runs, and a
+    finished study resumes without data, without workers and without importing torch."""
+    import subprocess
+    import sys
+
+    from fake_data import write_idx_set
+    from tmafbench.study.design import parse_design
+    from tmafbench.study.lifecycle import prepare
+    from tmafbench.study.scheduler import WorkerOptions, worker_loop
+
+    data = tmp_path / "data"
+    write_idx_set(data / "MNIST" / "raw")
+    monkeypatch.setenv("TMAFBENCH_CACHE", str(tmp_path / "cache"))
+    spec = tmp_path / "offline.toml"
+    spec.write_text(TWO_TASKS.format(folder=data))
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    prepare(parse_design(spec.read_text()), url)
+    assert worker_loop("offline", url, options=WorkerOptions(max_runs=1)).completed == 1  # the MNIST cell
+    import shutil
+
+    shutil.rmtree(data)
+    result = invoke("study", "run", str(spec), "--storage", url, "--devices", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "resuming study 'offline'" in result.output and "2/2 cells done" in result.output
+    code = ("import sys; from tmafbench.cli import app; from typer.testing import CliRunner; "
+            f"r = CliRunner().invoke(app, ['study', 'run', {str(spec)!r}, '--storage', {url!r}]); "
+            "print(r.exit_code, 'torch' in sys.modules); print(r.output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.startswith("0 False"), out  # finished: nothing validated that needs torch, no worker started
+    assert "is finished: every cell is final, nothing to run" in out

@@ -122,12 +122,9 @@ def test_pairing_ignores_activation_only_axes(data):
 
 
 def test_per_activation_settings_are_the_tunable_training_fields():
-    import dataclasses
+    from tmafbench.core import FIXED_TRAINING, TrainingConfig
 
-    from tmafbench.study.tune_spec import FIXED_TRAINING
-    from tmafbench.training.config import TrainingConfig
-
-    tunable = {f.name for f in dataclasses.fields(TrainingConfig)} - set(FIXED_TRAINING)
+    tunable = set(TrainingConfig.option_names()) - set(FIXED_TRAINING)
     assert stats.PER_ACTIVATION_SETTINGS == tunable
 
 

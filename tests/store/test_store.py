@@ -1,21 +1,31 @@
-"""Results store: pragmas, claims, one completed run per cell, stale runs, read-only queries."""
+"""The results store's contract, run on every backend: SQLite and PostgreSQL (when one is reachable).
+
+Claims, the unique indexes, the lost-run sweep with its crash cap, SIGKILL recovery of a real worker
+process, and four processes racing for claims. `.ci/run` starts the PostgreSQL server.
+"""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import signal
+import subprocess
+import sys
 import time
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from tmafbench.core import EpochRecord, RunStatus, TrialResult
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import Database, redact
 from tmafbench.store.export import query, runs_frame
-from tmafbench.store.repository import Repository
-from tmafbench.store.schema import Run
-from tmafbench.study.cells import cells_hash, expand
-from tmafbench.study.spec import parse_spec
-from tmafbench.training.result import EpochRecord, TrialResult
+from tmafbench.store.repository import Limits, Repository
+from tmafbench.store.schema import Run, utcnow
+from tmafbench.store.scratch import scratch_database
+from tmafbench.study.cells import cells_hash
+from tmafbench.study.design import parse_design
 
 SPEC = """
 name = "store"
@@ -29,20 +39,37 @@ seeds = 3
 name = "relu"
 """
 
+LIMITS = Limits(max_retries=2, max_crashes=2)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request, tmp_path):
+    """A fresh, empty database of each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'r.db'}"
+        return
+    base = request.getfixturevalue("postgres_url")  # skips without a server
+    with scratch_database(base) as fresh:
+        yield fresh
+
 
 @pytest.fixture
-def repo(tmp_path):
-    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+def repo(url):
+    db = Database(url)
     db.create_all()
     yield Repository(db)
     db.dispose()
 
 
+def new_study(repo: Repository, cells: int = 3, name: str = "store") -> int:
+    plans = parse_design(SPEC, [f"axes.seeds={cells}", f'name="{name}"']).cells
+    return repo.create_study(name=name, description="", spec={"max_retries": 2}, spec_hash=cells_hash(plans),
+                             reference=None, version="0", git_commit=None, cells=plans)
+
+
 @pytest.fixture
 def study_id(repo):
-    cells = expand(parse_spec(SPEC))
-    return repo.create_study(name="store", description="", spec={"max_retries": 2}, spec_hash=cells_hash(cells),
-                             reference=None, version="0", git_commit=None, cells=cells)
+    return new_study(repo)
 
 
 def result(status="completed", value=0.5):
@@ -54,14 +81,23 @@ def result(status="completed", value=0.5):
 
 
 def claim(repo, study_id):
-    return repo.claim_cell(study_id, 2, host="h", worker="w", device="cpu")
+    return repo.claim_cell(study_id, LIMITS, host="h", worker="w", device="cpu")
 
 
-def test_sqlite_pragmas(repo):
-    with repo.db.engine.connect() as conn:
+def age(repo, run_id: int, seconds: float) -> None:
+    """Make a run's last heartbeat `seconds` old, as if its worker had died then."""
+    with repo.db.session() as s:
+        s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
+
+
+def test_sqlite_pragmas(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'p.db'}")
+    db.create_all()
+    with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
+    db.dispose()
 
 
 def test_redact_hides_the_password():
@@ -73,21 +109,23 @@ def test_claims_take_distinct_cells_then_none(repo, study_id):
     claims = [claim(repo, study_id) for _ in range(3)]
     assert len({c.cell_id for c in claims}) == 3 and all(c.attempt == 1 for c in claims)
     assert claim(repo, study_id) is None
-    counts = repo.counts(study_id, 2)
-    assert (counts.total, counts.running, counts.pending) == (3, 3, 0)
+    counts = repo.counts(study_id, LIMITS)
+    assert (counts.total, counts.running, counts.pending, counts.done) == (3, 3, 0, False)
+    assert repo.pending_configs(study_id, LIMITS) == []
 
 
 def test_finish_stores_everything_and_nan_as_null(repo, study_id):
     c = claim(repo, study_id)
-    assert repo.finish_run(c.run_id, result()) == "completed"
+    assert repo.finish_run(c.run_id, result()) == RunStatus.COMPLETED
     frame = runs_frame(repo.db, "store")
-    row = frame.iloc[0]
-    assert row["status"] == "completed" and row["rel_l2"] == 0.5 and row["time_total_train_s"] == 0.01
+    row = frame[frame["status"] == "completed"].iloc[0]
+    assert row["rel_l2"] == 0.5 and row["time_total_train_s"] == 0.01
     with repo.db.session() as s:
         nulls = s.execute(text("select value from tmaf_epoch_metric where name = 'mse'")).scalars().all()
         arts = s.execute(text("select name from tmaf_artifact")).scalars().all()
-    assert nulls == [None] and arts == ["predictions"]
-    assert repo.counts(study_id, 2).completed == 1
+        stored = s.scalar(select(Run.status).where(Run.id == c.run_id))
+    assert nulls == [None] and arts == ["predictions"] and stored == "completed" and type(stored) is str
+    assert repo.counts(study_id, LIMITS).completed == 1
 
 
 def test_one_completed_run_per_cell(repo, study_id):
@@ -95,13 +133,20 @@ def test_one_completed_run_per_cell(repo, study_id):
     repo.mark_interrupted(first.run_id, "test")
     second = claim(repo, study_id)
     assert second.cell_id == first.cell_id and second.attempt == 2  # interrupted cells come back first by id
-    assert repo.finish_run(second.run_id, result()) == "completed"
+    assert repo.finish_run(second.run_id, result()) == RunStatus.COMPLETED
     # a stale verdict that was wrong: the first run also finishes; it must not count twice
-    assert repo.finish_run(first.run_id, result()) == "interrupted"
+    assert repo.finish_run(first.run_id, result()) == RunStatus.INTERRUPTED
     assert repo.duplicate_completions(study_id) == 0
     with pytest.raises(IntegrityError):
         with repo.db.session() as s:
             s.add(Run(cell_id=first.cell_id, attempt=9, status="completed", host="h", device="cpu"))
+
+
+def test_one_run_per_cell_and_attempt(repo, study_id):
+    c = claim(repo, study_id)
+    with pytest.raises(IntegrityError):
+        with repo.db.session() as s:
+            s.add(Run(cell_id=c.cell_id, attempt=c.attempt, status="running", host="h", device="cpu"))
 
 
 def test_failures_are_retried_until_max_retries(repo, study_id):
@@ -109,27 +154,46 @@ def test_failures_are_retried_until_max_retries(repo, study_id):
         c = claim(repo, study_id)
         assert c.attempt == attempt
         repo.mark_failed(c.run_id, "boom")
-    counts = repo.counts(study_id, 2)
-    assert counts.failed == 1  # final after 2 failed attempts
+    counts = repo.counts(study_id, LIMITS)
+    assert counts.failed == 1 and counts.crashed == 0  # final after 2 failed attempts
     assert {claim(repo, study_id).cell_id for _ in range(2)}.isdisjoint({c.cell_id})
+    assert claim(repo, study_id) is None
 
 
 def test_diverged_is_final(repo, study_id):
     c = claim(repo, study_id)
     repo.finish_run(c.run_id, result(status="diverged", value=float("nan")))
-    assert repo.counts(study_id, 2).diverged == 1
+    assert repo.counts(study_id, LIMITS).diverged == 1
     others = {claim(repo, study_id).cell_id for _ in range(2)}
     assert c.cell_id not in others
 
 
-def test_stale_runs_are_interrupted_and_requeued(repo, study_id):
+def test_lost_runs_are_swept_requeued_and_capped(repo, study_id):
+    """A run without heartbeat is lost; its cell runs again, until max_crashes attempts were lost."""
     c = claim(repo, study_id)
-    assert repo.mark_stale_runs(study_id, grace_s=30) == 0
-    time.sleep(0.3)
-    assert repo.mark_stale_runs(study_id, grace_s=0.1) == 1
+    repo.set_trial_number(c.run_id, 7)
+    assert repo.mark_stale_runs(study_id, grace_s=30) == []
+    age(repo, c.run_id, 120)
+    [lost] = repo.mark_stale_runs(study_id, grace_s=30)
+    assert lost.run_id == c.run_id and lost.optuna_trial_number == 7 and lost.group_hash == c.group_hash
     with repo.db.session() as s:
         run = s.get(Run, c.run_id)
-        assert run.status == "interrupted" and "heartbeat" in run.error
+        assert run.status == "lost" and "heartbeat" in run.error
+    assert repo.heartbeat(c.run_id) is False  # a late worker learns that its run was taken from it
+    again = claim(repo, study_id)
+    assert (again.cell_id, again.attempt) == (c.cell_id, 2)
+    age(repo, again.run_id, 120)
+    assert len(repo.mark_stale_runs(study_id, grace_s=30)) == 1
+    counts = repo.counts(study_id, LIMITS)
+    assert counts.crashed == 1 and counts.failed == 0 and counts.pending == 2  # the cell is given up
+    assert {claim(repo, study_id).cell_id for _ in range(2)}.isdisjoint({c.cell_id})
+    assert claim(repo, study_id) is None
+    # a bigger cap gives it another go
+    assert claim_with(repo, study_id, Limits(2, 3)).cell_id == c.cell_id
+
+
+def claim_with(repo, study_id, limits):
+    return repo.claim_cell(study_id, limits, host="h", worker="w", device="cpu")
 
 
 def test_read_only_query_refuses_writes(repo, study_id):
@@ -143,7 +207,88 @@ def test_read_only_query_refuses_writes(repo, study_id):
 
 
 def test_query_errors_are_one_line(repo):
-    with pytest.raises(TmafbenchError, match="query failed.*no such table"):
+    with pytest.raises(TmafbenchError, match="query failed.*(no such table|does not exist)"):
         query(repo.db.url, "select * from nope")
     with pytest.raises(TmafbenchError, match="no database file"):
         query("sqlite:////nonexistent/dir/x.db", "select 1")
+
+
+# --- several processes -------------------------------------------------------------------------
+
+
+def _claim_until_empty(url: str, study_id: int, worker: str, out) -> None:
+    """A racing worker without training: claim, finish at once, until nothing is left."""
+    db = Database(url)
+    repo = Repository(db)
+    done = 0
+    while (c := repo.claim_cell(study_id, LIMITS, host="h", worker=worker, device="cpu")) is not None:
+        repo.finish_run(c.run_id, result())
+        done += 1
+    db.dispose()
+    out.put(done)
+
+
+@pytest.mark.slow
+def test_four_processes_racing_for_claims(repo, url):
+    study_id = new_study(repo, cells=60, name="race")
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_until_empty, args=(url, study_id, f"w{i}", out)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert sum(out.get(timeout=10) for _ in procs) == 60  # every cell once, no cell twice
+    counts = repo.counts(study_id, LIMITS)
+    assert counts.completed == 60 and counts.done and repo.duplicate_completions(study_id) == 0
+    assert repo.runs_by_status(study_id) == {"completed": 60}
+
+
+SLOW = """
+name = "killme"
+[defaults]
+task = "sine-sum"
+task_params = { n = 1, train_size = 1024, test_size = 64 }
+model_params = { depth = 2, width = 32 }
+training = { epochs = 20, batch_size = 16 }
+[axes]
+seeds = 1
+[[axes.activations]]
+name = "relu"
+"""
+
+WORKER = (
+    "import sys; from tmafbench.study.scheduler import worker_loop, WorkerOptions; "
+    "worker_loop('killme', sys.argv[1], options=WorkerOptions(heartbeat_s=0.3, grace_s=2.0, poll_s=0.2))"
+)
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_is_recovered(url):
+    """A real worker process SIGKILLed mid-trial: its run is swept as lost, its Optuna trial failed, and
+    the cell completes as attempt 2."""
+    import optuna
+
+    from tmafbench.study.lifecycle import prepare
+    from tmafbench.study.scheduler import WorkerOptions, worker_loop
+
+    info = prepare(parse_design(SLOW), url)
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = Database(url)
+    repo = Repository(db)
+    deadline = time.time() + 120
+    while not repo.running_runs(info.id):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.2)
+    time.sleep(0.5)  # mid-trial, not at the claim
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    stats = worker_loop("killme", url, options=WorkerOptions(heartbeat_s=0.3, grace_s=2.0, poll_s=0.2))
+    assert stats.stale_marked == 1 and stats.completed == 1
+    assert repo.runs_by_status(info.id) == {"lost": 1, "completed": 1}
+    assert repo.counts(info.id, info.limits).done
+    db.dispose()
+    trials = optuna.load_study(study_name="killme", storage=url).trials
+    states = sorted(t.state.name for t in trials)
+    assert states == ["COMPLETE", "FAIL"]  # the dead worker's trial is closed, not RUNNING forever

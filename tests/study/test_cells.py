@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tmafbench import activations
-from tmafbench.study.cells import cells_hash, expand
-from tmafbench.study.spec import parse_spec
+from tmafbench.study.cells import cells_hash
+from tmafbench.study.design import parse_design
 
 pytestmark = pytest.mark.skipif("tmaf" not in activations.available(), reason="tmaf not registered yet")
 
@@ -51,7 +51,7 @@ def by_activation(cells):
 
 
 def test_relu_gets_one_cell_per_seed_not_per_grid():
-    cells = by_activation(expand(parse_spec(GRIDS)))
+    cells = by_activation(parse_design(GRIDS).cells)
     # relu: depth x seeds = 2 x 2, no grid axis
     assert len(cells["relu"]) == 4
     assert {c.grid for c in cells["relu"]} == {None}
@@ -59,7 +59,7 @@ def test_relu_gets_one_cell_per_seed_not_per_grid():
 
 
 def test_grids_and_scoped_axes():
-    cells = by_activation(expand(parse_spec(GRIDS)))
+    cells = by_activation(parse_design(GRIDS).cells)
     # tmaf: 2 grids x depth 2 x n 2 (scoped to tmaf) x 2 seeds
     assert len(cells["tmaf"]) == 16
     assert {c.grid for c in cells["tmaf"]} == {"h1", "bp(-1,0,1)"}
@@ -77,7 +77,7 @@ def test_grids_and_scoped_axes():
 
 
 def test_axes_labels_and_hashes():
-    cells = expand(parse_spec(GRIDS))
+    cells = parse_design(GRIDS).cells
     cell = next(c for c in cells if c.activation == "tmaf" and c.grid == "h1" and c.axes["depth"] == 2
                 and c.axes["n"] == 3 and c.axes["seed"] == 4)
     assert cell.axes == {"task": "sine-sum", "activation": "tmaf", "grid": "h1", "intervals": 10, "depth": 2,
@@ -94,11 +94,11 @@ def test_axes_labels_and_hashes():
 
 
 def test_expansion_is_stable_and_design_hash_ignores_order_and_description():
-    a = expand(parse_spec(GRIDS))
-    b = expand(parse_spec(GRIDS.replace('name = "grids"', 'name = "grids"\ndescription = "other words"')))
+    a = parse_design(GRIDS).cells
+    b = parse_design(GRIDS.replace('name = "grids"', 'name = "grids"\ndescription = "other words"')).cells
     assert [c.config_hash for c in a] == [c.config_hash for c in b]
     assert cells_hash(a) == cells_hash(list(reversed(b)))
-    c = expand(parse_spec(GRIDS, ["axes.seeds=[3]"]))
+    c = parse_design(GRIDS, ["axes.seeds=[3]"]).cells
     assert cells_hash(c) != cells_hash(a)
 
 
@@ -112,7 +112,7 @@ training = { epochs = 2 }
 [axes]
 """).replace('task_params = { n = { values = [1, 3], activations = ["tmaf"] } }',
              'task_params = { n = { values = [1, 3], tasks = ["sine-sum"] } }')
-    cells = expand(parse_spec(text))
+    cells = parse_design(text).cells
     osc = [c for c in cells if c.config.task == "oscillatory"]
     assert osc and all("n" not in c.axes and c.config.training.epochs == 2 for c in osc)
     assert all(c.config.task_params["train_size"] == 32 for c in osc)
@@ -144,7 +144,7 @@ name = "relu"
 
 
 def test_axis_cases_give_each_task_its_own_values():
-    cells = expand(parse_spec(CASES))
+    cells = parse_design(CASES).cells
     got = sorted((c.axes["task"], c.config.task_params["n"], c.config.model_params["depth"]) for c in cells)
     assert got == [("deep", 5, 2), ("shallow", 1, 1), ("shallow", 2, 1)]
 
@@ -153,4 +153,4 @@ def test_axis_case_with_an_unknown_task_label_is_refused():
     from tmafbench.errors import SpecError
 
     with pytest.raises(SpecError, match=r"axes\.task_params\.n\.cases\[1\]\.tasks.*unknown task label 'nope'"):
-        parse_spec(CASES.replace('tasks = ["deep"]', 'tasks = ["nope"]'))
+        parse_design(CASES.replace('tasks = ["deep"]', 'tasks = ["nope"]')).spec

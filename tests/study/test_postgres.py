@@ -10,16 +10,17 @@ from tmafbench.store.export import query
 from tmafbench.store.repository import Repository
 from tmafbench.store.schema import Cell, Run
 from tmafbench.errors import TmafbenchError
-from tmafbench.study.benchmark import scratch_database
-from tmafbench.study.scheduler import prepare_study, run_local
-from tmafbench.study.spec import parse_spec
+from tmafbench.store.scratch import scratch_database
+from tmafbench.study.lifecycle import prepare
+from tmafbench.study.scheduler import run_local
+from tmafbench.study.design import parse_design
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 def test_two_workers_on_postgres(postgres_url, tiny_spec_text):
     with scratch_database(postgres_url) as url:
-        info = prepare_study(parse_spec(tiny_spec_text, ["axes.seeds=3"]), url)
+        info = prepare(parse_design(tiny_spec_text, ["axes.seeds=3"]), url)
         outcome = run_local(info, url, ["cpu", "cpu"])
         assert outcome.counts.done and outcome.counts.completed == 6
         db = Database(url)

@@ -13,15 +13,9 @@ from sqlalchemy import select
 from tmafbench.store.database import Database
 from tmafbench.store.repository import Repository
 from tmafbench.store.schema import Cell, Run
-from tmafbench.study.scheduler import (
-    SpecChangedError,
-    WorkerOptions,
-    prepare_study,
-    resolve_devices,
-    run_local,
-    worker_loop,
-)
-from tmafbench.study.spec import parse_spec
+from tmafbench.study.design import parse_design
+from tmafbench.study.lifecycle import SpecChangedError, prepare
+from tmafbench.study.scheduler import WorkerOptions, resolve_devices, run_local, worker_loop
 
 from tiny_specs import study_toml
 
@@ -49,10 +43,10 @@ def test_resolve_devices():
 
 @pytest.mark.slow
 def test_two_worker_processes_run_every_cell_once(tiny_spec_text, sqlite_url):
-    spec = parse_spec(tiny_spec_text, ["axes.seeds=3"])
-    info = prepare_study(spec, sqlite_url)
+    spec = parse_design(tiny_spec_text, ["axes.seeds=3"])
+    info = prepare(spec, sqlite_url)
     seen = []
-    outcome = run_local(info, sqlite_url, ["cpu", "cpu"], progress=lambda c, eta: seen.append(c))
+    outcome = run_local(info, sqlite_url, ["cpu", "cpu"], progress=lambda phases, eta: seen.append(phases[-1][1]))
     assert outcome.counts.done and outcome.counts.completed == 6 and outcome.counts.failed == 0
     runs = runs_by_cell(sqlite_url)
     assert len(runs) == 6 and all(r == [(1, "completed")] for r in runs.values())
@@ -66,7 +60,7 @@ def test_two_worker_processes_run_every_cell_once(tiny_spec_text, sqlite_url):
     assert sorted(t.user_attrs["cell"] for t in trials) == sorted(runs)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     # running again resumes: nothing left to do, nothing runs twice
-    again = prepare_study(spec, sqlite_url)
+    again = prepare(spec, sqlite_url)
     assert not again.created
     stats = worker_loop("tiny", sqlite_url, options=WorkerOptions(poll_s=0.1))
     assert stats.runs == 0 and runs_by_cell(sqlite_url) == runs
@@ -81,9 +75,9 @@ rows = [{ activation = "relu", value = 0.25 }]
 
 
 def test_documentation_edits_are_stored_on_resume_without_a_new_design(tiny_spec_text, sqlite_url):
-    first = prepare_study(parse_spec(tiny_spec_text), sqlite_url)
+    first = prepare(parse_design(tiny_spec_text), sqlite_url)
     edited = tiny_spec_text.replace('description = "two activations, two seeds"', 'description = "now with the paper"')
-    again = prepare_study(parse_spec(edited + REFERENCE_TAIL), sqlite_url)
+    again = prepare(parse_design(edited + REFERENCE_TAIL), sqlite_url)
     assert again.id == first.id and not again.created
     assert again.message.endswith("updated its description and reference from the file")
     db = Database(sqlite_url)
@@ -91,20 +85,20 @@ def test_documentation_edits_are_stored_on_resume_without_a_new_design(tiny_spec
     assert study.reference == {"source": "paper Table 9", "metric": "rel_l2", "rows": [{"activation": "relu", "value": 0.25}]}
     assert study.description == "now with the paper" and len(Repository(db).cell_hashes(first.id)) == 4
     db.dispose()
-    assert prepare_study(parse_spec(edited + REFERENCE_TAIL), sqlite_url).message == "resuming study 'tiny' (4 cells)"
+    assert prepare(parse_design(edited + REFERENCE_TAIL), sqlite_url).message == "resuming study 'tiny' (4 cells)"
 
 
 def test_changed_design_is_refused_then_forced(tiny_spec_text, sqlite_url):
-    spec = parse_spec(tiny_spec_text)
-    prepare_study(spec, sqlite_url)
+    spec = parse_design(tiny_spec_text)
+    prepare(spec, sqlite_url)
     worker_loop("tiny", sqlite_url, options=WorkerOptions(poll_s=0.1, max_runs=2))
-    changed = parse_spec(tiny_spec_text, ["axes.seeds=[1, 2]"])  # seed 0 dropped, seed 2 added
+    changed = parse_design(tiny_spec_text, ["axes.seeds=[1, 2]"])  # seed 0 dropped, seed 2 added
     with pytest.raises(SpecChangedError, match="--new-name.*--force"):
-        prepare_study(changed, sqlite_url)
-    other = prepare_study(changed, sqlite_url, new_name="tiny-2")
+        prepare(changed, sqlite_url)
+    other = prepare(changed.renamed("tiny-2"), sqlite_url)
     assert other.created and other.name == "tiny-2"
     before = runs_by_cell(sqlite_url)
-    forced = prepare_study(changed, sqlite_url, force=True)
+    forced = prepare(changed, sqlite_url, force=True)
     assert "kept 2 cells, removed 2, added 2" in forced.message
     db = Database(sqlite_url)
     repo = Repository(db)
@@ -151,24 +145,8 @@ def start_worker_and_wait_running(url: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_sigkilled_worker_cell_is_retried_as_attempt_2(sqlite_url):
-    spec = parse_spec(SLOW_CELL)
-    prepare_study(spec, sqlite_url)
-    proc = start_worker_and_wait_running(sqlite_url)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    [runs] = runs_by_cell(sqlite_url).values()
-    assert runs == [(1, "running")]  # the dead worker left its run "running"
-    stats = worker_loop("killme", sqlite_url, options=WorkerOptions(heartbeat_s=0.3, grace_s=2.0, poll_s=0.2))
-    assert stats.stale_marked == 1 and stats.completed == 1
-    [runs] = runs_by_cell(sqlite_url).values()
-    assert runs == [(1, "interrupted"), (2, "completed")]
-
-
-@pytest.mark.slow
 def test_ctrl_c_marks_the_run_interrupted_and_it_runs_again(sqlite_url):
-    spec = parse_spec(SLOW_CELL)
-    prepare_study(spec, sqlite_url)
+    prepare(parse_design(SLOW_CELL), sqlite_url)
     proc = start_worker_and_wait_running(sqlite_url)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
@@ -182,3 +160,36 @@ def test_ctrl_c_marks_the_run_interrupted_and_it_runs_again(sqlite_url):
     assert stats.stale_marked == 0 and stats.completed == 1
     [runs] = runs_by_cell(sqlite_url).values()
     assert runs == [(1, "interrupted"), (2, "completed")]
+
+
+CRASHER = (
+    "import os, sys; from tmafbench.study.scheduler import worker_loop, WorkerOptions, default_trial_fn\n"
+    "train = default_trial_fn()\n"
+    "def trial(config, on_epoch=None):\n"
+    "    if config.seed == 0:\n"
+    "        os._exit(9)  # as a segfault or an OOM kill would: no goodbye, no status written\n"
+    "    return train(config, on_epoch=on_epoch)\n"
+    "worker_loop('tiny', sys.argv[1], trial_fn=trial, options=WorkerOptions(heartbeat_s=0.2, grace_s=0.6, poll_s=0.1))\n"
+)
+
+
+@pytest.mark.slow
+def test_a_cell_that_kills_its_worker_is_given_up_after_max_crashes(tiny_spec_text, sqlite_url):
+    """Each worker that takes the deadly cell dies; after max_crashes lost attempts the cell is final
+    ("crashed") and the study ends instead of killing every worker in turn."""
+    info = prepare(parse_design(tiny_spec_text, ["axes.activations=[{ name = \"relu\" }]", "max_crashes=2"]),
+                   sqlite_url)
+    codes = [subprocess.run([sys.executable, "-c", CRASHER, sqlite_url], capture_output=True, timeout=300).returncode
+             for _ in range(3)]
+    assert codes == [9, 9, 0]  # two workers died on the cell, the third found the study finished
+    db = Database(sqlite_url)
+    repo = Repository(db)
+    counts = repo.counts(info.id, info.limits)
+    db.dispose()
+    assert (counts.completed, counts.crashed, counts.failed, counts.done) == (1, 1, 0, True)
+    runs = runs_by_cell(sqlite_url)
+    assert sorted(runs.values()) == [[(1, "completed")], [(1, "lost"), (2, "lost")]]
+    import optuna
+
+    states = sorted(t.state.name for t in optuna.load_study(study_name="tiny", storage=sqlite_url).trials)
+    assert states == ["COMPLETE", "FAIL", "FAIL"]  # no trial left RUNNING

@@ -6,14 +6,15 @@ import pytest
 
 from tmafbench import activations
 from tmafbench.errors import SpecError
-from tmafbench.study.spec import apply_overrides, load_spec, parse_spec
+from tmafbench.study.design import load_design, parse_design
+from tmafbench.study.spec import apply_overrides
 
 HAS_TMAF = "tmaf" in activations.available()
 needs_tmaf = pytest.mark.skipif(not HAS_TMAF, reason="the tmaf activation is not registered yet")
 
 
 def test_good_file_parses(tiny_spec_file):
-    spec = load_spec(tiny_spec_file)
+    spec = load_design(tiny_spec_file).spec
     assert spec.name == "tiny"
     assert [a.key for a in spec.axes.activations] == ["relu", "tanh"]
     assert spec.axes.seed_list() == [0, 1]
@@ -22,8 +23,8 @@ def test_good_file_parses(tiny_spec_file):
 
 
 def test_set_overrides_nested_and_list_items(tiny_spec_text):
-    spec = parse_spec(tiny_spec_text, ["defaults.training.epochs=3", "axes.seeds=[5, 7]",
-                                       "axes.activations.1.name=elu", "max_retries=4"])
+    spec = parse_design(tiny_spec_text, ["defaults.training.epochs=3", "axes.seeds=[5, 7]",
+                                       "axes.activations.1.name=elu", "max_retries=4"]).spec
     assert spec.defaults.training["epochs"] == 3
     assert spec.axes.seed_list() == [5, 7]
     assert spec.axes.activations[1].name == "elu"
@@ -69,7 +70,7 @@ def test_bad_files_name_their_key(tmp_path, tiny_spec_text, old, new, fragments)
     path = tmp_path / "tiny.toml"
     path.write_text(tiny_spec_text.replace(old, new, 1))
     with pytest.raises(SpecError) as info:
-        load_spec(path)
+        load_design(path).spec
     message = str(info.value)
     assert message.startswith(str(path)), message
     for fragment in fragments:
@@ -79,26 +80,26 @@ def test_bad_files_name_their_key(tmp_path, tiny_spec_text, old, new, fragments)
 
 def test_wrong_type_is_not_coerced(tiny_spec_text):
     with pytest.raises(SpecError, match=r"axes\.seeds"):
-        parse_spec(tiny_spec_text.replace("seeds = 2", 'seeds = "2"'))
+        parse_design(tiny_spec_text.replace("seeds = 2", 'seeds = "2"')).spec
 
 
 def test_bad_toml_and_missing_file(tmp_path):
     with pytest.raises(SpecError, match="not valid TOML"):
-        parse_spec("name = ", source="x.toml")
+        parse_design("name = ", source="x.toml").spec
     with pytest.raises(SpecError, match="no study file"):
-        load_spec(tmp_path / "missing.toml")
+        load_design(tmp_path / "missing.toml").spec
 
 
 def test_bad_set_path(tiny_spec_text):
     with pytest.raises(SpecError, match="--set expects key.path=value"):
-        parse_spec(tiny_spec_text, ["defaults.training.epochs"])
+        parse_design(tiny_spec_text, ["defaults.training.epochs"]).spec
     with pytest.raises(SpecError, match="not an index"):
-        parse_spec(tiny_spec_text, ["axes.activations.9.name=relu"])
+        parse_design(tiny_spec_text, ["axes.activations.9.name=relu"]).spec
 
 
 def test_missing_task(tiny_spec_text):
     with pytest.raises(SpecError, match="no task"):
-        parse_spec(tiny_spec_text.replace('task = "sine-sum"\n', ""))
+        parse_design(tiny_spec_text.replace('task = "sine-sum"\n', "")).spec
 
 
 @needs_tmaf
@@ -106,11 +107,11 @@ def test_grid_on_a_gridless_activation_is_refused(tiny_spec_text):
     text = tiny_spec_text + '[[axes.grids]]\nlabel = "h1"\nlo = -5.0\nhi = 5.0\nintervals = 10\n'
     text = text.replace('name = "relu"', 'name = "relu"\ngrids = ["h1"]')
     with pytest.raises(SpecError, match=r"axes\.activations\[0\]\.grids.*takes no interval grid"):
-        parse_spec(text)
+        parse_design(text).spec
 
 
 @needs_tmaf
 def test_impossible_activation_params_are_refused(tiny_spec_text):
     text = tiny_spec_text + '[[axes.activations]]\nname = "tmaf"\nparams = { intervals = 0 }\n'
     with pytest.raises(SpecError, match=r"axes\.activations\[2\]\.params"):
-        parse_spec(text)
+        parse_design(text).spec

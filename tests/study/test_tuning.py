@@ -10,15 +10,13 @@ from sqlalchemy import func, select
 from tmafbench.errors import SpecError
 from tmafbench.store.database import Database
 from tmafbench.store.schema import Cell, EpochMetric, FinalMetric, Run, Study
-from tmafbench.study.scheduler import SpecChangedError, WorkerOptions
-from tmafbench.study.tune_spec import apply_params, metric_direction, parse_tuned_spec
-from tmafbench.study.tuning import (
-    best_trial,
-    prepare_tuned,
-    tune_study_name,
-    tune_worker_loop,
-    tuning_rows,
-)
+from tmafbench.core import SlotState, best_trial, metric_direction
+from tmafbench.store.repository import Limits, Repository
+from tmafbench.study.design import parse_design
+from tmafbench.study.lifecycle import SpecChangedError, prepare, tune_study_name
+from tmafbench.study.scheduler import WorkerOptions, worker_loop
+from tmafbench.study.tune_spec import apply_params
+from tmafbench.study.tuning import groups_of
 
 from tiny_specs import study_toml
 
@@ -41,12 +39,10 @@ FAST = WorkerOptions(poll_s=0.05, heartbeat_s=5.0, grace_s=60.0)
 
 @pytest.fixture
 def tuned():
-    return parse_tuned_spec(TUNED)
+    return parse_design(TUNED)
 
 
 def test_spec_derives_seeds_metric_and_group_spaces(tuned):
-    from tmafbench.study.tuning import groups_of
-
     assert tuned.tune.metric == "val_rel_l2" and metric_direction(tuned.tune.metric) == "minimize"
     assert tuned.tune.tune_seed_list() == [0] and tuned.tune.eval_seed_list() == [1, 2]
     assert tuned.spec.axes.seed_list() == [1, 2]  # the study's cells are the evaluation cells
@@ -59,7 +55,7 @@ def test_spec_derives_seeds_metric_and_group_spaces(tuned):
 
 
 def test_apply_params_sets_sections():
-    cfg = parse_tuned_spec(TUNED).spec
+    cfg = parse_design(TUNED).spec
     from tmafbench.study.cells import expand
 
     base = expand(cfg)[0].config
@@ -91,22 +87,22 @@ def test_apply_params_sets_sections():
 )
 def test_tune_validation_errors_name_the_key(override, message):
     with pytest.raises(SpecError, match=message):
-        parse_tuned_spec(TUNED, override, source="t.toml")
+        parse_design(TUNED, override, source="t.toml")
 
 
 def test_missing_tune_keys():
     with pytest.raises(SpecError, match=r"tune\.eval_seeds: missing required key"):
-        parse_tuned_spec(TUNED.replace("eval_seeds = 2\n", ""))
+        parse_design(TUNED.replace("eval_seeds = 2\n", ""))
     with pytest.raises(SpecError, match=r"tune\.space: missing required key"):
-        parse_tuned_spec(TUNED.split("[tune.space]")[0])
+        parse_design(TUNED.split("[tune.space]")[0])
     with pytest.raises(SpecError, match=r"tune\.space: .*at least 1 item"):
-        parse_tuned_spec(TUNED.split("[tune.space]")[0] + "[tune.space]\n")
+        parse_design(TUNED.split("[tune.space]")[0] + "[tune.space]\n")
 
 
 def test_best_trial_rule():
-    rows = [{"state": "complete", "value": 0.3, "trial_number": 0}, {"state": "pruned", "value": 0.01, "trial_number": 1},
-            {"state": "complete", "value": 0.2, "trial_number": 2}, {"state": "complete", "value": 0.2, "trial_number": 3},
-            {"state": "fail", "value": None, "trial_number": 4}]
+    rows = [{"state": "completed", "value": 0.3, "trial_number": 0}, {"state": "pruned", "value": 0.01, "trial_number": 1},
+            {"state": "completed", "value": 0.2, "trial_number": 2}, {"state": "complete", "value": 0.2, "trial_number": 3},
+            {"state": "failed", "value": None, "trial_number": 4}]  # "complete": as the first release stored it
     assert best_trial(rows, "minimize")["trial_number"] == 2
     assert best_trial(rows, "maximize")["trial_number"] == 0
     assert best_trial([{"state": "pruned", "value": 0.1, "trial_number": 0}], "minimize") is None
@@ -125,9 +121,13 @@ def _runs(url: str, study: str) -> list[tuple]:
 def _tuning_rows(url: str, tune_id: int) -> dict:
     db = Database(url)
     try:
-        return tuning_rows(db, tune_id)
+        return Repository(db).tuning_rows(tune_id)
     finally:
         db.dispose()
+
+
+def _tune_id(info) -> int:
+    return info.phases[0].study_id
 
 
 def _metric_names(url: str, study: str) -> set[str]:
@@ -143,47 +143,47 @@ def _metric_names(url: str, study: str) -> set[str]:
 def finished(tmp_path_factory):
     """The tuned study run to the end in this process: 2 slots, a stop, then a resumed worker."""
     sqlite_url = f"sqlite:///{tmp_path_factory.mktemp('tuned') / 'results.db'}"
-    tuned = parse_tuned_spec(TUNED)
-    info = prepare_tuned(tuned, sqlite_url)
-    first = tune_worker_loop("tuned", sqlite_url, options=WorkerOptions(poll_s=0.05, max_runs=2))
+    tuned = parse_design(TUNED)
+    info = prepare(tuned, sqlite_url)
+    first = worker_loop("tuned", sqlite_url, options=WorkerOptions(poll_s=0.05, max_runs=2))
     kept = {r.config_hash for r in _runs(sqlite_url, "tuned/tune")}
-    again = prepare_tuned(tuned, sqlite_url)
-    rest = tune_worker_loop("tuned", sqlite_url, options=FAST)
+    again = prepare(tuned, sqlite_url)
+    rest = worker_loop("tuned", sqlite_url, options=FAST)
     return sqlite_url, info, again, first, kept, rest
 
 
 def test_tuned_study_takes_a_new_reference_and_resumes_a_first_release_hash(tuned, sqlite_url):
     from sqlalchemy import update
 
-    from tmafbench.study.tuning import design_hash
+    from tmafbench.study.design import DOCUMENTATION_KEYS, _legacy_hash
 
-    info = prepare_tuned(tuned, sqlite_url)
-    with_reference = parse_tuned_spec(TUNED + """
+    info = prepare(tuned, sqlite_url)
+    with_reference = parse_design(TUNED + """
 [reference]
 source = "paper Table 9"
 metric = "rel_l2"
 rows = [{ activation = "relu", value = 0.25 }]
 """)
-    again = prepare_tuned(with_reference, sqlite_url)  # not "another design": the reference documents it
-    assert again.main_id == info.main_id and again.message.endswith("updated its reference from the file")
+    again = prepare(with_reference, sqlite_url)  # not "another design": the reference documents it
+    assert again.id == info.id and again.message.endswith("updated its reference from the file")
     db = Database(sqlite_url)
     with db.session() as s:
-        assert s.get(Study, info.main_id).reference["source"] == "paper Table 9"
-        # a study stored by the first release hashed description and reference too: still the same design
-        legacy = design_hash({**with_reference.data, "name": "tuned"}, ignored=("name",))
-        s.execute(update(Study).where(Study.id == info.main_id).values(spec_hash=legacy))
+        assert s.get(Study, info.id).reference["source"] == "paper Table 9"
+        # earlier releases hashed the whole file (first: with description and reference): still the same design
+        for legacy in (_legacy_hash(with_reference.data, ("name",)), _legacy_hash(with_reference.data, DOCUMENTATION_KEYS)):
+            s.execute(update(Study).where(Study.id == info.id).values(spec_hash=legacy))
+            s.flush()
+            assert with_reference.same_design(legacy)
     db.dispose()
-    assert prepare_tuned(with_reference, sqlite_url).main_id == info.main_id
+    assert prepare(with_reference, sqlite_url).id == info.id
     db = Database(sqlite_url)
     with db.session() as s:  # and the stored hash is brought up to date
-        assert s.get(Study, info.main_id).spec_hash == design_hash({**with_reference.data, "name": "tuned"}) != legacy
+        assert s.get(Study, info.id).spec_hash == with_reference.design_hash() != legacy
     db.dispose()
 
 
 def test_status_of_a_tuned_study_counts_both_phases(tuned, sqlite_url):
-    from tmafbench.store.repository import Repository
-
-    prepare_tuned(tuned, sqlite_url)
+    prepare(tuned, sqlite_url)
     db = Database(sqlite_url)
     try:
         status = Repository(db).study_status("tuned")
@@ -191,13 +191,11 @@ def test_status_of_a_tuned_study_counts_both_phases(tuned, sqlite_url):
         db.dispose()
     # Before tuning ends the study has no evaluation cells; it is not "finished" for that.
     assert status["total"] == 0 and status["finished"] is False and status["phase"] == "tuning"
-    assert status["tuning"] == {"total": 6, "done": 0, "running": 0, "failed": 0, "pending": 6}
+    assert status["tuning"] == {"total": 6, "done": 0, "running": 0, "failed": 0, "crashed": 0, "pending": 6}
 
 
 @pytest.mark.slow
 def test_finished_tuned_study_status(finished):
-    from tmafbench.store.repository import Repository
-
     db = Database(finished[0])
     try:
         status = Repository(db).study_status("tuned")
@@ -210,7 +208,8 @@ def test_finished_tuned_study_status(finished):
 @pytest.mark.slow
 def test_tuning_study_end_to_end_with_resume(finished):
     sqlite_url, info, again, first, kept, rest = finished
-    assert info.created and len(info.groups) == 2 and not again.created
+    groups = groups_of(info.design, "tuned")
+    assert info.created and len(groups) == 2 and not again.created
     # A first worker stopped after 2 slots (a "kill" between trials); the resumed run kept them.
     assert first.runs == 2 and len(kept) == 2
     assert rest.runs == 4 + 4  # 4 remaining slots, then 2 groups x 2 evaluation seeds
@@ -223,12 +222,12 @@ def test_tuning_study_end_to_end_with_resume(finished):
     storage = optuna.storages.RDBStorage(sqlite_url)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     per_group = {}
-    for group in info.groups:
+    for group in groups:
         study = optuna.load_study(study_name=group.optuna_name, storage=storage)
         per_group[group.label] = study
         assert len(study.get_trials(states=finished)) == 3
         assert study.user_attrs["pruner"] == "median" and study.user_attrs["metric"] == "val_rel_l2"
-    assert {len(v) for v in _tuning_rows(sqlite_url, info.tune_id).values()} == {3}
+    assert {len(v) for v in _tuning_rows(sqlite_url, _tune_id(info)).values()} == {3}
 
     # No test metric was read during tuning: only val_* and train_loss (and timings) are stored.
     names = _metric_names(sqlite_url, "tuned/tune")
@@ -243,7 +242,7 @@ def test_tuning_study_end_to_end_with_resume(finished):
     assert statuses == {"completed"}
     assert sorted(c.seed for c in eval_cells) == [1, 1, 2, 2]
     assert {"rel_l2", "val_rel_l2"} & _metric_names(sqlite_url, "tuned") == {"rel_l2"}
-    for group in info.groups:
+    for group in groups:
         best = per_group[group.label].best_trial
         configs = [c.config for c in eval_cells if c.label == group.label]
         assert len(configs) == 2
@@ -256,7 +255,7 @@ def test_tuning_study_end_to_end_with_resume(finished):
     db.dispose()
 
     # Resume after the end: nothing runs again.
-    assert tune_worker_loop("tuned", sqlite_url, options=FAST).runs == 0
+    assert worker_loop("tuned", sqlite_url, options=FAST).runs == 0
 
 
 @pytest.mark.slow
@@ -271,7 +270,7 @@ def test_cli_runs_both_phases_with_two_workers_and_exact_budget(tmp_path, sqlite
             "--set", "tune.eval_seeds=[5]", "--set", 'tune.pruner="none"']
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "tuning 6/6 slots done" in result.output and "evaluation 2/2 cells done" in result.output
+    assert "6/6 tuning slots done" in result.output and "2/2 evaluation cells done" in result.output
     runs = _runs(sqlite_url, "tuned/tune")
     assert len(runs) == 6 and len({r.cell_id for r in runs}) == 6 and {r.status for r in runs} == {"completed"}
     assert sorted(r.seed for r in _runs(sqlite_url, "tuned")) == [5, 5]
@@ -303,17 +302,17 @@ def test_cli_cells_dry_run_and_errors(tmp_path, sqlite_url):
 
 
 def test_changed_tuned_design_is_refused(tuned, sqlite_url):
-    prepare_tuned(tuned, sqlite_url)
+    prepare(tuned, sqlite_url)
     with pytest.raises(SpecChangedError, match="--new-name"):
-        prepare_tuned(parse_tuned_spec(TUNED, ["tune.trials=4"]), sqlite_url)
-    other = prepare_tuned(parse_tuned_spec(TUNED, ["tune.trials=4"]), sqlite_url, new_name="tuned-4")
+        prepare(parse_design(TUNED, ["tune.trials=4"]), sqlite_url)
+    other = prepare(parse_design(TUNED, ["tune.trials=4"]).renamed("tuned-4"), sqlite_url)
     db = Database(sqlite_url)
     with db.session() as s:
-        slots = s.scalar(select(func.count(Cell.id)).where(Cell.study_id == other.tune_id))
+        slots = s.scalar(select(func.count(Cell.id)).where(Cell.study_id == _tune_id(other)))
         kinds = dict(s.execute(select(Study.name, Study.kind)).all())
         parent = s.scalar(select(Study.parent_id).where(Study.name == tune_study_name("tuned-4")))
     db.dispose()
-    assert slots == 8 and parent == other.main_id
+    assert slots == 8 and parent == other.id
     assert kinds == {"tuned": "eval", "tuned/tune": "tune", "tuned-4": "eval", "tuned-4/tune": "tune"}
     # Deleting a tuned study removes its tune study (cascade) and its per-group Optuna studies.
     from typer.testing import CliRunner
@@ -343,7 +342,7 @@ def test_report_shows_tuning_history_settings_and_eval_seeds_only(finished, tmp_
     settings = pd.read_csv(tmp_path / "rep" / "tables" / "tuning_settings.csv")
     assert list(settings["trials"]) == [3, 3]
     storage = optuna.storages.RDBStorage(sqlite_url)
-    for group in info.groups:
+    for group in groups_of(info.design, "tuned"):
         row = settings[settings["group"] == group.label].iloc[0]
         best = optuna.load_study(study_name=group.optuna_name, storage=storage).best_trial
         assert row["best_trial"] == best.number and row["best_value"] == pytest.approx(best.value)
@@ -361,22 +360,20 @@ def test_report_shows_tuning_history_settings_and_eval_seeds_only(finished, tmp_
 
 def test_guard_refuses_a_test_metric_during_tuning(tuned):
     """train_slot on a config that would evaluate the test set stops at the first epoch."""
-    import dataclasses
-
-    from tmafbench.study.tuning import TuningProtocolError, groups_of, train_slot, tuning_config
+    from tmafbench.study.tuning import TuningProtocolError, train_slot, tuning_config
 
     group = groups_of(tuned, "tuned")[0]
     config = tuning_config(tuned, group)
     assert config.training.evaluate_test is False and config.training.val_fraction == 0.2
     trial = optuna.create_study().ask()
-    leaky = dataclasses.replace(config, training=dataclasses.replace(config.training, evaluate_test=True))
+    leaky = config.replace(training=config.training.replace(evaluate_test=True))
     with pytest.raises(TuningProtocolError, match=r"measured test metrics \['rel_l2'"):
         train_slot(leaky, trial=trial, params={"training.lr": 0.01}, seeds=[0], metric="val_rel_l2", direction="minimize")
     result = train_slot(config, trial=optuna.create_study().ask(), params={"training.lr": 0.01}, seeds=[0, 3],
                         metric="val_rel_l2", direction="minimize")
     assert [r.epoch for r in result.epochs] == [1, 2, 3, 4]  # seed index * epochs + epoch
     tuning = result.artifacts["tuning"]
-    assert tuning["state"] == "complete" and tuning["config"]["training"]["lr"] == 0.01
+    assert tuning["state"] == SlotState.COMPLETED and tuning["config"]["training"]["lr"] == 0.01
     assert tuning["value"] == pytest.approx(sum(tuning["per_seed"]) / 2)
     assert result.final_metrics["val_rel_l2"] == pytest.approx(tuning["value"]) and result.final_metrics["pruned"] == 0.0
 
@@ -389,26 +386,25 @@ def test_dead_worker_slot_is_retried_and_its_trial_failed(sqlite_url):
 
     from sqlalchemy import update
 
-    from tmafbench.store.repository import Repository
     from tmafbench.store.schema import utcnow
-    from tmafbench.study.tuning import _set_trial_number
 
-    spec = parse_tuned_spec(TUNED, ["tune.trials=2", "tune.eval_seeds=[3]", 'tune.pruner="successive-halving"'])
-    info = prepare_tuned(spec, sqlite_url)
+    spec = parse_design(TUNED, ["tune.trials=2", "tune.eval_seeds=[3]", 'tune.pruner="successive-halving"'])
+    info = prepare(spec, sqlite_url)
+    first_group = groups_of(info.design, "tuned")[0]
     db = Database(sqlite_url)
     repo = Repository(db)
-    claim = repo.claim_cell(info.tune_id, 2, host="elsewhere", worker="pid 1", device="cpu")
-    study = optuna.load_study(study_name=info.groups[0].optuna_name, storage=sqlite_url)
+    claim = repo.claim_cell(_tune_id(info), Limits(), host="elsewhere", worker="pid 1", device="cpu")
+    study = optuna.load_study(study_name=first_group.optuna_name, storage=sqlite_url)
     orphan = study.ask()
-    _set_trial_number(repo, claim.run_id, orphan.number)
+    repo.set_trial_number(claim.run_id, orphan.number)
     with db.session() as s:  # the worker died two minutes ago
         s.execute(update(Run).where(Run.id == claim.run_id).values(heartbeat_at=utcnow() - timedelta(seconds=120)))
     db.dispose()
-    stats = tune_worker_loop("tuned", sqlite_url, options=FAST)
+    stats = worker_loop("tuned", sqlite_url, options=FAST)
     assert stats.stale_marked == 1 and stats.runs == 4 + 2
     attempts = sorted((r.attempt, r.status) for r in _runs(sqlite_url, "tuned/tune") if r.cell_id == claim.cell_id)
-    assert attempts == [(1, "interrupted"), (2, "completed")]
-    states = [t.state for t in optuna.load_study(study_name=info.groups[0].optuna_name, storage=sqlite_url).trials]
+    assert attempts == [(1, "lost"), (2, "completed")]
+    states = [t.state for t in optuna.load_study(study_name=first_group.optuna_name, storage=sqlite_url).trials]
     finished = states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED)
     assert states.count(optuna.trial.TrialState.FAIL) == 1 and finished == 2
 
@@ -417,13 +413,13 @@ def test_dead_worker_slot_is_retried_and_its_trial_failed(sqlite_url):
 @pytest.mark.slow
 def test_tuning_on_postgres(postgres_url):
     """Both phases in-process on a fresh PostgreSQL database: exact budget, evaluation on new seeds."""
-    from tmafbench.study.benchmark import scratch_database
+    from tmafbench.store.scratch import scratch_database
 
     with scratch_database(postgres_url) as url:
-        spec = parse_tuned_spec(TUNED, ["tune.trials=2", "tune.eval_seeds=[4]"])
-        info = prepare_tuned(spec, url)
-        stats = tune_worker_loop("tuned", url, options=FAST)
+        spec = parse_design(TUNED, ["tune.trials=2", "tune.eval_seeds=[4]"])
+        info = prepare(spec, url)
+        stats = worker_loop("tuned", url, options=FAST)
         assert stats.runs == 4 + 2 and stats.failed == 0
-        assert {len(v) for v in _tuning_rows(url, info.tune_id).values()} == {2}
+        assert {len(v) for v in _tuning_rows(url, _tune_id(info)).values()} == {2}
         assert sorted(r.seed for r in _runs(url, "tuned")) == [4, 4]
         assert not _metric_names(url, "tuned/tune") & {"rel_l2", "mse", "max_abs"}

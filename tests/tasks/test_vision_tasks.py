@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN, write_idx_set, write_image_tree
+from fake_data import N_TEST, N_TRAIN, write_idx_set, write_image_tree
 
 from tmafbench import tasks
 from tmafbench.errors import DataNotFoundError

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import typer
 
@@ -40,6 +41,14 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
+        except Exception as exc:  # a database that is unreachable or refuses: one line, no traceback
+            from tmafbench.store.database import database_error_message
+
+            url = resolve_storage(kwargs["storage"]) if "storage" in kwargs else None
+            message = database_error_message(exc, url)
+            if message is None:
+                raise
+            fail(message)
 
     return wrapper
 
@@ -92,16 +101,35 @@ def resolve_storage(storage: str | None) -> str:
     return storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
-def progress_bar(console: Any) -> Any:
-    """The rich progress bar the study commands draw: description, bar, n/m, detail, elapsed."""
+@contextlib.contextmanager
+def phases_progress(console: Any) -> Iterator[Callable[[Any, float | None], None]]:
+    """A rich progress display with one bar per phase of a study (cells; or tuning slots, then
+    evaluation cells); yields the `progress(phases, eta_s)` callback the study runner calls. The
+    display starts with the first update, so an error before any work prints its line alone."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+    tasks: dict[str, Any] = {}
 
+    def update(phases: Any, eta_s: float | None) -> None:
+        if not tasks:
+            bars.start()
+        for phase, counts in phases:
+            if phase.label not in tasks:
+                tasks[phase.label] = bars.add_task(phase.label, total=None, detail="")
+            crashed = f"  crashed {counts.crashed}" if counts.crashed else ""
+            detail = (f"done {counts.completed}  running {counts.running}  failed {counts.failed}{crashed}  "
+                      f"pending {counts.pending}")
+            if not counts.done and eta_s is not None:
+                detail += f"  ETA {eta_s / 60:.1f} min" if eta_s >= 60 else f"  ETA {eta_s:.0f} s"
+            bars.update(tasks[phase.label], total=counts.total, completed=counts.finished, detail=detail)
 
-def counts_detail(counts: Any) -> str:
-    return f"done {counts.completed}  running {counts.running}  failed {counts.failed}  pending {counts.pending}"
+    try:
+        yield update
+    finally:
+        if tasks:
+            bars.stop()
 
 
 def exit_for_outcome(console: Any, exit_codes: list[int | None], interrupted: bool, done: bool,

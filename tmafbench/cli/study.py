@@ -1,4 +1,4 @@
-"""`tmafbench study run|cells|worker|list|status|show|delete`: parse, then call tmafbench.study."""
+"""`tmafbench study run|cells|worker|list|status|show|delete`: parse, call tmafbench.study.api, print."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from tmafbench.cli.common import App, counts_detail, exit_for_outcome, progress_bar, resolve_storage
+from tmafbench.cli.common import App, exit_for_outcome, phases_progress, resolve_storage
 
-study_app = App(help="Run studies (a grid of cells from a TOML file) and inspect them.")
+study_app = App(help="Run studies (a grid of cells from a TOML file, optionally tuned first) and inspect them.")
 
 StorageOpt = typer.Option(None, "--storage", help="Database URL (default: $TMAFBENCH_STORAGE, else sqlite:///tmafbench.db).")
 SetOpt = typer.Option(None, "--set", help="Override a study-file key: --set defaults.training.epochs=3 (repeatable).")
 HeartbeatOpt = typer.Option(10.0, "--heartbeat", help="Seconds between a running worker's heartbeats.")
 GraceOpt = typer.Option(60.0, "--grace", help="A run without heartbeat for this many seconds is taken as dead and its cell retried (at least twice --heartbeat).")
+DevicesOpt = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,cuda:1,... (one worker per GPU).")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # whole lines when the output is not a terminal
 
 
 def _cells_table(cells: list[Any], limit: int) -> Table:
@@ -36,68 +37,58 @@ def _cells_table(cells: list[Any], limit: int) -> Table:
     return table
 
 
-def _load(spec_path: str, overrides: list[str] | None):
-    """(TunedStudy, cells): a file with [tune] is accepted too (tmafbench/study/tune_spec.py)."""
-    from tmafbench.study.cells import expand
-    from tmafbench.study.tune_spec import load_tuned_spec
+def _show_cells(design: Any, limit: int) -> None:
+    from tmafbench.study.api import describe_tuning
 
-    tuned = load_tuned_spec(spec_path, overrides or [])
-    return tuned, expand(tuned.spec)
-
-
-def _show_cells(tuned: Any, cells: list[Any], limit: int) -> None:
-    Console(width=160).print(_cells_table(cells, limit))
-    if tuned.tune is not None:
-        from tmafbench.cli import tuning
-
-        console.print(tuning.describe(tuned))
+    Console(width=160).print(_cells_table(design.cells, limit))
+    if design.tuned:
+        console.print(describe_tuning(design))
 
 
-def cells_cmd(spec_path: str = typer.Argument(..., help="Study file (TOML)."), set_: Optional[list[str]] = SetOpt,
+def cells_cmd(spec_path: str = typer.Argument(..., metavar="STUDY_FILE", help="Study file (TOML)."),
+              set_: Optional[list[str]] = SetOpt,
               limit: int = typer.Option(200, help="Show at most this many rows.")) -> None:
     """Validate a study file and show its expanded cells; runs and writes nothing."""
-    tuned, cells = _load(spec_path, set_)
-    _show_cells(tuned, cells, limit)
+    from tmafbench.study.api import cells
+
+    _show_cells(cells(spec_path, set_), limit)
 
 
-class ProgressView:
-    """Cells done / running / failed / pending with an ETA, drawn by rich."""
+def _options(heartbeat: float, grace: float) -> Any:
+    from tmafbench.study.scheduler import WorkerOptions
 
-    def __init__(self, total: int):
-        self.progress = progress_bar(console)
-        self.task = self.progress.add_task("cells", total=total, detail="")
-
-    def __call__(self, counts: Any, eta_s: float | None) -> None:
-        eta = "ETA --" if eta_s is None else f"ETA {eta_s / 60:.1f} min" if eta_s >= 60 else f"ETA {eta_s:.0f} s"
-        detail = f"{counts_detail(counts)}  {eta}"
-        self.progress.update(self.task, completed=counts.completed + counts.failed, detail=detail)
+    return WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)  # checked before anything is written
 
 
-def _run_with_progress(info: Any, url: str, devices: list[str], options: Any) -> Any:
-    from tmafbench.store.database import Database
-    from tmafbench.store.repository import Repository
-    from tmafbench.study.scheduler import run_local
+def _announcer(url: str) -> Any:
+    """Prints what the study is and who works on it, once it is ready."""
+    from tmafbench.store.database import redact
 
-    db = Database(url)
-    total = Repository(db).counts(info.id, info.max_retries).total
-    db.dispose()
-    view = ProgressView(total)
-    with view.progress:
-        return run_local(info, url, devices, options, progress=view)
+    def announce(info: Any, devices: list[str]) -> None:
+        if not devices:  # nothing to run
+            console.print(info.message)
+            return
+        console.print(f"{info.message} in {redact(url)}")
+        console.print(f"{len(devices)} worker(s) on {', '.join(sorted(set(devices)))}")
+
+    return announce
 
 
-def _report(outcome: Any, name: str) -> None:
-    c = outcome.counts
-    console.print(f"study {name!r}: {c.completed}/{c.total} cells done ({c.diverged} diverged), "
-                  f"{c.failed} failed, {c.pending + c.running} left; {outcome.wall_s:.1f} s")
-    exit_for_outcome(console, outcome.exit_codes, outcome.interrupted, c.done)
+def _report(outcome: Any) -> None:
+    parts = []
+    for phase, c in outcome.phases:
+        crashed = f", {c.crashed} crashed" if c.crashed else ""
+        parts.append(f"{c.completed}/{c.total} {phase.label} done ({c.diverged} diverged), {c.failed} failed{crashed}")
+    left = sum(c.pending + c.running for _p, c in outcome.phases)
+    console.print(f"study {outcome.name!r}: {'; '.join(parts)}, {left} left; {outcome.wall_s:.1f} s")
+    exit_for_outcome(console, outcome.exit_codes, outcome.interrupted, outcome.done)
 
 
 def run_cmd(
-    spec_path: str = typer.Argument(..., help="Study file (TOML)."),
+    spec_path: str = typer.Argument(..., metavar="STUDY_FILE", help="Study file (TOML)."),
     set_: Optional[list[str]] = SetOpt,
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Local worker processes (default: 1, or one per GPU)."),
-    devices: str = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,cuda:1,... (one worker per GPU)."),
+    devices: str = DevicesOpt,
     storage: Optional[str] = StorageOpt,
     new_name: Optional[str] = typer.Option(None, "--new-name", help="Run the file as a new study of this name."),
     force: bool = typer.Option(False, "--force", help=(
@@ -109,26 +100,16 @@ def run_cmd(
     grace: float = GraceOpt,
 ) -> None:
     """Create (or resume) a study from a TOML file and run every cell with local workers."""
-    from tmafbench.store.database import redact
-    from tmafbench.study.scheduler import WorkerOptions, prepare_study, resolve_devices
+    from tmafbench.study import api
 
-    tuned, cells = _load(spec_path, set_)
-    spec = tuned.spec
     if dry_run:
-        _show_cells(tuned, cells, 200)
+        _show_cells(api.cells(spec_path, set_), 200)
         return
-    options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)  # checked before anything is written
-    device_list = resolve_devices(devices, workers)
     url = resolve_storage(storage)
-    if tuned.tune is not None:  # tune every group with the same budget, then evaluate on fresh seeds
-        from tmafbench.cli import tuning
-
-        tuning.run(tuned, url, device_list, options, new_name=new_name, force=force)
-        return
-    info = prepare_study(spec, url, new_name=new_name, force=force)
-    console.print(f"{info.message} in {redact(url)}; {len(device_list)} worker(s) on {', '.join(sorted(set(device_list)))}")
-    outcome = _run_with_progress(info, url, device_list, options)
-    _report(outcome, info.name)
+    with phases_progress(console) as progress:
+        outcome = api.run(spec_path, set_, url=url, devices=devices, workers=workers, new_name=new_name, force=force,
+                          options=_options(heartbeat, grace), on_ready=_announcer(url), progress=progress)
+    _report(outcome)
 
 
 def worker_cmd(
@@ -139,66 +120,43 @@ def worker_cmd(
     heartbeat: float = HeartbeatOpt,
     grace: float = GraceOpt,
 ) -> None:
-    """Join a running study (e.g. from another machine, against one PostgreSQL URL)."""
-    from tmafbench.store.database import Database
-    from tmafbench.store.repository import Repository
-    from tmafbench.study.scheduler import StudyInfo, WorkerOptions, resolve_devices
+    """Join a study (e.g. from another machine, against one PostgreSQL URL) and work until it is done."""
+    from tmafbench.study import api
 
-    options = WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)
+    options = _options(heartbeat, grace)
     url = resolve_storage(storage)
-    db = Database(url, must_exist=True)
-    try:
-        db.check_schema()
-        study = Repository(db).require_study(name)
-    finally:
-        db.dispose()
-    device_list = resolve_devices(devices, workers)
-    if study.kind == "eval":  # a tuned study: both phases
-        from tmafbench.cli import tuning
-
-        tuning.worker(name, url, device_list, options)
-        return
-    info = StudyInfo(study.id, study.name, int(study.spec.get("max_retries", 2)), created=False)
-    outcome = _run_with_progress(info, url, device_list, options)
-    _report(outcome, name)
-
-
-def _repo(storage: str | None):
-    from tmafbench.store.database import Database
-    from tmafbench.store.repository import Repository
-
-    db = Database(resolve_storage(storage), must_exist=True)
-    db.check_schema()
-    return db, Repository(db)
+    with phases_progress(console) as progress:
+        outcome = api.join(name, url=url, devices=devices, workers=workers, options=options, on_ready=_announcer(url),
+                           progress=progress)
+    _report(outcome)
 
 
 def list_cmd(storage: Optional[str] = StorageOpt) -> None:
-    """List the studies in the database with their progress."""
-    db, repo = _repo(storage)
-    table = Table(title=f"studies in {db.safe_url}")
-    names = repo.study_names()
+    """List the studies in the database with their progress (a tuned study: its evaluation cells)."""
+    from tmafbench.store.database import redact
+    from tmafbench.study import api
+
+    url = resolve_storage(storage)
+    table = Table(title=f"studies in {redact(url)}")
     for col in ("name", "kind", "cells", "done", "running", "failed", "pending", "created"):
         table.add_column(col, no_wrap=True)
-    for name in names:
-        study = repo.get_study(name)
-        c = repo.counts(study.id, int(study.spec.get("max_retries", 2)))
-        table.add_row(name, study.kind, str(c.total), str(c.completed), str(c.running), str(c.failed),
-                      str(c.pending), f"{study.created_at:%Y-%m-%d %H:%M}")
-    db.dispose()
+    for s in api.summaries(url):
+        c = s.counts
+        kind = "tuned" if s.tuning is not None else s.kind
+        table.add_row(s.name, kind, str(c.total), str(c.completed), str(c.running), str(c.failed + c.crashed),
+                      str(c.pending), f"{s.created_at:%Y-%m-%d %H:%M}")
     # Whole names are what the other commands take: widen past a narrow terminal rather than cut them.
-    console = Console()
-    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
-    Console(width=max(console.width, natural)).print(table)
+    out = Console()
+    natural = Measurement.get(out, out.options.update(width=10_000), table).maximum
+    Console(width=max(out.width, natural)).print(table)
 
 
 def status_cmd(name: str = typer.Argument(...), storage: Optional[str] = StorageOpt,
                as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON.")) -> None:
-    """Cells done / running / failed / pending of one study (and its tuning slots, for a tuned study)."""
-    db, repo = _repo(storage)
-    try:
-        data = repo.study_status(name)
-    finally:
-        db.dispose()
+    """Cells done / running / failed / crashed / pending of one study (and its tuning slots, for a tuned study)."""
+    from tmafbench.study import api
+
+    data = api.status(name, resolve_storage(storage))
     if as_json:
         typer.echo(json.dumps(data))
         return
@@ -210,14 +168,13 @@ def status_cmd(name: str = typer.Argument(...), storage: Optional[str] = Storage
 
 def show_cmd(name: str = typer.Argument(...), storage: Optional[str] = StorageOpt) -> None:
     """The study's provenance and spec, and a summary per group."""
-    db, repo = _repo(storage)
-    study = repo.require_study(name)
+    from tmafbench.study import api
+
+    study, rows = api.show(name, resolve_storage(storage))
     out = Console()
     out.print(f"[bold]{study.name}[/bold] ({study.kind}) {study.description}")
     out.print(f"spec hash {study.spec_hash}  tmafbench {study.tmafbench_version}  commit {study.git_commit or '-'}  "
               f"created {study.created_at:%Y-%m-%d %H:%M} UTC")
-    rows = repo.group_summary(study.id)
-    db.dispose()
     table = Table()
     for col in ("group", "cells", "completed runs", "metric", "mean"):
         table.add_column(col)
@@ -228,18 +185,15 @@ def show_cmd(name: str = typer.Argument(...), storage: Optional[str] = StorageOp
 
 def delete_cmd(name: str = typer.Argument(...), storage: Optional[str] = StorageOpt,
                yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
-    """Delete a study: its cells, runs and metrics, and its Optuna study."""
+    """Delete a study: its cells, runs and metrics, its tuning slots and its Optuna studies."""
     from tmafbench.store.database import redact
-    from tmafbench.study.scheduler import delete_study
+    from tmafbench.study import api
 
     url = resolve_storage(storage)
     if not yes and not typer.confirm(f"delete study {name!r} and all its results from {redact(url)}?"):
         typer.echo("not deleted")
         raise typer.Exit(1)
-    delete_study(name, url)
-    from tmafbench.cli.tuning import delete_optuna_groups
-
-    delete_optuna_groups(name, url)  # a tuned study's per-group Optuna studies (none otherwise)
+    api.delete_study(name, url)
     typer.echo(f"deleted study {name!r}")
 
 

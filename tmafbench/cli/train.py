@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tmafbench.cli.common import parse_params
-from tmafbench.training.result import TrialResult
+from tmafbench.core import TrialResult
 
 
 def parse_batch_size(text: str) -> int | None:
@@ -62,22 +62,50 @@ def train(
     """Train one network and print its final metrics."""
     from tmafbench.training import TrainingConfig, TrialConfig, train_trial
 
-    config = TrialConfig(
+    config = TrialConfig.build(dict(
         task=task, model=model, activation=activation, seed=seed,
         task_params=parse_params(task_param, "--task-param"),
         model_params=model_params(depth, width, model_param),
         act_params=parse_params(act_param, "--act-param"),
-        training=TrainingConfig(
+        training=TrainingConfig.build(dict(
             optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, act_lr=act_lr,
             act_weight_decay=act_weight_decay, schedule=schedule, epochs=epochs,
             batch_size=parse_batch_size(batch_size), grad_clip=grad_clip, device=device, init_scale=init_scale,
-        ),
-    )
-    result = train_trial(config, progress=progress and not as_json)
+        )),
+    ))
+    with EpochProgress(progress and not as_json, epochs) as on_epoch:
+        result = train_trial(config, on_epoch=on_epoch)
     if as_json:
         typer.echo(json.dumps({"config": config.to_dict(), **result.to_dict()}))
     else:
         print_result(result, config.to_dict())
+
+
+class EpochProgress:
+    """A rich per-epoch progress bar on stderr (or nothing when disabled); yields the on_epoch callback."""
+
+    def __init__(self, enabled: bool, epochs: int):
+        self.enabled, self.epochs, self.bar, self.task_id = enabled, epochs, None, None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.description}"), console=Console(stderr=True), transient=False)
+        self.bar.start()
+        self.task_id = self.bar.add_task("", total=self.epochs)
+        return self.advance
+
+    def advance(self, record: Any) -> None:
+        name, value = next(iter(record.metrics.items()), (None, None))  # the task's primary metric comes first
+        text = f"loss {record.train_loss:.4g}" + (f"  {name} {value:.4g}" if name is not None else "")
+        self.bar.update(self.task_id, advance=1, description=text)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def print_result(result: TrialResult, config: dict[str, Any]) -> None:

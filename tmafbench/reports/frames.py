@@ -17,6 +17,7 @@ import pandas as pd
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 
+from tmafbench.core import RunStatus, SlotState
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import read_only_engine
 from tmafbench.store.schema import Artifact, Cell, Environment, EpochMetric, FinalMetric, Run, Study, Timing
@@ -390,3 +391,30 @@ def sweep_axis(data: ReportData) -> str | None:
         if preferred in candidates:
             return preferred
     return candidates[0] if candidates else None
+
+
+def load_tuning(engine: Engine, studies: list[str]) -> tuple[dict, pd.DataFrame]:
+    """The tuning of reported studies: ({study name: its [tune] table}, one row per finished slot run:
+    study, group, trial, state, value, params)."""
+    with engine.connect() as conn:
+        reported = conn.execute(select(Study.id, Study.name, Study.spec).where(Study.name.in_(studies))).all()
+        parents = {sid: name for sid, name, _spec in reported}
+        tune_ids = dict(conn.execute(select(Study.id, Study.parent_id).where(Study.kind == "tune", Study.parent_id.in_(list(parents)))).all())
+        rows = conn.execute(
+            select(Cell.study_id, Cell.group_hash, Cell.label, Run.status, Artifact.data)
+            .join(Run, Run.cell_id == Cell.id)
+            .join(Artifact, (Artifact.run_id == Run.id) & (Artifact.name == "tuning"), isouter=True)
+            .where(Cell.study_id.in_(list(tune_ids)),
+                   Run.status.in_((RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED)))
+        ).all()
+    records = []
+    for study_id, group_hash, label, status, data in rows:
+        data = data or {}
+        records.append({"study": parents[tune_ids[study_id]], "group_hash": group_hash, "group": label,
+                        "trial": data.get("trial_number"),
+                        "state": SlotState.read(data.get("state")) if status != RunStatus.FAILED else SlotState.FAILED,
+                        "value": data.get("value"), "params": data.get("params", {})})
+    frame = pd.DataFrame(records, columns=["study", "group_hash", "group", "trial", "state", "value", "params"])
+    tuned = set(tune_ids.values())
+    specs = {name: (spec or {}).get("tune") or {} for sid, name, spec in reported if sid in tuned}
+    return specs, frame

@@ -13,7 +13,6 @@ Conventions used throughout:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -24,14 +23,13 @@ from scipy import stats as sps
 
 from tmafbench.errors import TmafbenchError
 from tmafbench.reports.frames import ACTIVATION_AXIS, SEED_AXIS, ReportData
-from tmafbench.study.tune_spec import FIXED_TRAINING
-from tmafbench.training.config import TrainingConfig
+from tmafbench.core import FIXED_TRAINING, TrainingConfig
 
 CONFIDENCE = 0.95
 # Below this many pairs a two-sided Wilcoxon test cannot reach p < 0.05 (its smallest p with 5
 # pairs is 0.0625), so the paired t test is used instead and the table says so.
 MIN_WILCOXON_PAIRS = 6
-FAILURE_STATUSES = ("diverged", "failed", "interrupted", "running", "pending")
+FAILURE_STATUSES = ("diverged", "failed", "interrupted", "lost", "running", "pending")  # RunStatus values, and "pending"
 
 
 def describe(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, float]:
@@ -165,7 +163,7 @@ def in_group_order(data: ReportData, frame: pd.DataFrame) -> pd.DataFrame:
 
 # Training settings that fair tuning may choose per activation: TrainingConfig's fields less the
 # protocol ones.
-PER_ACTIVATION_SETTINGS = frozenset(f.name for f in dataclasses.fields(TrainingConfig)) - set(FIXED_TRAINING)
+PER_ACTIVATION_SETTINGS = frozenset(TrainingConfig.option_names()) - set(FIXED_TRAINING)
 
 
 def _scoped_axes(data: ReportData, baseline_cells: pd.DataFrame) -> set[str]:

@@ -3,7 +3,7 @@ settings, and how they were chosen (sampler, pruner, metric, seeds).
 
 Reads only the tmaf_* tables (read-only engine): the tune study whose parent is a reported study,
 its slot runs and their "tuning" artifacts (tmafbench/study/tuning.py's docstring). The chosen
-settings follow the runner's rule exactly (`tmafbench.study.tuning.best_trial`, a pure function).
+settings follow the runner's rule exactly (`tmafbench.core.best_trial`, a pure function).
 """
 
 from __future__ import annotations
@@ -12,41 +12,16 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from matplotlib.ticker import MaxNLocator
 
+from tmafbench.core import SlotState, best_trial, metric_direction
+from tmafbench.reports.frames import load_tuning
 from tmafbench.reports.figures import Figure, FigureContext, _log_axis, metric_label
 from tmafbench.reports.tables import Table, fmt
 
-STATES = ("complete", "pruned", "fail")
-
-
-def load_tuning(engine: Engine, studies: list[str]) -> tuple[dict, pd.DataFrame]:
-    """({study name: its [tune] table}, one row per finished slot run: study, group, trial, state, value, params)."""
-    from tmafbench.store.schema import Artifact, Cell, Run, Study
-
-    with engine.connect() as conn:
-        reported = conn.execute(select(Study.id, Study.name, Study.spec).where(Study.name.in_(studies))).all()
-        parents = {sid: name for sid, name, _spec in reported}
-        tune_ids = dict(conn.execute(select(Study.id, Study.parent_id).where(Study.kind == "tune", Study.parent_id.in_(list(parents)))).all())
-        rows = conn.execute(
-            select(Cell.study_id, Cell.group_hash, Cell.label, Run.status, Artifact.data)
-            .join(Run, Run.cell_id == Cell.id)
-            .join(Artifact, (Artifact.run_id == Run.id) & (Artifact.name == "tuning"), isouter=True)
-            .where(Cell.study_id.in_(list(tune_ids)), Run.status.in_(("completed", "diverged", "failed")))
-        ).all()
-    records = []
-    for study_id, group_hash, label, status, data in rows:
-        data = data or {}
-        records.append({"study": parents[tune_ids[study_id]], "group_hash": group_hash, "group": label,
-                        "trial": data.get("trial_number"), "state": data.get("state", "fail") if status != "failed" else "fail",
-                        "value": data.get("value"), "params": data.get("params", {})})
-    frame = pd.DataFrame(records, columns=["study", "group_hash", "group", "trial", "state", "value", "params"])
-    tuned = set(tune_ids.values())
-    specs = {name: (spec or {}).get("tune") or {} for sid, name, spec in reported if sid in tuned}
-    return specs, frame
+STATES = tuple(SlotState)  # completed, pruned, failed
 
 
 def history(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
@@ -57,7 +32,7 @@ def history(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
         best, rows = math.nan, []
         for i, r in sub.iterrows():
             value = r["value"]
-            if r["state"] == "complete" and value is not None and math.isfinite(value):
+            if r["state"] == SlotState.COMPLETED and value is not None and math.isfinite(value):
                 better = math.isnan(best) or (value < best if direction == "minimize" else value > best)
                 best = value if better else best
             rows.append({"study": study, "group": group, "n": i + 1, "trial": r["trial"], "state": r["state"],
@@ -68,8 +43,6 @@ def history(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
 
 def chosen(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
     """One row per group: trials by state, the best trial, its value and its settings (one column each)."""
-    from tmafbench.study.tuning import best_trial
-
     rows = []
     for (study, group), sub in frame.groupby(["study", "group"], sort=False):
         records = [{"state": r.state, "value": r.value, "trial_number": r.trial, "params": r.params}
@@ -99,7 +72,6 @@ def describe(name: str, tune: dict, several: bool) -> str:
 def build_section(engine: Engine, studies: list[str], folder: Path, formats: tuple[str, ...], scale: float = 1.0):
     """The tuning Section (render.Section), or None when no reported study was tuned."""
     from tmafbench.reports.render import Section
-    from tmafbench.study.tune_spec import metric_direction
 
     specs, frame = load_tuning(engine, studies)
     if not specs:
@@ -156,7 +128,7 @@ def history_figure(ctx: FigureContext, hist: pd.DataFrame, several: bool) -> Fig
         color = palette[i]
         label = f"{study}: {group}" if several else group
         ax.step(sub["n"], sub["best_so_far"], where="post", color=color, label=label, linewidth=2)
-        done = sub[sub["state"] == "complete"]
+        done = sub[sub["state"] == SlotState.COMPLETED]
         ax.scatter(done["n"], done["value"], color=color, s=16, alpha=0.6)
         pruned = sub[(sub["state"] == "pruned") & sub["value"].notna()]
         ax.scatter(pruned["n"], pruned["value"], color=color, marker="x", s=20, alpha=0.6)

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from sqlalchemy import Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -41,6 +41,12 @@ def normalize_url(url: str) -> str:
         raise TmafbenchError(
             "not a database URL (the credentials are not echoed); expected sqlite:///FILE or "
             "postgresql://USER@HOST/DB") from None
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise TmafbenchError(
+            f"unknown database backend {parsed.drivername!r} in the storage URL; use sqlite:///FILE or "
+            "postgresql://USER@HOST/DB") from None
     if parsed.drivername != "postgresql":
         return url
     import importlib.util
@@ -51,6 +57,20 @@ def normalize_url(url: str) -> str:
     if not have_psycopg:
         raise TmafbenchError("PostgreSQL storage needs a driver: pip install 'tmafbench[postgres]' (psycopg 3)")
     return url
+
+
+def database_error_message(exc: BaseException, url: str | None = None) -> str | None:
+    """One line for an error of the database layer (SQLAlchemy, its driver, or Optuna's storage
+    wrapping them), naming the database without its password; None for any other error."""
+    seen = exc
+    while seen is not None and not isinstance(seen, SQLAlchemyError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    orig = getattr(seen, "orig", None)
+    detail = str(orig if orig is not None else seen).strip().splitlines()
+    where = f" at {redact(url)}" if url else ""
+    return f"database error{where}: {detail[0] if detail else type(seen).__name__}"
 
 
 def is_sqlite(url: str) -> bool:
@@ -139,6 +159,14 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def sqlite_file_missing(url: str) -> bool:
+    """True for a SQLite URL whose file does not exist yet (connecting would create it)."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return False
+    return not Path(parsed.database).expanduser().is_file()
 
 
 def _require_sqlite_file(url: str, missing: str = "no results database at {path} (pass --storage or set TMAFBENCH_STORAGE)") -> None:

@@ -14,21 +14,18 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from tmafbench.store.database import Database, is_sqlite, normalize_url, redact
-from tmafbench.store.repository import Repository, as_utc
-from tmafbench.store.schema import Run
-from tmafbench.study.scheduler import WorkerOptions, prepare_study, run_local
-from tmafbench.study.spec import parse_spec
+from tmafbench.store.database import Database, redact
+from tmafbench.store.repository import Repository
+from tmafbench.store.scratch import scratch_database
+from tmafbench.study.design import parse_design
+from tmafbench.study.lifecycle import prepare
+from tmafbench.study.scheduler import WorkerOptions, run_local
 
 INSTANT = """
 name = "{name}"
@@ -57,42 +54,14 @@ class ThroughputResult:
     median_train_ms: float
 
 
-def instant_spec(name: str, trials: int, train_size: int = 16, epochs: int = 1):
-    return parse_spec(INSTANT.format(name=name, seeds=trials, train_size=train_size, epochs=epochs))
-
-
-class scratch_database:
-    """A fresh database per run: a temporary SQLite file, or a new PostgreSQL database on that server."""
-
-    def __init__(self, base_url: str | None):
-        self.base_url = normalize_url(base_url) if base_url else None
-        self.url = ""
-
-    def __enter__(self) -> str:
-        if self.base_url is None or is_sqlite(self.base_url):
-            self._tmp = tempfile.TemporaryDirectory(prefix="tmafbench-bench-")
-            self.url = f"sqlite:///{Path(self._tmp.name) / 'bench.db'}"
-            return self.url
-        self._name = f"tmafbench_bench_{uuid.uuid4().hex[:8]}"
-        self._admin = create_engine(self.base_url, isolation_level="AUTOCOMMIT")
-        with self._admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{self._name}"'))
-        self.url = make_url(self.base_url).set(database=self._name).render_as_string(hide_password=False)
-        return self.url
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.base_url is None or is_sqlite(self.base_url):
-            self._tmp.cleanup()
-            return
-        with self._admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{self._name}" WITH (FORCE)'))
-        self._admin.dispose()
+def instant_design(name: str, trials: int, train_size: int = 16, epochs: int = 1):
+    return parse_design(INSTANT.format(name=name, seeds=trials, train_size=train_size, epochs=epochs))
 
 
 def throughput(base_url: str | None, workers: int = 4, trials: int = 200) -> ThroughputResult:
     """N workers run `trials` near-instant real trials; count lock errors and duplicates."""
     with scratch_database(base_url) as url:
-        info = prepare_study(instant_spec("bench-throughput", trials), url)
+        info = prepare(instant_design("bench-throughput", trials), url)
         outcome = run_local(info, url, ["cpu"] * workers, WorkerOptions(poll_s=0.2))
         db = Database(url)
         duplicates = Repository(db).duplicate_completions(info.id)
@@ -117,42 +86,40 @@ WORKER = (
 def kill_recovery(base_url: str | None, cells: int = 4, heartbeat_s: float = 1.0, grace_s: float = 5.0) -> dict[str, Any]:
     """Two worker processes; SIGKILL one mid-trial; time until its cell runs again; final counts."""
     with scratch_database(base_url) as url:
-        info = prepare_study(instant_spec("bench-kill", cells, train_size=1024, epochs=6), url)
+        info = prepare(instant_design("bench-kill", cells, train_size=1024, epochs=6), url)
         args = [sys.executable, "-c", WORKER, info.name, url, str(heartbeat_s), str(grace_s)]
         procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
         db = Database(url)
+        repo = Repository(db)
         try:
-            victim, cell_id = _wait_for_running(db, {p.pid for p in procs})
+            victim, cell_id = _wait_for_running(repo, info.id, {p.pid for p in procs})
             os.kill(victim, signal.SIGKILL)
             killed_at = time.time()
             for p in procs:
                 p.wait(timeout=600)
-            with db.session() as s:
-                retry = s.scalar(select(Run.started_at).where(Run.cell_id == cell_id, Run.attempt == 2))
-                statuses = s.execute(text("select status, count(*) from tmaf_run group by status")).all()
-            counts = Repository(db).counts(info.id, info.max_retries)
-            duplicates = Repository(db).duplicate_completions(info.id)
+            retry = repo.attempt_started(cell_id, 2)
+            statuses = repo.runs_by_status(info.id)
+            counts = repo.counts(info.id, info.limits)
+            duplicates = repo.duplicate_completions(info.id)
         finally:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
             db.dispose()
-    retried_after = (as_utc(retry).timestamp() - killed_at) if retry is not None else None
+    retried_after = (retry.timestamp() - killed_at) if retry is not None else None
     return {"heartbeat_s": heartbeat_s, "grace_s": grace_s, "retried_after_s": retried_after,
             "cells": counts.total, "completed": counts.completed, "failed": counts.failed,
-            "runs_by_status": dict(statuses), "duplicates": duplicates}
+            "runs_by_status": statuses, "duplicates": duplicates}
 
 
-def _wait_for_running(db: Database, pids: set[int], timeout_s: float = 300) -> tuple[int, int]:
+def _wait_for_running(repo: Repository, study_id: int, pids: set[int], timeout_s: float = 300) -> tuple[int, int]:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        with db.session() as s:
-            row = s.execute(select(Run.worker, Run.cell_id).where(Run.status == "running")).first()
-        if row is not None:
-            pid = int(row[0].split()[-1])
+        for _run_id, worker, cell_id in repo.running_runs(study_id):
+            pid = int((worker or "pid 0").split()[-1])
             if pid in pids:
                 time.sleep(0.3)  # mid-trial, not at the claim
-                return pid, row[1]
+                return pid, cell_id
         time.sleep(0.1)
     raise TimeoutError("no worker started a trial")
 
@@ -162,7 +129,7 @@ def speedup(base_url: str | None, cells: int = 8) -> dict[str, Any]:
     walls = {}
     for workers in (1, 2):
         with scratch_database(base_url) as url:
-            info = prepare_study(instant_spec(f"bench-speedup-{workers}", cells, train_size=512, epochs=4), url)
+            info = prepare(instant_design(f"bench-speedup-{workers}", cells, train_size=512, epochs=4), url)
             outcome = run_local(info, url, ["cpu"] * workers, WorkerOptions(poll_s=0.2))
             busy = [sum(w.train_s) + sum(w.overhead_s) for w in outcome.workers]
             walls[workers] = (outcome.wall_s, max(busy) if busy else float("nan"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from tmafbench.study.spec import (
@@ -23,7 +23,7 @@ from tmafbench.study.spec import (
     StudySpec,
     TaskSpec,
 )
-from tmafbench.training.config import TrainingConfig, TrialConfig
+from tmafbench.core import TrainingConfig, TrialConfig
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,9 @@ class CellPlan:
 def activation_param_names(name: str) -> set[str]:
     """Parameter names the activation `name` takes (from the registry's description)."""
     from tmafbench import activations
-    from tmafbench.study.validate import _registry_of
+    from tmafbench.registry import registry_of
 
-    registry = _registry_of(activations)
+    registry = registry_of(activations)
     if registry is not None and name in registry.available():
         return {p.name for p in registry.entry(name).params}
     for row_name, _summary, params in activations.describe():
@@ -173,7 +173,7 @@ def expand(spec: StudySpec) -> list[CellPlan]:
                 for seed in spec.axes.seed_list():
                     cells.append(
                         CellPlan(
-                            config=replace(base, seed=seed),
+                            config=base.replace(seed=seed),
                             axes={**axes, "seed": seed},
                             label=label,
                             activation=act.key,

@@ -1,15 +1,20 @@
-"""Run a study: create or load it, start workers, claim cells, train, store, show progress.
+"""The one worker loop: claim cells phase by phase, train them, store results, recover from dead workers.
 
 Scheduling (DESIGN.md section 4):
 - Our tables decide who runs what. A worker claims a cell by inserting its next run row; the
   unique (cell, attempt) constraint and the partial unique index "one completed run per cell"
-  make a double run or a duplicate completion impossible, even near the end of the grid.
-- Optuna mirrors every run as a trial of an Optuna study of the same name, in the same database,
-  with one categorical parameter "cell" (the config hash). No sampler is consulted, so no
-  GridSampler seed or revisiting issue arises; optuna-dashboard shows the study as it runs.
+  make a double run or a duplicate completion impossible, even near the end of the grid
+  (tmafbench/store/queue.py). Optuna's own `enqueue_trial` + `ask` queue was measured against it
+  (4 workers x 200 trials on SQLite): 2 duplicate cells and 11 `UpdateFinishedTrialError`s, where
+  the claim queue gives 0 and 0.
+- A study is one or two phases (lifecycle.py): its cells, or a tuned study's tuning slots then its
+  evaluation cells. `worker_loop` drains them in order with one loop; what is done with a claimed
+  cell is the phase's runner's (runners.py): a grid cell mirrored as an Optuna trial, or a tuning
+  slot asked of its group's Optuna study.
 - A worker's heartbeat thread touches its run row every `heartbeat_s`; a run whose heartbeat is
-  older than `grace_s` (its worker was SIGKILLed, lost power, ...) is marked "interrupted" by any
-  live worker and its cell is claimed again as the next attempt.
+  older than `grace_s` (its worker was SIGKILLed, lost power, ...) is marked "lost" by any live
+  worker, its Optuna trial is failed, and its cell is claimed again as the next attempt, up to
+  `max_crashes` lost attempts (a cell that kills its worker every time must not kill them all).
 - `tmafbench study worker NAME --storage URL` on another machine runs `worker_loop`, exactly what
   each local worker process runs.
 
@@ -25,30 +30,22 @@ import os
 import signal
 import socket
 import statistics
-import subprocess
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from queue import Empty
 from typing import Any, Callable
 
 from sqlalchemy.exc import OperationalError
 
+from tmafbench.core import FINAL_OK, RunStatus, TrialConfig, TrialResult
 from tmafbench.errors import TmafbenchError
-from tmafbench.store.database import Database, add_sqlite_pragmas, is_sqlite, normalize_url
-from tmafbench.store.repository import FINAL_OK, Claim, Counts, Repository
-from tmafbench.study.cells import cells_hash, expand
-from tmafbench.study.spec import StudySpec
-from tmafbench.study.validate import check_data
+from tmafbench.store.database import Database
+from tmafbench.store.repository import Claim, Counts, Repository
+from tmafbench.study.lifecycle import Phase, StudyInfo, info_of
 
 TrialFn = Callable[..., Any]
-
-
-class SpecChangedError(TmafbenchError):
-    """The study exists with other cells than the study file now gives."""
 
 
 @dataclass(frozen=True)
@@ -80,126 +77,14 @@ class WorkerStats:
     stale_marked: int = 0
     locked_errors: int = 0  # "database is locked" seen (and retried)
     overhead_s: list[float] = field(default_factory=list)  # per run: loop time minus training time
-    train_s: list[float] = field(default_factory=list)
+    train_s: list[float] = field(default_factory=list)  # per run: seconds in the trial itself
 
-    def record(self, status: str, train_s: float) -> None:
-        """Count one finished run of `train_s` seconds."""
+    def record(self, status: str) -> None:
+        """Count one finished run (its training time is in `train_s` already)."""
         self.runs += 1
         self.completed += status in FINAL_OK
-        self.failed += status == "failed"
-        self.interrupted += status == "interrupted"
-        self.train_s.append(train_s)
-
-    def merged(self, other: "WorkerStats") -> "WorkerStats":
-        """Both workers' counts and times, under this one's name."""
-        out = dataclasses.replace(self)
-        for f in ("runs", "completed", "failed", "interrupted", "stale_marked", "locked_errors"):
-            setattr(out, f, getattr(self, f) + getattr(other, f))
-        out.overhead_s = self.overhead_s + other.overhead_s
-        out.train_s = self.train_s + other.train_s
-        return out
-
-
-@dataclass(frozen=True)
-class StudyInfo:
-    id: int
-    name: str
-    max_retries: int
-    created: bool
-    message: str = ""
-
-
-# --- create or load --------------------------------------------------------------------------
-
-
-def git_commit() -> str | None:
-    """The checkout's commit (None outside git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def optuna_storage(url: str):
-    """Optuna's RDB storage on the same URL; on SQLite with our pragmas (IMMEDIATE writes, WAL)."""
-    import optuna
-
-    url = normalize_url(url)
-    if is_sqlite(url):
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-        add_sqlite_pragmas(storage.engine)
-        storage.engine.dispose()  # connections opened before the listeners existed
-        return storage
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-
-
-def prepare_study(spec: StudySpec, url: str, *, new_name: str | None = None, force: bool = False,
-                  kind: str = "grid", parent_id: int | None = None) -> StudyInfo:
-    """Create the tables and the study (or load it); refuse a changed design unless `force`."""
-    import optuna
-
-    from tmafbench import __version__
-
-    name = new_name or spec.name
-    cells = expand(spec)
-    check_data(cell.config for cell in cells)  # missing data: one clear error, nothing written
-    design = cells_hash(cells)
-    spec_dict = {**spec.to_dict(), "name": name}
-    reference = spec.reference.model_dump(mode="json") if spec.reference else None
-    db = Database(url)
-    try:
-        db.create_all()  # once, in the parent, before any worker starts
-        repo = Repository(db)
-        existing = repo.get_study(name)
-        if existing is None:
-            study_id = repo.create_study(name=name, description=spec.description, spec=spec_dict, spec_hash=design,
-                                         reference=reference, version=__version__, git_commit=git_commit(),
-                                         cells=cells, kind=kind, parent_id=parent_id)
-            message, created = f"created study {name!r} with {len(cells)} cells", True
-        elif existing.spec_hash != design:
-            if not force:
-                raise SpecChangedError(
-                    f"study {name!r} already exists with other cells ({len(repo.cell_hashes(existing.id))} stored, "
-                    f"{len(cells)} in the file); use --new-name NAME for a separate study, or --force to keep the "
-                    "results of matching cells, drop the others and add the new ones")
-            kept, removed, added = repo.replace_design(existing.id, spec=spec_dict, spec_hash=design,
-                                                       reference=reference, cells=cells)
-            study_id, created = existing.id, False
-            message = f"study {name!r} redesigned: kept {kept} cells, removed {removed}, added {added}"
-        else:
-            study_id, created = existing.id, False
-            updated = repo.refresh_documentation(study_id, description=spec.description, reference=reference,
-                                                 spec=spec_dict, spec_hash=design)
-            message = f"resuming study {name!r} ({len(cells)} cells)" + (
-                f"; updated its {' and '.join(updated)} from the file" if updated else "")
-        storage = optuna_storage(url)
-        optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="minimize")
-        storage.engine.dispose()
-        return StudyInfo(study_id, name, spec.max_retries, created, message)
-    finally:
-        db.dispose()
-
-
-def delete_study(name: str, url: str) -> None:
-    """Delete our rows of the study (cells, runs, metrics) and its Optuna study."""
-    import optuna
-
-    db = Database(url)
-    try:
-        db.check_schema()
-        repo = Repository(db)
-        repo.require_study(name)
-        repo.delete_study(name)
-        storage = optuna_storage(url)
-        try:
-            optuna.delete_study(study_name=name, storage=storage)
-        except KeyError:  # never reached the Optuna side
-            pass
-        storage.engine.dispose()
-    finally:
-        db.dispose()
+        self.failed += status == RunStatus.FAILED
+        self.interrupted += status == RunStatus.INTERRUPTED
 
 
 # --- one cell ---------------------------------------------------------------------------------
@@ -229,118 +114,49 @@ class Heartbeat:
         self._thread.join()
 
 
+# Set by our SIGINT/SIGTERM handler. Python raises KeyboardInterrupt wherever the main thread happens
+# to be, and where that is a weakref or GC callback the exception is printed and dropped ("Exception
+# ignored in ..."): training then finishes as if nothing happened. The flag survives that.
+_STOP = threading.Event()
+_STOP_REASON = ["the user (Ctrl-C)"]
+_SIGNAL_REASONS = {signal.SIGINT: "the user (Ctrl-C)", signal.SIGTERM: "SIGTERM (the job was stopped)"}
+
+
+@contextlib.contextmanager
+def stop_guard():
+    """While a worker loop runs: Ctrl-C, and SIGTERM (a batch scheduler's stop, the parent ending its
+    workers), raise KeyboardInterrupt and are remembered, so that the running cell is marked
+    interrupted (it runs again, and does not count as a crash) even when the exception was swallowed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        _STOP_REASON[0] = _SIGNAL_REASONS.get(signum, f"signal {signum}")
+        _STOP.set()
+        raise KeyboardInterrupt
+
+    _STOP.clear()
+    previous = {sig: signal.getsignal(sig) for sig in _SIGNAL_REASONS}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # started with it ignored (a background job): keep it so
+            signal.signal(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def default_trial_fn() -> TrialFn:
     from tmafbench.training import train_trial
 
     return train_trial
 
 
-def failed_result(config: Any, exc: BaseException, device: str) -> Any:
-    from tmafbench.training.result import TrialResult
-
-    tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-    return TrialResult(status="failed", metric_name="", metric_direction="minimize", device=device, error=tb)
-
-
-# Set by our SIGINT handler. Python raises KeyboardInterrupt wherever the main thread happens to be,
-# and where that is a weakref or GC callback the exception is printed and dropped ("Exception
-# ignored in ..."): training then finishes as if nothing happened. The flag survives that.
-_CTRL_C = threading.Event()
-
-
-@contextlib.contextmanager
-def ctrl_c_guard():
-    """While a worker loop runs: Ctrl-C raises KeyboardInterrupt as usual and is also remembered,
-    so that `run_cell` stops after the trial even when the exception itself was swallowed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        _CTRL_C.set()
-        raise KeyboardInterrupt
-
-    _CTRL_C.clear()
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.SIG_IGN:  # started with Ctrl-C ignored (a background job): keep it so
-        yield
-        return
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def run_cell(repo: Repository, claim: Claim, *, device: str, heartbeat_s: float, trial_fn: TrialFn | None = None,
-             on_epoch: Callable[[Any], None] | None = None, trial_number: int | None = None) -> Any:
-    """Train one claimed cell on `device` and store its result; returns the TrialResult.
-
-    The stored config is the cell's; only the device is this worker's. An exception in training
-    is a failed run (retried up to max_retries); Ctrl-C marks the run interrupted and re-raises.
-    Reusable by the tuning phase: the claim may come from any study kind.
-    """
-    from tmafbench.training.config import TrialConfig
-
-    trial_fn = trial_fn or default_trial_fn()
-    config = TrialConfig.from_dict(claim.config)
-    config = dataclasses.replace(config, training=dataclasses.replace(config.training, device=device))
-    try:
-        with Heartbeat(repo, claim.run_id, heartbeat_s):
-            try:
-                result = trial_fn(config, on_epoch=on_epoch)
-                if _CTRL_C.is_set():  # a Ctrl-C that Python swallowed during the trial
-                    raise KeyboardInterrupt
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # a bug or bad data in this cell: a failed attempt, not a dead worker
-                result = failed_result(config, exc, device)
-    except (KeyboardInterrupt, SystemExit):
-        repo.mark_interrupted(claim.run_id, "stopped by the user (Ctrl-C)", optuna_trial_number=trial_number)
-        raise
-    status = repo.finish_run(claim.run_id, result, optuna_trial_number=trial_number)
-    if status != result.status:
-        result = dataclasses.replace(result, status=status)
-    return result
-
-
-# --- the worker loop -------------------------------------------------------------------------
-
-
-class OptunaMirror:
-    """Each run as an Optuna trial, so optuna-dashboard can follow the study.
-
-    The cell's hash is a user attribute, not a parameter: a categorical parameter's choices are
-    fixed for an Optuna study's life, and `--force` adds cells to a running study.
-    """
-
-    def __init__(self, url: str, study_name: str):
-        self.storage = optuna_storage(url)
-        self.study_id = self.storage.get_study_id_from_name(study_name)
-
-    def start(self, claim: Claim, user_attrs: dict[str, Any]) -> tuple[int, int]:
-        """Create the RUNNING trial; returns (trial id, trial number)."""
-        from optuna.trial import FrozenTrial, TrialState
-
-        template = FrozenTrial(
-            number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
-            params={}, distributions={},
-            user_attrs={"cell": claim.config_hash, "attempt": claim.attempt, **user_attrs}, system_attrs={},
-            intermediate_values={}, trial_id=0)
-        trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
-        return trial_id, self.storage.get_trial_number_from_id(trial_id)
-
-    def finish(self, trial_id: int, status: str, value: float | None) -> None:
-        from optuna.trial import TrialState
-
-        if status == "completed" and value is not None and value == value and abs(value) != float("inf"):
-            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
-            return
-        self.storage.set_trial_user_attr(trial_id, "status", status)  # diverged, failed or interrupted
-        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-
-    def close(self) -> None:
-        self.storage.engine.dispose()
+def failed_result(exc: BaseException, device: str) -> TrialResult:
+    error = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return TrialResult(status=RunStatus.FAILED, metric_name="", metric_direction="minimize", device=device, error=error)
 
 
 def _is_locked(exc: BaseException) -> bool:
@@ -348,64 +164,123 @@ def _is_locked(exc: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
-def _retry_locked(stats: WorkerStats, fn: Callable[[], Any], attempts: int = 20) -> Any:
-    """Run fn; a "database is locked" error is counted and retried with backoff."""
-    for i in range(attempts):
+@dataclass
+class WorkerContext:
+    """What one worker process holds while it drains a study: its store, device, options and stats."""
+
+    repo: Repository
+    device: str
+    options: WorkerOptions
+    stats: WorkerStats
+    trial_fn: TrialFn
+    host: str = field(default_factory=socket.gethostname)
+    environment_id: int | None = None
+
+    def retry(self, fn: Callable[[], Any], attempts: int = 20) -> Any:
+        """Run fn; a "database is locked" error is counted and retried with backoff."""
+        for i in range(attempts):
+            try:
+                return fn()
+            except Exception as exc:  # OperationalError, or Optuna's StorageInternalError wrapping it
+                if not _is_locked(exc) and not _is_locked(exc.__cause__ or exc):
+                    raise
+                self.stats.locked_errors += 1
+                time.sleep(min(2.0, 0.05 * 2**i))
+        raise TmafbenchError("the database stayed locked; use PostgreSQL for this many workers")
+
+    def run_cell(self, claim: Claim, trial_fn: TrialFn, trial_number: int | None = None) -> TrialResult:
+        """Train one claimed cell on this worker's device and store its result; returns the TrialResult.
+
+        The stored config is the cell's; only the device is this worker's. An exception in training
+        is a failed run (retried up to max_retries); Ctrl-C marks the run interrupted and re-raises.
+        The time spent in `trial_fn` is added to the stats' training time.
+        """
+        config = TrialConfig.from_dict(claim.config)
+        config = config.replace(training=config.training.replace(device=self.device))
+        start = time.perf_counter()
         try:
-            return fn()
-        except Exception as exc:  # OperationalError, or Optuna's StorageInternalError wrapping it
-            if not _is_locked(exc) and not _is_locked(exc.__cause__ or exc):
-                raise
-            stats.locked_errors += 1
-            time.sleep(min(2.0, 0.05 * 2**i))
-    raise TmafbenchError("the database stayed locked; use PostgreSQL for this many workers")
+            with Heartbeat(self.repo, claim.run_id, self.options.heartbeat_s):
+                try:
+                    result = trial_fn(config, on_epoch=None)
+                    if _STOP.is_set():  # a Ctrl-C that Python swallowed during the trial
+                        raise KeyboardInterrupt
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:  # a bug or bad data in this cell: a failed attempt, not a dead worker
+                    result = failed_result(exc, self.device)
+        except (KeyboardInterrupt, SystemExit):
+            self.repo.mark_interrupted(claim.run_id, f"stopped by {_STOP_REASON[0]}", optuna_trial_number=trial_number)
+            raise
+        finally:
+            self.stats.train_s.append(time.perf_counter() - start)
+        status = self.repo.finish_run(claim.run_id, result, optuna_trial_number=trial_number)
+        if status != result.status:
+            result = dataclasses.replace(result, status=status)
+        return result
 
 
-@ctrl_c_guard()
+def drain(ctx: WorkerContext, phase: Phase, runner: Any, limits: Any) -> bool:
+    """Claim and run the cells of one phase until every one is final; False when `max_runs` stopped it."""
+    options, stats = ctx.options, ctx.stats
+    last_sweep = -float("inf")
+    while options.max_runs is None or stats.runs < options.max_runs:
+        loop_start = time.perf_counter()
+        # Lost runs only need finding about once per grace period (and whenever we are idle).
+        if loop_start - last_sweep > options.grace_s / 2:
+            lost = ctx.retry(lambda: ctx.repo.mark_stale_runs(phase.study_id, options.grace_s))
+            if lost:
+                stats.stale_marked += len(lost)
+                ctx.retry(lambda: runner.reconcile(ctx))  # their Optuna trials: FAIL
+            last_sweep = loop_start
+        claim = ctx.retry(lambda: ctx.repo.claim_cell(phase.study_id, limits, host=ctx.host, worker=stats.worker,
+                                                      device=ctx.device, environment_id=ctx.environment_id))
+        if claim is None:
+            if ctx.retry(lambda: ctx.repo.counts(phase.study_id, limits)).done:
+                ctx.retry(lambda: runner.reconcile(ctx))  # trials a dead worker left RUNNING
+                return True
+            time.sleep(options.poll_s)  # others hold the last cells; take over any that go stale
+            last_sweep = -float("inf")
+            continue
+        if claim.attempt > 1:  # a retry: close what the last attempt left open before Optuna is asked again
+            ctx.retry(lambda: runner.reconcile(ctx))
+        trained_before = sum(stats.train_s)
+        result = runner.run(claim, ctx)
+        train_s = sum(stats.train_s) - trained_before
+        stats.record(result.status)
+        stats.overhead_s.append(time.perf_counter() - loop_start - train_s)
+    return False
+
+
 def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: WorkerOptions = WorkerOptions(),
                 trial_fn: TrialFn | None = None, worker: str | None = None) -> WorkerStats:
-    """Claim and run cells of `study_name` until every cell is final. Returns this worker's stats."""
+    """Claim and run the cells of `study_name`, phase by phase, until every cell is final.
+
+    Returns this worker's stats. The one loop for every kind of study: the runner of each phase
+    decides what a claimed cell means (runners.runner_for).
+    """
     from tmafbench.store.environment import collect
+    from tmafbench.study.runners import runner_for
 
     stats = WorkerStats(worker=worker or f"pid {os.getpid()}")
-    host = socket.gethostname()
     db = Database(url)
     try:
         db.check_schema()
         repo = Repository(db)
-        study = repo.require_study(study_name)
-        max_retries = int(study.spec.get("max_retries", 2))
-        mirror = OptunaMirror(url, study_name)
-        env_id = _retry_locked(stats, lambda: repo.environment_id(collect(device)))
-        trial_fn = trial_fn or default_trial_fn()
-        last_stale_check = -float("inf")
-        while options.max_runs is None or stats.runs < options.max_runs:
-            loop_start = time.perf_counter()
-            # Stale runs only need finding about once per grace period (and whenever we are idle).
-            if loop_start - last_stale_check > options.grace_s / 2:
-                stats.stale_marked += _retry_locked(stats, lambda: repo.mark_stale_runs(study.id, options.grace_s))
-                last_stale_check = loop_start
-            claim = _retry_locked(stats, lambda: repo.claim_cell(study.id, max_retries, host=host, worker=stats.worker,
-                                                                 device=device, environment_id=env_id))
-            if claim is None:
-                if _retry_locked(stats, lambda: repo.counts(study.id, max_retries)).done:
-                    break
-                time.sleep(options.poll_s)  # others hold the last cells; take over any that go stale
-                last_stale_check = -float("inf")
-                continue
-            trial_id, number = _retry_locked(stats, lambda: mirror.start(claim, {"host": host, "worker": stats.worker}))
-            train_start = time.perf_counter()
-            result = run_cell(repo, claim, device=device, heartbeat_s=options.heartbeat_s, trial_fn=trial_fn,
-                              trial_number=number)
-            train_s = time.perf_counter() - train_start
-            _retry_locked(stats, lambda: mirror.finish(trial_id, result.status, result.final_metric))
-            stats.record(result.status, train_s)
-            stats.overhead_s.append(time.perf_counter() - loop_start - train_s)
-        mirror.close()
+        info = info_of(repo, study_name)
+        ctx = WorkerContext(repo, device, options, stats, trial_fn or default_trial_fn())
+        with stop_guard():
+            ctx.environment_id = ctx.retry(lambda: repo.environment_id(collect(device)))
+            for phase in info.phases:
+                runner = runner_for(url, info, phase)
+                try:
+                    if not drain(ctx, phase, runner, info.limits):
+                        break  # max_runs reached
+                    runner.finish_phase(ctx)
+                finally:
+                    runner.close()
     finally:
         db.dispose()
     return stats
-
 
 # --- local workers ----------------------------------------------------------------------------
 
@@ -450,13 +325,28 @@ def _worker_process(loop: Callable[..., WorkerStats], study_name: str, url: str,
     queue.put(dataclasses.asdict(stats))
 
 
+PhaseCounts = list[tuple[Phase, Counts]]
+
+
 @dataclass
 class StudyOutcome:
-    counts: Counts
+    """How a run of local workers left the study."""
+
+    name: str
+    phases: PhaseCounts
     wall_s: float
-    workers: list[WorkerStats]
+    workers: list[WorkerStats] = field(default_factory=list)
     interrupted: bool = False
     exit_codes: list[int | None] = field(default_factory=list)  # of the worker processes
+
+    @property
+    def counts(self) -> Counts:
+        """The last phase's counts: a grid study's cells, a tuned study's evaluation cells."""
+        return self.phases[-1][1]
+
+    @property
+    def done(self) -> bool:
+        return all(c.done for _p, c in self.phases) and self.counts.total > 0
 
 
 @dataclass
@@ -466,19 +356,20 @@ class ProcessesOutcome:
     exit_codes: list[int | None]  # of the worker processes
 
 
-def run_processes(loop: Callable[..., WorkerStats], study_name: str, url: str, devices: list[str],
-                  options: WorkerOptions, on_poll: Callable[[], None] | None = None, poll_s: float = 0.5,
-                  process_name: str = "tmafbench-worker") -> ProcessesOutcome:
-    """Run `loop` (a module-level worker loop) in one spawn process per device entry until all exit.
+def run_processes(study_name: str, url: str, devices: list[str], options: WorkerOptions,
+                  on_poll: Callable[[], None] | None = None, poll_s: float = 0.5,
+                  loop: Callable[..., WorkerStats] | None = None) -> ProcessesOutcome:
+    """Run the worker loop in one spawn process per device entry until all exit.
 
     `on_poll()` is called every `poll_s` while they run. On Ctrl-C the workers got SIGINT too: each
-    marks its run interrupted and exits; we wait for them, then terminate any left.
+    marks its run interrupted and exits; we wait for them, then stop any left with SIGTERM (which
+    they also turn into an interruption).
     """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // len(devices))
-    procs = [ctx.Process(target=_worker_process, args=(loop, study_name, url, d, threads, options, queue),
-                         name=f"{process_name}-{i}", daemon=False) for i, d in enumerate(devices)]
+    procs = [ctx.Process(target=_worker_process, args=(loop or worker_loop, study_name, url, d, threads, options, queue),
+                         name=f"tmafbench-worker-{i}", daemon=False) for i, d in enumerate(devices)]
     for p in procs:
         p.start()
     stats: list[WorkerStats] = []
@@ -502,23 +393,32 @@ def run_processes(loop: Callable[..., WorkerStats], study_name: str, url: str, d
     return ProcessesOutcome(stats, interrupted, [p.exitcode for p in procs])
 
 
+def phase_counts(repo: Repository, info: StudyInfo) -> PhaseCounts:
+    """Each phase with its cells by state."""
+    return [(phase, repo.counts(phase.study_id, info.limits)) for phase in info.phases]
+
+
 def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOptions = WorkerOptions(),
-              progress: Callable[[Counts, float], None] | None = None, poll_s: float = 0.5) -> StudyOutcome:
-    """Run the study to the end with local workers; `progress(counts, eta_s)` is called as it goes."""
+              progress: Callable[[PhaseCounts, float | None], None] | None = None,
+              poll_s: float = 0.5) -> StudyOutcome:
+    """Run the study to the end with local workers; `progress(phases, eta_s)` is called as it goes."""
     db = Database(url)
     repo = Repository(db)
     start = time.perf_counter()
 
     def report() -> None:
-        counts = repo.counts(info.id, info.max_retries)
-        progress(counts, eta(repo, info.id, counts, len(devices)))
+        phases = phase_counts(repo, info)
+        progress(phases, eta(repo, phases, len(devices)))
 
     try:
-        run = run_processes(worker_loop, info.name, url, devices, options, report if progress else None, poll_s)
-        counts = repo.counts(info.id, info.max_retries)
+        phases = phase_counts(repo, info)
+        if all(c.done for _p, c in phases) and phases[-1][1].total > 0:  # nothing to run: start no worker
+            return StudyOutcome(info.name, phases, time.perf_counter() - start)
+        run = run_processes(info.name, url, devices, options, report if progress else None, poll_s)
+        phases = phase_counts(repo, info)
     finally:
         db.dispose()
-    return StudyOutcome(counts, time.perf_counter() - start, run.workers, run.interrupted, run.exit_codes)
+    return StudyOutcome(info.name, phases, time.perf_counter() - start, run.workers, run.interrupted, run.exit_codes)
 
 
 def _drain(queue: Any) -> list[WorkerStats]:
@@ -530,9 +430,13 @@ def _drain(queue: Any) -> list[WorkerStats]:
             return out
 
 
-def eta(repo: Repository, study_id: int, counts: Counts, workers: int) -> float | None:
-    """Seconds left: median run time x cells left / workers (None before the first run ends)."""
-    durations = repo.completed_durations(study_id)
+def eta(repo: Repository, phases: PhaseCounts, workers: int) -> float | None:
+    """Seconds left in the current phase: median run time x cells left / workers (None before a run ends)."""
+    current = next(((p, c) for p, c in phases if not c.done), None)
+    if current is None:
+        return 0.0
+    phase, counts = current
+    durations = repo.completed_durations(phase.study_id)
     if not durations:
         return None
     left = counts.pending + counts.running / 2

@@ -5,6 +5,7 @@ A study file looks like this (see studies/quickstart.toml)::
     name = "quickstart"
     description = "ReLU against TMAF on small problems"
     max_retries = 2                       # attempts a cell may fail before its failure is final
+    max_crashes = 2                       # attempts that may lose their worker (segfault, OOM kill) before the cell is given up
 
     [defaults]                            # shared by every task below
     task = "sine-sum"
@@ -54,10 +55,9 @@ from __future__ import annotations
 import copy
 import re
 import tomllib
-from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tmafbench.errors import SpecError
 
@@ -226,6 +226,7 @@ class StudySpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     max_retries: int = Field(default=2, ge=1)
+    max_crashes: int = Field(default=2, ge=1)
     defaults: Defaults = Field(default_factory=Defaults)
     axes: Axes
     reference: Reference | None = None
@@ -316,24 +317,6 @@ def spec_error(text: str, source: str, loc: tuple[Any, ...], message: str) -> Sp
     return SpecError(f"{where}: {format_loc(loc)}: {message}")
 
 
-def parse_spec(text: str, overrides: list[str] | None = None, source: str = "<study>") -> StudySpec:
-    """Parse and validate a study from TOML text (names checked against the registries too)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{source}: not valid TOML: {exc}") from None
-    data = apply_overrides(data, overrides or [])
-    try:
-        spec = StudySpec.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise spec_error(text, source, tuple(err["loc"]), _clean(err)) from None
-    from tmafbench.study.validate import check_spec
-
-    check_spec(spec, lambda loc, msg: spec_error(text, source, loc, msg))
-    return spec
-
-
 def _clean(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown key"
@@ -343,11 +326,3 @@ def _clean(err: dict[str, Any]) -> str:
     if "input" in err and err["type"].endswith("_type"):
         msg += f" (got {type(err['input']).__name__} {err['input']!r})"
     return msg
-
-
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
-    """Read a study file and validate it (see `parse_spec`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"no study file at {path}")
-    return parse_spec(path.read_text(), overrides, source=str(path))

@@ -26,30 +26,14 @@ scopes any key to some activation labels. Every error names its key path.
 
 from __future__ import annotations
 
-import copy
-import tomllib
-from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tmafbench.errors import SpecError
-from tmafbench.study.spec import Seeds, StudySpec, _clean, _Strict, apply_overrides, seed_list, spec_error
-from tmafbench.training.config import TrainingConfig, TrialConfig
+from tmafbench.core import FIXED_TRAINING, TrainingConfig, TrialConfig, metric_names
+from tmafbench.study.spec import Seeds, StudySpec, _clean, _Strict, seed_list
 
 SECTIONS = ("training", "act_params", "task_params", "model_params")
-# Training options a search space may not touch: they define the protocol, not a setting.
-FIXED_TRAINING = {
-    "val_fraction": "set by tune.val_fraction",
-    "evaluate_test": "the test set is never read while tuning",
-    "device": "chosen per worker",
-    "epochs": "the epoch budget is fixed; set it in defaults.training",
-    "keep_predictions": "not a setting",
-    "keep_activation_params": "not a setting",
-}
-REGRESSION_METRICS = ("rel_l2", "mse", "max_abs")
-CLASSIFICATION_METRICS = ("accuracy", "cross_entropy")
-MAXIMIZED = {"accuracy"}
 Scalar = str | int | float | bool
 
 
@@ -137,77 +121,7 @@ class TuneSpec(_Strict):
         return self.startup_trials if self.startup_trials is not None else max(1, min(10, self.trials // 3))
 
 
-@dataclass(frozen=True)
-class TunedStudy:
-    """A parsed study file: the grid spec (seeds = evaluation seeds) and, if present, its tuning."""
-
-    spec: StudySpec
-    tune: TuneSpec | None = None
-    space: dict[str, SpaceParam] = field(default_factory=dict)  # "training.lr" -> range or choice
-    data: dict[str, Any] = field(default_factory=dict)  # the file's tables after --set: stored as the spec
-
-    @property
-    def metric(self) -> str | None:
-        return self.tune.metric if self.tune else None
-
-
-# --- loading -------------------------------------------------------------------------------
-
-
-def load_tuned_spec(path: Any, overrides: list[str] | None = None) -> TunedStudy:
-    """Read a study file, with or without `[tune]`, and validate everything (nothing is written)."""
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"no study file at {path}")
-    return parse_tuned_spec(path.read_text(), overrides, source=str(path))
-
-
-def parse_tuned_spec(text: str, overrides: list[str] | None = None, source: str = "<study>") -> TunedStudy:
-    """Parse TOML text; see `tuned_from_dict`."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{source}: not valid TOML: {exc}") from None
-    return tuned_from_dict(apply_overrides(data, overrides or []), text, source)
-
-
-def tuned_from_dict(data: dict[str, Any], text: str = "", source: str = "<study>") -> TunedStudy:
-    """Validate a study dict (e.g. the spec stored in the database) with its optional `tune` table."""
-    from tmafbench.study.validate import check_spec
-
-    data = copy.deepcopy(data)
-    def err(loc: tuple[Any, ...], message: str) -> SpecError:
-        return spec_error(text, source, loc, message)
-
-    tune_raw = data.pop("tune", None)
-    tune = None
-    if tune_raw is not None:
-        if not isinstance(tune_raw, dict):
-            raise err(("tune",), "must be a table")
-        if "seeds" in data.get("axes", {}):
-            raise err(("axes", "seeds"), "a study with [tune] takes its seeds from tune.seeds and tune.eval_seeds; remove axes.seeds")
-        tune = _validate_model(TuneSpec, tune_raw, ("tune",), err)
-        data.setdefault("axes", {})["seeds"] = tune.eval_seed_list()
-    spec = _validate_model(StudySpec, data, (), err)
-    check_spec(spec, err)
-    if tune is None:
-        return TunedStudy(spec, None, {}, _stored(data, None))
-    space = parse_space(tune.space, err)
-    tune = check_tune(spec, tune, space, err)
-    return TunedStudy(spec, tune, space, _stored(data, tune_raw))
-
-
-def _stored(data: dict[str, Any], tune_raw: dict[str, Any] | None) -> dict[str, Any]:
-    out = copy.deepcopy(data)
-    if tune_raw is not None:
-        out["axes"].pop("seeds", None)  # derived from tune.eval_seeds
-        out["tune"] = copy.deepcopy(tune_raw)
-    return out
-
-
-def _validate_model(model: Any, data: dict[str, Any], prefix: tuple[Any, ...], err: Any) -> Any:
+def validate_model(model: Any, data: dict[str, Any], prefix: tuple[Any, ...], err: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -239,20 +153,11 @@ def parse_space(raw: dict[str, Any], err: Any) -> dict[str, SpaceParam]:
         if not isinstance(value, dict):
             raise err(loc, "must be a table: { low = .., high = .., log = true } or { choices = [...] }")
         model = ChoiceParam if "choices" in value else RangeParam
-        space[key] = _validate_model(model, value, loc, err)
+        space[key] = validate_model(model, value, loc, err)
     return space
 
 
 # --- semantic checks ---------------------------------------------------------------------------
-
-
-def metric_names(kind: str) -> tuple[str, ...]:
-    return REGRESSION_METRICS if kind == "regression" else CLASSIFICATION_METRICS
-
-
-def metric_direction(metric: str) -> Literal["minimize", "maximize"]:
-    """"val_accuracy" -> maximize; every other metric (errors, losses) -> minimize."""
-    return "maximize" if metric.removeprefix("val_") in MAXIMIZED else "minimize"
 
 
 def check_tune(spec: StudySpec, tune: TuneSpec, space: dict[str, SpaceParam], err: Any) -> TuneSpec:
@@ -295,7 +200,7 @@ def _check_key(spec: StudySpec, key: str, param: SpaceParam, err: Any) -> None:
     section, _, name = key.partition(".")
     loc = ("tune", "space", key)
     if section == "training":
-        known = {f.name for f in fields(TrainingConfig)}
+        known = set(TrainingConfig.option_names())
         if name in FIXED_TRAINING:
             raise err(loc, f"training.{name} cannot be tuned: {FIXED_TRAINING[name]}")
         if name not in known:

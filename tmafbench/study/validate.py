@@ -10,24 +10,17 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 from tmafbench.errors import SpecError
-from tmafbench.registry import Registry
+from tmafbench.registry import Registry, registry_of
+from tmafbench.study.cells import expand, grids_for, own_grid, takes_grid
 from tmafbench.study.spec import ScopedAxis, ScopedCases, StudySpec
 
 
 MakeError = Callable[[tuple[Any, ...], str], SpecError]
 
 
-def _registry_of(module: Any) -> Registry | None:
-    """The Registry instance a package (tasks, models) exposes, if any."""
-    for value in vars(module).values():
-        if isinstance(value, Registry):
-            return value
-    return None
-
-
 def check_name_params(module: Any, kind: str, name: str, params: dict[str, Any]) -> None:
     """Raise ValueError for an unknown name or parameter, without building anything."""
-    registry = _registry_of(module)
+    registry = registry_of(module)
     if registry is not None:
         registry.check_params(name, params)
         check_types(registry, name, params)
@@ -88,8 +81,6 @@ def _check_labels(spec: StudySpec, err: MakeError) -> None:
 
 
 def _check_grid_scopes(spec: StudySpec, err: MakeError) -> None:
-    from tmafbench.study.cells import own_grid, takes_grid
-
     for i, act in enumerate(spec.axes.activations):
         if act.grids is not None and (not takes_grid(act.name) or own_grid(act)):
             why = "takes no interval grid" if not takes_grid(act.name) else "sets its own grid in params"
@@ -119,7 +110,6 @@ def check_spec(spec: StudySpec, err: MakeError) -> None:
 def _check_activations(spec: StudySpec, err: MakeError) -> None:
     """Build each activation once per grid it is crossed with (impossible grids fail here)."""
     from tmafbench import activations
-    from tmafbench.study.cells import grids_for
 
     for i, act in enumerate(spec.axes.activations):
         for grid in grids_for(spec, act):
@@ -135,7 +125,6 @@ def _check_activations(spec: StudySpec, err: MakeError) -> None:
 def _check_cells(spec: StudySpec, err: MakeError) -> None:
     """Check activations, then model params and training options of every cell, and cell uniqueness."""
     from tmafbench import models
-    from tmafbench.study.cells import expand
 
     _check_activations(spec, err)
     try:

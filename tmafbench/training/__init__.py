@@ -1,7 +1,7 @@
-"""Training: `train_trial(config) -> TrialResult`, configs, results, schedules, seeding, timing.
+"""Training: `train_trial(config) -> TrialResult`, schedules, seeding, timing.
 
-The names below load on first use (PEP 562), so that importing `tmafbench.training.config` or
-`.result` (plain dataclasses, needed by the CLI, study files and reports) does not import torch.
+The configs and the result live in `tmafbench.core` (shared by every layer); they are also
+reachable here. Names load on first use (PEP 562), so importing this package does not import torch.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "TrainingConfig": "config", "TrialConfig": "config", "EpochRecord": "result", "TrialResult": "result",
-    "seed_everything": "seeding", "train_trial": "trainer",
+    "TrainingConfig": "tmafbench.core", "TrialConfig": "tmafbench.core", "EpochRecord": "tmafbench.core",
+    "TrialResult": "tmafbench.core", "seed_everything": "tmafbench.training.seeding",
+    "train_trial": "tmafbench.training.trainer",
 }
 
 __all__ = list(_WHERE)
@@ -20,4 +21,4 @@ __all__ = list(_WHERE)
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'tmafbench.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"tmafbench.training.{_WHERE[name]}"), name)
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from tmafbench import activations, models, tasks
-from tmafbench.training.config import TrainingConfig, TrialConfig
+from tmafbench.core import TrainingConfig, TrialConfig
 from tmafbench.training.optim import build_optimizer
 from tmafbench.training.seeding import seed_everything
 from tmafbench.training.timing import Timer

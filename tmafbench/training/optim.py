@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from tmafbench.activations.base import Activation
-from tmafbench.training.config import TrainingConfig
+from tmafbench.core import TrainingConfig
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

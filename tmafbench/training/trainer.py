@@ -17,9 +17,8 @@ from torch import nn
 from tmafbench import activations, models, tasks
 from tmafbench.tasks.base import Task, TaskData
 from tmafbench.training import artifacts
-from tmafbench.training.config import TrialConfig
+from tmafbench.core import EpochRecord, RunStatus, TrialConfig, TrialResult
 from tmafbench.training.optim import build_optimizer
-from tmafbench.training.result import EpochRecord, TrialResult
 from tmafbench.training.schedules import build_scheduler
 from tmafbench.training.seeding import seed_everything
 from tmafbench.training.timing import Timer
@@ -182,60 +181,30 @@ def collect_artifacts(setup: Setup) -> dict:
     return out
 
 
-def train_trial(config: TrialConfig, *, on_epoch: Callable[[EpochRecord], None] | None = None,
-                progress: bool = False) -> TrialResult:
+def train_trial(config: TrialConfig, *, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrialResult:
     """Train one network as `config` says and return its TrialResult.
 
     Bad configs raise ValueError before any training. A NaN/inf training loss ends the trial
-    with status "diverged". Exceptions raised by `on_epoch` (e.g. optuna.TrialPruned) propagate.
+    with status "diverged". `on_epoch(record)` is called after every epoch that did not diverge
+    (progress displays, pruning); exceptions it raises (e.g. optuna.TrialPruned) propagate.
     """
     setup = build_setup(config)
     total, act = models.count_parameters(setup.model)
-    result = TrialResult(status="completed", metric_name=setup.task.metric_name,
+    result = TrialResult(status=RunStatus.COMPLETED, metric_name=setup.task.metric_name,
                          metric_direction=setup.task.metric_direction, num_params=total,
                          num_act_params=act, device=str(setup.device))
-    with _ProgressBar(progress, config.training.epochs) as advance:
-        for epoch in range(1, config.training.epochs + 1):
-            record = run_epoch(setup, epoch)
-            result.epochs.append(record)
-            result.total_train_time_s += record.epoch_time_s
-            advance(record, setup.task.metric_name)
-            if not math.isfinite(record.train_loss):
-                result.status = "diverged"
-                result.error = f"training loss became {record.train_loss} in epoch {epoch}"
-                break
-            if on_epoch is not None:
-                on_epoch(record)
+    for epoch in range(1, config.training.epochs + 1):
+        record = run_epoch(setup, epoch)
+        result.epochs.append(record)
+        result.total_train_time_s += record.epoch_time_s
+        if not math.isfinite(record.train_loss):
+            result.status = RunStatus.DIVERGED
+            result.error = f"training loss became {record.train_loss} in epoch {epoch}"
+            break
+        if on_epoch is not None:
+            on_epoch(record)
     last = result.epochs[-1]
     result.final_metrics = {**last.metrics, "train_loss": last.train_loss}
-    if result.status == "completed":
+    if result.status == RunStatus.COMPLETED:
         result.artifacts = collect_artifacts(setup)
     return result
-
-
-class _ProgressBar:
-    """A rich per-epoch progress bar on stderr, or a no-op when `enabled` is false."""
-
-    def __init__(self, enabled: bool, epochs: int):
-        self.enabled, self.epochs, self.bar, self.task_id = enabled, epochs, None, None
-
-    def __enter__(self) -> Callable[[EpochRecord, str], None]:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
-                                TextColumn("{task.description}"), console=Console(stderr=True), transient=False)
-            self.bar.start()
-            self.task_id = self.bar.add_task("", total=self.epochs)
-        return self.advance
-
-    def advance(self, record: EpochRecord, metric: str) -> None:
-        if self.bar is not None:
-            shown = record.metrics.get(metric, record.metrics.get(f"val_{metric}"))
-            text = f"loss {record.train_loss:.4g}" + (f"  {metric} {shown:.4g}" if shown is not None else "")
-            self.bar.update(self.task_id, advance=1, description=text)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -1,0 +1,163 @@
+"""Study lifecycle in the store: create a study with its cells, load, redesign, document, delete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+from sqlalchemy import delete, select, update
+
+from tmafbench.errors import TmafbenchError
+from tmafbench.store.schema import Cell, Study
+
+
+class StudyNotFoundError(TmafbenchError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredStudy:
+    """A study row, detached from any session."""
+
+    id: int
+    name: str
+    kind: str  # grid | tune | eval
+    description: str
+    spec: dict[str, Any]
+    spec_hash: str
+    reference: dict[str, Any] | None
+    parent_id: int | None
+    tmafbench_version: str
+    git_commit: str | None
+    created_at: datetime
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.spec.get("max_retries", 2))
+
+    @property
+    def max_crashes(self) -> int:
+        return int(self.spec.get("max_crashes", 2))
+
+    @classmethod
+    def of(cls, row: Study) -> "StoredStudy":
+        return cls(row.id, row.name, row.kind, row.description, row.spec, row.spec_hash, row.reference,
+                   row.parent_id, row.tmafbench_version, row.git_commit, row.created_at)
+
+
+def cell_rows(study_id: int, cells: Iterable[Any]) -> list[Cell]:
+    """ORM rows for cell plans (anything with config, config_hash, group_hash, label, axes, ...)."""
+    rows = []
+    for c in cells:
+        cfg = c.config
+        rows.append(Cell(
+            study_id=study_id, config_hash=c.config_hash, group_hash=c.group_hash, label=c.label,
+            config=cfg.to_dict(), task=cfg.task, model=cfg.model, activation=c.activation, grid=c.grid,
+            intervals=c.intervals, depth=cfg.model_params.get("depth"), width=cfg.model_params.get("width"),
+            seed=cfg.seed, axes=c.axes,
+        ))
+    return rows
+
+
+class StudyStore:
+    """Studies and their cells (mixed into Repository, which provides `self.db`)."""
+
+    db: Any
+
+    def get_study(self, name: str) -> StoredStudy | None:
+        with self.db.session() as s:
+            row = s.scalar(select(Study).where(Study.name == name))
+            return StoredStudy.of(row) if row is not None else None
+
+    def require_study(self, name: str) -> StoredStudy:
+        study = self.get_study(name)
+        if study is None:
+            names = self.study_names()
+            hint = f"; studies here: {', '.join(names)}" if names else "; no studies in this database"
+            raise StudyNotFoundError(f"no study {name!r} in {self.db.safe_url}{hint}")
+        return study
+
+    def child_study(self, parent_id: int, kind: str) -> StoredStudy | None:
+        """The study of `kind` whose parent is `parent_id` (a tuned study's tuning slots)."""
+        with self.db.session() as s:
+            row = s.scalar(select(Study).where(Study.parent_id == parent_id, Study.kind == kind))
+            return StoredStudy.of(row) if row is not None else None
+
+    def study_names(self, top_level: bool = False) -> list[str]:
+        """Every study's name, sorted; `top_level` leaves out the tuning slots' child studies."""
+        query = select(Study.name).order_by(Study.name)
+        if top_level:
+            query = query.where(Study.parent_id.is_(None))
+        with self.db.session() as s:
+            return list(s.scalars(query))
+
+    def create_study(self, *, name: str, description: str, spec: dict, spec_hash: str, reference: dict | None,
+                     version: str, git_commit: str | None, cells: Iterable[Any], kind: str = "grid",
+                     parent_id: int | None = None) -> int:
+        """Insert the study and all its cells in one transaction; returns the study id."""
+        with self.db.session() as s:
+            study = Study(name=name, description=description, kind=kind, parent_id=parent_id, spec=spec,
+                          spec_hash=spec_hash, reference=reference, tmafbench_version=version, git_commit=git_commit)
+            s.add(study)
+            s.flush()
+            s.add_all(cell_rows(study.id, cells))
+            return study.id
+
+    def add_cells(self, study_id: int, cells: list[Any]) -> int:
+        """Insert the cells whose hash the study lacks, in one transaction; returns how many.
+
+        Several processes may add the same cells at once: the unique (study, hash) constraint lets
+        one win, and the others' IntegrityError is the caller's to retry.
+        """
+        with self.db.session() as s:
+            have = set(s.scalars(select(Cell.config_hash).where(Cell.study_id == study_id)))
+            missing = [c for c in cells if c.config_hash not in have]
+            s.add_all(cell_rows(study_id, missing))
+            return len(missing)
+
+    def replace_design(self, study_id: int, *, spec: dict, spec_hash: str, reference: dict | None,
+                       cells: list[Any]) -> tuple[int, int, int]:
+        """`--force`: keep cells in both designs, delete cells no longer in it, add new ones.
+
+        Returns (kept, removed, added).
+        """
+        wanted = {c.config_hash: c for c in cells}
+        with self.db.session() as s:
+            existing = dict(s.execute(select(Cell.config_hash, Cell.id).where(Cell.study_id == study_id)).all())
+            gone = [cid for h, cid in existing.items() if h not in wanted]
+            if gone:
+                s.execute(delete(Cell).where(Cell.id.in_(gone)))
+            new = [c for h, c in wanted.items() if h not in existing]
+            s.add_all(cell_rows(study_id, new))
+            s.execute(update(Study).where(Study.id == study_id).values(spec=spec, spec_hash=spec_hash, reference=reference))
+            return len(existing) - len(gone), len(gone), len(new)
+
+    def refresh_documentation(self, study_id: int, *, description: str, reference: dict | None, spec: dict,
+                              spec_hash: str) -> list[str]:
+        """Store the file's description, published reference and spec text when its design is unchanged.
+
+        They document a study without changing what runs, so editing them (say, adding the paper's
+        numbers to `[reference]`) and running the file again updates them and trains nothing.
+        Returns which of "description" and "reference" changed (the spec text is stored silently).
+        """
+        with self.db.session() as s:
+            study = s.get(Study, study_id)
+            changed = [n for n, old, new in (("description", study.description, description),
+                                             ("reference", study.reference, reference)) if old != new]
+            if changed or study.spec != spec or study.spec_hash != spec_hash:
+                s.execute(update(Study).where(Study.id == study_id).values(
+                    description=description, reference=reference, spec=spec, spec_hash=spec_hash))
+            return changed
+
+    def cell_hashes(self, study_id: int) -> list[str]:
+        with self.db.session() as s:
+            return list(s.scalars(select(Cell.config_hash).where(Cell.study_id == study_id).order_by(Cell.id)))
+
+    def delete_study(self, name: str) -> None:
+        """Delete the study, its child studies, cells, runs and metrics (foreign keys cascade)."""
+        with self.db.session() as s:
+            parent = s.scalar(select(Study.id).where(Study.name == name))
+            if parent is not None:
+                s.execute(delete(Study).where(Study.parent_id == parent))
+            s.execute(delete(Study).where(Study.name == name))

@@ -1,0 +1,136 @@
+"""The study commands as library functions: `tmafbench study ...` parses its options and calls one of these.
+
+Every function takes the storage URL and returns data; none prints. The progress display and
+every message belong to the caller (the CLI passes callbacks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from tmafbench.store.database import Database, sqlite_file_missing
+from tmafbench.store.repository import Repository, StoredStudy, StudySummary
+from tmafbench.study.design import StudyDesign, load_design, stored_form
+from tmafbench.study.lifecycle import StudyInfo, delete as delete_study, info_of, prepare
+from tmafbench.study.scheduler import PhaseCounts, StudyOutcome, WorkerOptions, phase_counts, resolve_devices, run_local
+
+OnReady = Callable[[StudyInfo, list[str]], None]
+Progress = Callable[[PhaseCounts, float | None], None]
+
+__all__ = ["cells", "delete_study", "describe_tuning", "join", "run", "show", "status", "summaries"]
+
+
+def cells(path: str | Path, overrides: list[str] | None = None) -> StudyDesign:
+    """Validate a study file; its `.cells` are what would run (nothing is written)."""
+    return load_design(path, overrides)
+
+
+def describe_tuning(design: StudyDesign) -> str:
+    """One line on a tuned study: budget, seeds, metric, pruner and each group's search space."""
+    from tmafbench.study.tuning import groups_of
+
+    tune = design.tune
+    groups = groups_of(design, design.name)
+    spaces = "; ".join(f"{g.label}: {', '.join(g.space) or '(nothing)'}" for g in groups)
+    return (f"tuning: {len(groups)} groups x {tune.trials} trials (TPE, sampler seed {tune.sampler_seed}, pruner "
+            f"{tune.pruner}) on {tune.metric} with val_fraction {tune.val_fraction:g}, tuning seeds "
+            f"{tune.tune_seed_list()}; the table shows the evaluation cells (seeds {tune.eval_seed_list()}) before "
+            f"their settings are chosen. Space per group: {spaces}")
+
+
+def run(path: str | Path, overrides: list[str] | None, *, url: str, devices: str = "auto", workers: int | None = None,
+        new_name: str | None = None, force: bool = False, options: WorkerOptions = WorkerOptions(),
+        on_ready: OnReady | None = None, progress: Progress | None = None) -> StudyOutcome:
+    """Create (or resume) the study of a study file and run every cell with local workers.
+
+    A study that is already finished with exactly this file is reported without validating,
+    loading data or starting workers, so resuming it is instant and works offline.
+    """
+    finished = _finished_already(path, overrides, url, new_name)
+    if finished is not None:
+        if on_ready is not None:
+            on_ready(finished[0], [])
+        return finished[1]
+    design = load_design(path, overrides)
+    if new_name:
+        design = design.renamed(new_name)
+    device_list = resolve_devices(devices, workers)  # before anything is written
+    info = prepare(design, url, force=force)
+    return _work(info, url, device_list, options, on_ready, progress)
+
+
+def join(name: str, *, url: str, devices: str = "auto", workers: int | None = 1,
+         options: WorkerOptions = WorkerOptions(), on_ready: OnReady | None = None,
+         progress: Progress | None = None) -> StudyOutcome:
+    """Work on a stored study from this machine (e.g. against one PostgreSQL URL)."""
+    db = Database(url, must_exist=True)
+    try:
+        db.check_schema()
+        info = info_of(Repository(db), name)
+    finally:
+        db.dispose()
+    return _work(info, url, resolve_devices(devices, workers), options, on_ready, progress)
+
+
+def _work(info: StudyInfo, url: str, devices: list[str], options: WorkerOptions, on_ready: OnReady | None,
+          progress: Progress | None) -> StudyOutcome:
+    if on_ready is not None:
+        on_ready(info, devices)
+    return run_local(info, url, devices, options, progress=progress)
+
+
+def _finished_already(path: str | Path, overrides: list[str] | None, url: str,
+                      new_name: str | None) -> tuple[StudyInfo, StudyOutcome] | None:
+    """(info, outcome) when the stored study has exactly this file and every cell is final; else None."""
+    stored = stored_form(path, overrides)
+    if stored is None:
+        return None
+    if new_name:
+        stored = {**stored, "name": new_name}
+    if sqlite_file_missing(url):
+        return None
+    db = Database(url)
+    try:
+        if not db.has_tables():
+            return None
+        repo = Repository(db)
+        study = repo.get_study(stored.get("name", ""))
+        if study is None or study.spec != stored:
+            return None
+        info = info_of(repo, study.name, with_design=False)
+        outcome = StudyOutcome(info.name, phase_counts(repo, info), 0.0)
+    finally:
+        db.dispose()
+    if not outcome.done:
+        return None
+    return StudyInfo(info.id, info.name, info.limits, info.phases, None, False,
+                     f"study {info.name!r} is finished: every cell is final, nothing to run"), outcome
+
+
+def status(name: str, url: str) -> dict[str, Any]:
+    """Cells done / running / failed / crashed / pending (and a tuned study's slots)."""
+    return _read(url, lambda repo: repo.study_status(name))
+
+
+def summaries(url: str) -> list[StudySummary]:
+    """Every study in the database with its progress."""
+    return _read(url, lambda repo: repo.summaries())
+
+
+def show(name: str, url: str) -> tuple[StoredStudy, list[tuple[str, int, int, str | None, float | None]]]:
+    """The study's provenance and a summary per group."""
+    def both(repo: Repository) -> Any:
+        study = repo.require_study(name)
+        return study, repo.group_summary(study.id)
+
+    return _read(url, both)
+
+
+def _read(url: str, fn: Callable[[Repository], Any]) -> Any:
+    db = Database(url, must_exist=True)
+    try:
+        db.check_schema()
+        return fn(Repository(db))
+    finally:
+        db.dispose()

@@ -1,0 +1,199 @@
+"""What a worker does with a claimed cell, per kind of phase: train a grid cell, or a tuning slot.
+
+Both keep Optuna in step with our run queue:
+- a grid cell (or a tuned study's evaluation cell) is mirrored as a trial of the Optuna study of
+  the same name, so optuna-dashboard follows the study;
+- a tuning slot *is* a trial of its group's Optuna study, asked for a point by TPE.
+A trial's number is stored on its run as soon as the trial exists, so that `reconcile` can close a
+trial whose worker died (its run swept as lost) instead of leaving it RUNNING forever.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, Protocol
+
+from tmafbench.core import FINAL_OK, RunStatus, SlotState, metric_direction
+from tmafbench.store.repository import Claim, Repository
+from tmafbench.study.lifecycle import StudyInfo, optuna_storage
+
+
+class Runner(Protocol):
+    """Runs the claimed cells of one phase."""
+
+    def run(self, claim: Claim, ctx: Any) -> Any:
+        """Train the claimed cell, store its run and tell Optuna; returns the TrialResult."""
+
+    def reconcile(self, ctx: Any) -> int:
+        """Close this phase's Optuna trials whose run is over (or never started); returns how many."""
+
+    def finish_phase(self, ctx: Any) -> None:
+        """Called once every cell of the phase is final."""
+
+    def close(self) -> None:
+        """Release the Optuna storage."""
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def reconcile_trials(repo: Repository, study: Any, study_id: int, grace_s: float, group_hash: str | None = None) -> int:
+    """Close the RUNNING trials of an Optuna study whose run is no longer running; returns how many.
+
+    A trial takes its run's stored outcome (a completed slot its state and value, a completed grid
+    cell its primary metric); a lost, interrupted or failed run's trial, and a trial with no run
+    that is older than the grace period (its worker died before recording it), are failed.
+    """
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return 0
+    outcomes = repo.trial_outcomes(study_id, [t.number for t in running], group_hash)
+    cutoff = datetime.now() - timedelta(seconds=grace_s)
+    closed = 0
+    for trial in running:
+        status, state, value = outcomes.get(trial.number, (None, None, None))
+        if status == RunStatus.RUNNING or (status is None and trial.datetime_start and trial.datetime_start > cutoff):
+            continue  # a live worker still owns it
+        if status in FINAL_OK and state is SlotState.PRUNED:
+            study.tell(trial.number, state=TrialState.PRUNED)
+        elif status == RunStatus.COMPLETED and state in (None, SlotState.COMPLETED) and _finite(value):
+            study.tell(trial.number, value)
+        else:
+            study._storage.set_trial_user_attr(trial._trial_id, "status", status or "lost")
+            study.tell(trial.number, state=TrialState.FAIL)
+        closed += 1
+    return closed
+
+
+class GridRunner:
+    """Train a cell as its config says; mirror its run as a trial of the study's Optuna study."""
+
+    def __init__(self, url: str, info: StudyInfo, study_id: int):
+        self.storage = optuna_storage(url)
+        self.optuna_name = info.name
+        self.study_id = study_id
+        self._optuna_study_id: int | None = None
+
+    @property
+    def optuna_study_id(self) -> int:
+        if self._optuna_study_id is None:
+            self._optuna_study_id = self.storage.get_study_id_from_name(self.optuna_name)
+        return self._optuna_study_id
+
+    def run(self, claim: Claim, ctx: Any) -> Any:
+        trial_id, number = ctx.retry(lambda: self._start_trial(claim, ctx))
+        ctx.retry(lambda: ctx.repo.set_trial_number(claim.run_id, number))
+        result = ctx.run_cell(claim, ctx.trial_fn, trial_number=number)
+        ctx.retry(lambda: self._finish_trial(trial_id, result.status, result.final_metric))
+        return result
+
+    def _start_trial(self, claim: Claim, ctx: Any) -> tuple[int, int]:
+        """Create the RUNNING trial; returns (trial id, trial number).
+
+        The cell's hash is a user attribute, not a parameter: a categorical parameter's choices are
+        fixed for an Optuna study's life, and `--force` adds cells to a running study.
+        """
+        from optuna.trial import FrozenTrial, TrialState
+
+        attrs = {"cell": claim.config_hash, "attempt": claim.attempt, "host": ctx.host, "worker": ctx.stats.worker}
+        template = FrozenTrial(
+            number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
+            params={}, distributions={}, user_attrs=attrs, system_attrs={}, intermediate_values={}, trial_id=0)
+        trial_id = self.storage.create_new_trial(self.optuna_study_id, template_trial=template)
+        return trial_id, self.storage.get_trial_number_from_id(trial_id)
+
+    def _finish_trial(self, trial_id: int, status: str, value: float | None) -> None:
+        from optuna.trial import TrialState
+
+        if status == RunStatus.COMPLETED and _finite(value):
+            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
+            return
+        self.storage.set_trial_user_attr(trial_id, "status", str(status))  # diverged, failed or interrupted
+        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+    def reconcile(self, ctx: Any) -> int:
+        import optuna
+
+        study = optuna.load_study(study_name=self.optuna_name, storage=self.storage)
+        return reconcile_trials(ctx.repo, study, self.study_id, ctx.options.grace_s)
+
+    def finish_phase(self, ctx: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        self.storage.engine.dispose()
+
+
+class SlotRunner:
+    """Tuning slots: ask the group's Optuna study for a point, train it on the tuning seeds, tell."""
+
+    def __init__(self, url: str, info: StudyInfo, study_id: int):
+        from tmafbench.study.tuning import groups_of, slot_plans
+
+        self.storage = optuna_storage(url)
+        self.info, self.study_id, self.design = info, study_id, info.design
+        self.groups = groups_of(self.design, info.name)
+        self.slots = {p.config_hash: p for p in slot_plans(self.design, self.groups)}
+        self.by_hash = {g.group_hash: g for g in self.groups}
+
+    def run(self, claim: Claim, ctx: Any) -> Any:
+        from optuna.trial import TrialState
+
+        from tmafbench.study.tuning import load_optuna_study, train_slot
+
+        plan = self.slots[claim.config_hash]
+        group = self.by_hash[plan.group_hash]
+        tune = self.design.tune
+        study = ctx.retry(lambda: load_optuna_study(self.design, group, self.storage, plan.slot, claim.attempt))
+        trial = ctx.retry(study.ask)
+        params = {key: param.suggest(trial, key) for key, param in group.space.items()}
+        trial.set_user_attr("slot", plan.slot)
+        ctx.retry(lambda: ctx.repo.set_trial_number(claim.run_id, trial.number))
+        fn = partial(train_slot, trial=trial, params=params, seeds=tune.tune_seed_list(), metric=tune.metric,
+                     direction=metric_direction(tune.metric), trial_fn=ctx.trial_fn)
+        try:
+            result = ctx.run_cell(claim, fn, trial_number=trial.number)
+        except (KeyboardInterrupt, SystemExit):
+            ctx.retry(lambda: study.tell(trial, state=TrialState.FAIL))
+            raise
+        tuning = (result.artifacts or {}).get("tuning", {})
+        state = SlotState.read(tuning.get("state")) if result.status == RunStatus.COMPLETED else SlotState.FAILED
+        ctx.retry(lambda: _tell(study, trial.number, state, tuning.get("value")))
+        return result
+
+    def reconcile(self, ctx: Any) -> int:
+        import optuna
+
+        closed = 0
+        for group in self.groups:
+            study = optuna.load_study(study_name=group.optuna_name, storage=self.storage)
+            closed += reconcile_trials(ctx.repo, study, self.study_id, ctx.options.grace_s, group.group_hash)
+        return closed
+
+    def finish_phase(self, ctx: Any) -> None:
+        """Every slot is final: add the evaluation cells with each group's chosen settings."""
+        from tmafbench.study.tuning import ensure_eval_cells
+
+        ctx.retry(lambda: ensure_eval_cells(ctx.repo, self.info.id, self.study_id, self.design, self.groups))
+
+    def close(self) -> None:
+        self.storage.engine.dispose()
+
+
+def _tell(study: Any, number: int, state: SlotState, value: float | None) -> None:
+    from optuna.trial import TrialState
+
+    if state is SlotState.COMPLETED:
+        study.tell(number, value)
+    else:
+        study.tell(number, state=TrialState.PRUNED if state is SlotState.PRUNED else TrialState.FAIL)
+
+
+def runner_for(url: str, info: StudyInfo, phase: Any) -> Runner:
+    """The runner of a phase: tuning slots or ordinary cells."""
+    return SlotRunner(url, info, phase.study_id) if phase.tuning else GridRunner(url, info, phase.study_id)
