@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from tmafbench.reports.synthetic import add_cell, add_environment, add_run, add_study
+from tmafbench.store.synthetic import add_cell, add_environment, add_run, add_study
 from tmafbench.store.schema import Base
 
 VALUES = {

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from hand_study import write_hand_study
 from tmafbench.errors import TmafbenchError
 from tmafbench.reports.render import build_report, parse_formats
-from tmafbench.reports.synthetic import add_cell, add_run, add_study
+from tmafbench.store.synthetic import add_cell, add_run, add_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HAND_FIGURES = {"metric_vs_axis", "seeds", "learning_curves", "predictions_n-1", "predictions_n-2",

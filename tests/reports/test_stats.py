@@ -11,7 +11,7 @@ from scipy import stats as sps
 
 from hand_study import VALUES
 from tmafbench.reports import frames, stats
-from tmafbench.reports.synthetic import add_cell, add_run, add_study
+from tmafbench.store.synthetic import add_cell, add_run, add_study
 
 
 @pytest.fixture

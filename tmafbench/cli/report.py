@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -44,18 +42,13 @@ def benchmark(
     formats: Optional[str] = typer.Option(None, "--format", help="Formats to render (default: all defaults)."),
 ) -> None:
     """Time the rendering of a synthetic study (default 5 x 5 x 20 = 500 runs) in a temporary SQLite file."""
-    from tmafbench.reports.render import build_report, parse_formats
-    from tmafbench.reports.synthetic import write_synthetic_study
+    from tmafbench.reports.benchmark import time_synthetic_report
+    from tmafbench.reports.render import parse_formats
 
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
-        t0 = time.perf_counter()
-        runs = write_synthetic_study(url, "synthetic", activations=activations, ns=ns, seeds=seeds, epochs=epochs)
-        written = time.perf_counter() - t0
-        report = build_report(url, ["synthetic"], out=Path(tmp) / "report", formats=parse_formats(formats))
-    typer.echo(f"runs: {runs}  epochs/run: {epochs}  (database written in {written:.1f} s)")
-    typer.echo(f"report: {len(report.tables)} tables, {len(report.figures)} figures, {len(report.files)} files")
-    typer.echo(f"render time: {report.seconds:.2f} s")
+    timing = time_synthetic_report(activations, ns, seeds, epochs, parse_formats(formats))
+    typer.echo(f"runs: {timing.runs}  epochs/run: {timing.epochs}  (database written in {timing.write_s:.1f} s)")
+    typer.echo(f"report: {timing.tables} tables, {timing.figures} figures, {timing.files} files")
+    typer.echo(f"render time: {timing.render_s:.2f} s")
 
 
 def register(app: typer.Typer) -> None:

@@ -49,30 +49,13 @@ def export_cmd(study: str = typer.Option(..., "--study", help="Study name."),
                out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: stdout; parquet needs --out)."),
                storage: Optional[str] = StorageOpt) -> None:
     """One tidy row per run: config columns, run columns and final metrics."""
-    from tmafbench.store.database import Database
-    from tmafbench.store.export import runs_frame
+    from tmafbench.store.export import export_runs
 
-    if fmt not in ("csv", "json", "parquet"):
-        raise ValueError(f"--format must be csv, json or parquet, got {fmt!r}")
-    if fmt == "parquet" and out is None:
-        raise ValueError("--format parquet needs --out FILE")
-    db = Database(resolve_storage(storage), must_exist=True)
-    try:
-        db.check_schema()
-        frame = runs_frame(db, study)
-    finally:
-        db.dispose()
+    frame = export_runs(resolve_storage(storage), study, fmt, out)
     if out is None:
         _print_frame(frame, fmt)
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        frame.to_csv(out, index=False)
-    elif fmt == "json":
-        frame.to_json(out, orient="records", date_format="iso")
     else:
-        frame.to_parquet(out, index=False)
-    typer.echo(f"wrote {len(frame)} runs to {out}", err=True)
+        typer.echo(f"wrote {len(frame)} runs to {out}", err=True)
 
 
 def register(app: Any) -> None:

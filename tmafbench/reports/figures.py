@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
+from tmafbench.core import RunStatus  # noqa: E402
 from tmafbench.reports import stats  # noqa: E402
 from tmafbench.reports.frames import SEED_AXIS, ReportData  # noqa: E402
 
@@ -115,7 +116,7 @@ def _in_facet(frame: pd.DataFrame, data: ReportData, value) -> pd.Series:
 
 
 def _completed(data: ReportData) -> pd.DataFrame:
-    return data.cells[data.cells["status"] == "completed"]
+    return data.cells[data.cells["status"] == RunStatus.COMPLETED]
 
 
 def _mean_ci(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:

@@ -286,9 +286,9 @@ def _load_runs(conn, cell_ids: list[int]) -> dict[int, dict[str, Any]]:
     for row in conn.execute(stmt):
         entry = outcomes.setdefault(row.cell_id, {"attempts": 0, "failed_attempts": 0})
         entry["attempts"] += 1
-        if entry.get("status") == "completed":
+        if entry.get("status") == RunStatus.COMPLETED:
             continue  # a later attempt never replaces a completed one
-        if entry.get("status") in ("failed", "diverged", "interrupted"):
+        if entry.get("status") in (RunStatus.FAILED, RunStatus.DIVERGED, RunStatus.INTERRUPTED, RunStatus.LOST):
             entry["failed_attempts"] += 1
         entry.update(
             status=row.status,
@@ -354,8 +354,8 @@ def primary_metric(data: ReportData, override: str | None = None) -> tuple[str, 
     """(metric column in `finals`, direction). The runs' own metric, or `val_` when test was skipped."""
     # Failed runs may carry an empty metric name; the completed runs say what the task measures.
     named = data.cells[data.cells["metric_name"].fillna("").astype(str) != ""]
-    if (named["status"] == "completed").any():
-        named = named[named["status"] == "completed"]
+    if (named["status"] == RunStatus.COMPLETED).any():
+        named = named[named["status"] == RunStatus.COMPLETED]
     direction_of = named.groupby("metric_name")["metric_direction"].first()
     if override:
         base = override.removeprefix("val_")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tmafbench.core import RunStatus
 from tmafbench.errors import TmafbenchError
 from tmafbench.reports import frames, stats, tables
 from tmafbench.reports.figures import IMAGE_FORMATS, Figure, FigureContext, draw_all, metric_label
@@ -202,7 +203,7 @@ def _tables(data, summary: pd.DataFrame, report: Section) -> list[Table]:
 def _notes(data, summary: pd.DataFrame, report: Section) -> list[str]:
     notes = []
     cells = data.cells
-    unfinished = cells[cells["status"] != "completed"]
+    unfinished = cells[cells["status"] != RunStatus.COMPLETED]
     if len(unfinished):
         counts = unfinished["status"].value_counts()
         detail = ", ".join(f"{n} {status}" for status, n in counts.items())
@@ -234,7 +235,7 @@ def _header_lines(report: Report, data) -> list[tuple[str, str]]:
         ("Training", _budget(report, cells)),
         ("Primary metric", metrics),
         ("Baseline", ", ".join(baselines) or "none"),
-        ("Cells", f"{len(cells)} ({(cells['status'] == 'completed').sum()} completed) in {cells['group'].nunique()} groups"),
+        ("Cells", f"{len(cells)} ({(cells['status'] == RunStatus.COMPLETED).sum()} completed) in {cells['group'].nunique()} groups"),
         ("Hardware", "; ".join(hardware) or "unknown"),
         ("Generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + " from the database only"),
     ]

@@ -23,13 +23,14 @@ from scipy import stats as sps
 
 from tmafbench.errors import TmafbenchError
 from tmafbench.reports.frames import ACTIVATION_AXIS, SEED_AXIS, ReportData
-from tmafbench.core import FIXED_TRAINING, TrainingConfig
+from tmafbench.core import FIXED_TRAINING, RunStatus, TrainingConfig
 
 CONFIDENCE = 0.95
 # Below this many pairs a two-sided Wilcoxon test cannot reach p < 0.05 (its smallest p with 5
 # pairs is 0.0625), so the paired t test is used instead and the table says so.
 MIN_WILCOXON_PAIRS = 6
-FAILURE_STATUSES = ("diverged", "failed", "interrupted", "lost", "running", "pending")  # RunStatus values, and "pending"
+FAILURE_STATUSES = (RunStatus.DIVERGED, RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.LOST, RunStatus.RUNNING,
+                    "pending")  # "pending": a cell with no attempt yet
 
 
 def describe(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, float]:
@@ -122,7 +123,7 @@ def _group_columns(data: ReportData) -> list[str]:
 
 def _metric_values(data: ReportData, metric: str) -> pd.DataFrame:
     """Completed cells with their metric value (NaN when the metric is missing)."""
-    done = data.cells[data.cells["status"] == "completed"]
+    done = data.cells[data.cells["status"] == RunStatus.COMPLETED]
     values = data.finals[metric] if metric in data.finals else pd.Series(dtype=float)
     return done.assign(value=done["cell_id"].map(values).astype(float))
 
@@ -142,11 +143,11 @@ def group_summary(data: ReportData, metric: str) -> pd.DataFrame:
 def failure_counts(data: ReportData) -> pd.DataFrame:
     """Per group: cells by outcome (completed, diverged, failed, interrupted, running, pending)."""
     counts = pd.crosstab(data.cells["group"], data.cells["status"])
-    for status in ("completed",) + FAILURE_STATUSES:
+    for status in (RunStatus.COMPLETED,) + FAILURE_STATUSES:
         if status not in counts:
             counts[status] = 0
     first = data.cells.drop_duplicates("group").set_index("group")
-    out = counts[["completed", *FAILURE_STATUSES]].copy()
+    out = counts[[RunStatus.COMPLETED, *FAILURE_STATUSES]].copy()
     out.insert(0, "label", first["label"])
     out.insert(1, "cells", counts.sum(axis=1))
     out["retried_attempts"] = data.cells.groupby("group")["failed_attempts"].sum()
@@ -287,7 +288,7 @@ def run_timing_ratios(data: ReportData, baseline: str) -> pd.DataFrame:
 
 def _run_epoch_times(data: ReportData) -> pd.DataFrame:
     """Completed runs with their epoch times (array, seconds) and median samples/s."""
-    done = data.cells[data.cells["status"] == "completed"]
+    done = data.cells[data.cells["status"] == RunStatus.COMPLETED]
     if done.empty:
         return pd.DataFrame()
     ep = data.epochs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -35,6 +36,32 @@ def query(url: str, sql: str) -> pd.DataFrame:
         raise TmafbenchError(f"query failed on {redact(url)}: {message}") from None
     finally:
         engine.dispose()
+
+
+EXPORT_FORMATS = ("csv", "json", "parquet")
+
+
+def export_runs(url: str, study: str, fmt: str = "csv", out: Path | None = None) -> pd.DataFrame:
+    """The study's runs, one tidy row each (`runs_frame`); also written to `out` in `fmt` when given."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"--format must be csv, json or parquet, got {fmt!r}")
+    if fmt == "parquet" and out is None:
+        raise ValueError("--format parquet needs --out FILE")
+    db = Database(url, must_exist=True)
+    try:
+        db.check_schema()
+        frame = runs_frame(db, study)
+    finally:
+        db.dispose()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "csv":
+            frame.to_csv(out, index=False)
+        elif fmt == "json":
+            frame.to_json(out, orient="records", date_format="iso")
+        else:
+            frame.to_parquet(out, index=False)
+    return frame
 
 
 def runs_frame(db: Database, study_name: str) -> pd.DataFrame:

@@ -47,9 +47,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from tmafbench.core import RunStatus
+
 SCHEMA_VERSION = 1
 
-RUN_STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+RUN_STATUSES = tuple(RunStatus)  # stored as their string values
 
 
 def utcnow() -> datetime:
@@ -159,7 +161,7 @@ class Run(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Updated by the worker's heartbeat thread while the run is "running"; a run whose heartbeat
-    # is older than the grace period is marked "interrupted" and its cell runs again.
+    # is older than the grace period is marked "lost" and its cell runs again (up to max_crashes).
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     num_params: Mapped[int | None] = mapped_column(Integer, nullable=True)

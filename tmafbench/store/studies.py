@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Iterable
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.schema import Cell, Study
@@ -105,16 +106,22 @@ class StudyStore:
             return study.id
 
     def add_cells(self, study_id: int, cells: list[Any]) -> int:
-        """Insert the cells whose hash the study lacks, in one transaction; returns how many.
+        """Insert the cells whose hash the study lacks, in one transaction; returns how many were added.
 
-        Several processes may add the same cells at once: the unique (study, hash) constraint lets
-        one win, and the others' IntegrityError is the caller's to retry.
+        Several processes may add the same cells at once (every worker that sees tuning end computes
+        the same evaluation cells): the unique (study, hash) constraint lets one win; the others look
+        again and find nothing missing.
         """
-        with self.db.session() as s:
-            have = set(s.scalars(select(Cell.config_hash).where(Cell.study_id == study_id)))
-            missing = [c for c in cells if c.config_hash not in have]
-            s.add_all(cell_rows(study_id, missing))
-            return len(missing)
+        for _ in range(5):
+            try:
+                with self.db.session() as s:
+                    have = set(s.scalars(select(Cell.config_hash).where(Cell.study_id == study_id)))
+                    missing = [c for c in cells if c.config_hash not in have]
+                    s.add_all(cell_rows(study_id, missing))
+                    return len(missing)
+            except IntegrityError:
+                continue
+        raise TmafbenchError("could not add the cells: other processes kept adding them at the same moment")
 
     def replace_design(self, study_id: int, *, spec: dict, spec_hash: str, reference: dict | None,
                        cells: list[Any]) -> tuple[int, int, int]:

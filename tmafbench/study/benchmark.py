@@ -2,7 +2,8 @@
 
 - throughput: N local workers x M near-instant real trials (sine-sum, 16 samples, 1 epoch):
   "database is locked" errors seen, duplicate completed cells (both must be 0), median scheduler
-  overhead per trial (a worker's loop time minus its training time);
+  overhead per trial (a worker's loop time outside the cell's run: claim, Optuna mirror, sweeps),
+  and apart from it the time to store each result;
 - kill: two workers, one SIGKILLed mid-trial: seconds until its cell was retried, final counts;
 - speed-up: one worker against two on a CPU study of small trials.
 """
@@ -50,8 +51,9 @@ class ThroughputResult:
     locked_errors: int
     duplicates: int
     wall_s: float
-    median_overhead_ms: float
-    median_train_ms: float
+    median_overhead_ms: float  # per trial: the loop (claim, Optuna mirror, sweeps) outside the cell's run
+    median_train_ms: float  # per trial: the trial function itself
+    median_store_ms: float  # per trial: the cell's run less its training (heartbeat thread, the result's write)
 
 
 def instant_design(name: str, trials: int, train_size: int = 16, epochs: int = 1):
@@ -68,12 +70,14 @@ def throughput(base_url: str | None, workers: int = 4, trials: int = 200) -> Thr
         db.dispose()
     overheads = [o for w in outcome.workers for o in w.overhead_s]
     trains = [t for w in outcome.workers for t in w.train_s]
+    stores = [c - t for w in outcome.workers for c, t in zip(w.cell_s, w.train_s)]
     return ThroughputResult(
         backend=make_url(url).get_backend_name(), workers=workers, trials=trials,
         completed=outcome.counts.completed, locked_errors=sum(w.locked_errors for w in outcome.workers),
         duplicates=duplicates, wall_s=outcome.wall_s,
         median_overhead_ms=1000 * statistics.median(overheads) if overheads else float("nan"),
-        median_train_ms=1000 * statistics.median(trains) if trials else float("nan"))
+        median_train_ms=1000 * statistics.median(trains) if trains else float("nan"),
+        median_store_ms=1000 * statistics.median(stores) if stores else float("nan"))
 
 
 WORKER = (
@@ -131,7 +135,7 @@ def speedup(base_url: str | None, cells: int = 8) -> dict[str, Any]:
         with scratch_database(base_url) as url:
             info = prepare(instant_design(f"bench-speedup-{workers}", cells, train_size=512, epochs=4), url)
             outcome = run_local(info, url, ["cpu"] * workers, WorkerOptions(poll_s=0.2))
-            busy = [sum(w.train_s) + sum(w.overhead_s) for w in outcome.workers]
+            busy = [sum(w.cell_s) + sum(w.overhead_s) for w in outcome.workers]
             walls[workers] = (outcome.wall_s, max(busy) if busy else float("nan"))
     return {"cells": cells, "wall_1_s": walls[1][0], "wall_2_s": walls[2][0],
             "speedup_wall": walls[1][0] / walls[2][0],

@@ -76,8 +76,9 @@ class WorkerStats:
     interrupted: int = 0
     stale_marked: int = 0
     locked_errors: int = 0  # "database is locked" seen (and retried)
-    overhead_s: list[float] = field(default_factory=list)  # per run: loop time minus training time
+    overhead_s: list[float] = field(default_factory=list)  # per run: loop time minus the cell's run (cell_s)
     train_s: list[float] = field(default_factory=list)  # per run: seconds in the trial itself
+    cell_s: list[float] = field(default_factory=list)  # per run: the trial, its heartbeat and its stored result
 
     def record(self, status: str) -> None:
         """Count one finished run (its training time is in `train_s` already)."""
@@ -195,6 +196,7 @@ class WorkerContext:
         is a failed run (retried up to max_retries); Ctrl-C marks the run interrupted and re-raises.
         The time spent in `trial_fn` is added to the stats' training time.
         """
+        cell_start = time.perf_counter()
         config = TrialConfig.from_dict(claim.config)
         config = config.replace(training=config.training.replace(device=self.device))
         start = time.perf_counter()
@@ -216,6 +218,7 @@ class WorkerContext:
         status = self.repo.finish_run(claim.run_id, result, optuna_trial_number=trial_number)
         if status != result.status:
             result = dataclasses.replace(result, status=status)
+        self.stats.cell_s.append(time.perf_counter() - cell_start)
         return result
 
 
@@ -243,11 +246,10 @@ def drain(ctx: WorkerContext, phase: Phase, runner: Any, limits: Any) -> bool:
             continue
         if claim.attempt > 1:  # a retry: close what the last attempt left open before Optuna is asked again
             ctx.retry(lambda: runner.reconcile(ctx))
-        trained_before = sum(stats.train_s)
+        in_cells = sum(stats.cell_s)
         result = runner.run(claim, ctx)
-        train_s = sum(stats.train_s) - trained_before
         stats.record(result.status)
-        stats.overhead_s.append(time.perf_counter() - loop_start - train_s)
+        stats.overhead_s.append(time.perf_counter() - loop_start - (sum(stats.cell_s) - in_cells))
     return False
 
 

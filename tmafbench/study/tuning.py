@@ -34,8 +34,6 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy.exc import IntegrityError
-
 from tmafbench.core import RunStatus, SlotState, TrialResult, best_trial, metric_direction
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.repository import Repository
@@ -284,10 +282,4 @@ def eval_plans(groups: list[Group], picked: list[Choice]) -> list[CellPlan]:
 
 def ensure_eval_cells(repo: Repository, main_id: int, tune_id: int, design: StudyDesign, groups: list[Group]) -> int:
     """Add the missing evaluation cells (idempotent: every process computes the same ones); returns how many."""
-    plans = eval_plans(groups, choices(repo, tune_id, design, groups))
-    for _ in range(5):
-        try:
-            return repo.add_cells(main_id, plans)
-        except IntegrityError:  # another process added them at the same moment
-            continue
-    raise TmafbenchError("could not add the evaluation cells")
+    return repo.add_cells(main_id, eval_plans(groups, choices(repo, tune_id, design, groups)))

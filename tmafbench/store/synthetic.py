@@ -16,6 +16,7 @@ import numpy as np
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from tmafbench.core import RunStatus
 from tmafbench.store.schema import (
     Artifact,
     Base,
@@ -73,7 +74,7 @@ def add_run(
     session: Session,
     cell: Cell,
     *,
-    status: str = "completed",
+    status: str = RunStatus.COMPLETED,
     attempt: int = 1,
     metric: tuple[str, str] = ("rel_l2", "minimize"),
     finals: dict[str, float | None] | None = None,
