@@ -28,7 +28,7 @@ from torch import nn
 
 from tmafbench.activations._registry import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view
-from tmafbench.activations.piecewise import flat_rows, uniform_cells
+from tmafbench.activations.piecewise import PolynomialLookup, flat_rows, uniform_cells
 from tmafbench.activations.tmaf import check_share
 
 ORDER = 3  # cubic
@@ -85,11 +85,8 @@ class KANSpline(Activation):
         start = torch.full((rows,), self.left - ORDER * self.h, dtype=x.dtype, device=x.device)
         u, cell = uniform_cells(x, start, torch.full_like(start, 1.0 / self.h), cells)
         t = u - cell.clamp(0, cells)  # local coordinate in the cell (any value in the zero end cells)
-        picked = table.reshape(-1, ORDER + 1).index_select(0, flat_rows(cell, rows, segments).reshape(-1))
-        picked = picked.view(*x.shape, ORDER + 1)
-        spline = picked[..., 3]
-        for power in (2, 1, 0):  # Horner in t
-            spline = torch.addcmul(picked[..., power], spline, t)
+        index = flat_rows(cell, rows, segments).reshape(-1)
+        spline = PolynomialLookup.apply(t.reshape(-1), index, table.reshape(-1, ORDER + 1)).view(x.shape)
         return torch.addcmul(spline, F.silu(x), feature_view(self.base_weight.to(x.dtype), x))
 
     def extra_repr(self) -> str:
