@@ -87,7 +87,9 @@ class _APLFunction(torch.autograd.Function):
     With m_s = [x < b_s]: d y / d x = [x > 0] - sum_s a_s m_s, d y / d a_s = (b_s - x) m_s and
     d y / d b_s = a_s m_s, so each hinge's parameter gradients come from two per-feature sums,
     G1_s = sum g m_s and G2_s = sum g x m_s (d a_s = b_s G1_s - G2_s, d b_s = a_s G1_s). A loop over
-    the S hinges of in-place passes beats one [N, C, *S, S] tensor: measured 2.5x faster here.
+    the S hinges of in-place passes, against one [N, C, *S, S] tensor through autograd: 6x instead
+    of 12x PReLU's time on [4096, 1024] and 5x instead of 12x on [128, 64, 32, 32] (7x instead of
+    6x on [20000, 20]), with x the only tensor saved instead of five times its size.
     """
 
     @staticmethod
