@@ -1,4 +1,5 @@
-"""Activation library: the ReLU family, trainable baselines and TMAF (diagonal, tri-diagonal, banded).
+"""Activation library: the ReLU family, trainable baselines, TMAF (diagonal, tri-diagonal, banded)
+and the trainable-activation family (PAU, APL, PWLU, a KAN-style spline, trainable Swish).
 
 Every activation is built by name with the number of features (dimension 1 of its input)::
 
@@ -15,7 +16,7 @@ from typing import Any, Callable
 from torch import nn
 
 # Importing the modules registers their activations.
-from tmafbench.activations import fixed, matrix, tmaf, trainable  # noqa: F401
+from tmafbench.activations import fixed, matrix, piecewise, rational, spline, tmaf, trainable  # noqa: F401
 from tmafbench.activations._registry import ACTIVATIONS
 from tmafbench.activations.base import Activation
 from tmafbench.activations.grid import Grid

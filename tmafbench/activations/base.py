@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+
+#: Where an activation keeps its trainable parameters: one set per feature, or one for the layer.
+Share = Literal["feature", "layer"]
+
+
+def feature_view(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-feature parameter [Cp, *K] (Cp = C, or 1 when shared) -> [1, Cp, 1, ..., 1, *K].
+
+    The result broadcasts over x [N, C, *spatial]: feature axis 1, any trailing K axes last.
+    """
+    return p.view(1, p.shape[0], *([1] * (x.dim() - 2)), *p.shape[1:])
+
+
+def sum_over_samples(t: torch.Tensor, rows: int, trailing: int = 0) -> torch.Tensor:
+    """Reduce a per-element gradient [N, C, *S, *K] to its parameter's shape: [C, *K], or [1, *K]
+    when the parameter is shared (rows == 1). `trailing` is the number of K axes (len(K))."""
+    spatial = list(range(2, t.dim() - trailing))
+    if rows == 1:
+        return t.sum(dim=[0, 1, *spatial]).unsqueeze(0)
+    return t.sum(dim=[0, *spatial])
 
 
 class Activation(nn.Module):

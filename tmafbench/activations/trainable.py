@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tmafbench.activations._registry import ACTIVATIONS
-from tmafbench.activations.base import Activation
+from tmafbench.activations.base import Activation, Share, feature_view, sum_over_samples
 from tmafbench.activations.tmaf import check_share
 
 #: sigma choices of `scaled`.
@@ -25,11 +25,6 @@ SIGMAS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
 }
-
-
-def _feature_view(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """[C] (or [1]) parameter -> [1, C, 1, ...] to broadcast over x's feature axis (dim 1)."""
-    return p.view(1, -1, *([1] * (x.dim() - 2)))
 
 
 @ACTIVATIONS.register("prelu")
@@ -65,7 +60,54 @@ class Scaled(Activation):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_features(x, per_feature=self.share == "feature")
-        return self._fn(x * _feature_view(self.omega.to(x.dtype), x))
+        return self._fn(x * feature_view(self.omega.to(x.dtype), x))
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma!r}, share={self.share!r}"
+
+
+class _SwishFunction(torch.autograd.Function):
+    """x * sigmoid(beta x) with a hand-written backward that saves x and sigmoid(beta x) only.
+
+    d y / d x = silu'(beta x) (one fused ATen kernel); d y / d beta = x^2 sigmoid'(beta x).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:  # beta: [Cb]
+        b = feature_view(beta, x)
+        s = torch.sigmoid(x * b)
+        ctx.save_for_backward(x, beta, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, beta, s = ctx.saved_tensors
+        b = feature_view(beta, x)
+        grad_x = torch.ops.aten.silu_backward(grad, x * b) if ctx.needs_input_grad[0] else None
+        grad_beta = None
+        if ctx.needs_input_grad[1]:
+            # grad * x^2 * s (1 - s), reduced to the parameter's shape
+            grad_beta = sum_over_samples(torch.ops.aten.sigmoid_backward(grad * x, s).mul_(x), beta.shape[0])
+        return grad_x, grad_beta
+
+
+@ACTIVATIONS.register("swish")
+class Swish(Activation):
+    """Trainable Swish x * sigmoid(beta_i x), one beta per feature (Ramachandran, Zoph and Le 2017).
+
+    `beta` starts at `init` (1.0: SiLU). beta -> 0 gives x / 2, beta -> inf gives ReLU.
+    """
+
+    trainable = True
+
+    def __init__(self, num_features: int, init: float = 1.0, share: Share = "feature"):
+        super().__init__(num_features)
+        self.share = check_share(share)
+        self.beta = nn.Parameter(torch.full((self.num_features if share == "feature" else 1,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_features(x, per_feature=self.share == "feature")
+        return _SwishFunction.apply(x, self.beta.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"share={self.share!r}"

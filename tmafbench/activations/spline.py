@@ -1,0 +1,93 @@
+"""A KAN-style spline activation (after Liu et al. 2024, "KAN: Kolmogorov-Arnold Networks", and
+the efficient-kan implementation): w_b silu(x) + w_s sum_i c_i B_i(x).
+
+B_i are the cubic B-splines on a uniform grid of G intervals over [left, right], extended by
+k = 3 knots on each side (knots t_j = left + (j - 3) h, j = 0..G + 6, h = (right - left) / G), so
+there are G + 3 of them and together they sum to 1 on [left, right]; outside [t_0, t_{G+6}] the
+spline part is 0 and only w_b silu(x) remains.
+
+Here the function sits on each feature (neuron or channel), not on each edge of a KAN: a layer
+has C of them, with coefficients [C, G + 3] and weights w_b, w_s [C] (or one set with
+share="layer"). The grid is fixed (KAN's grid refinement is not implemented).
+
+Evaluation is local: on knot cell m (t_m <= x < t_{m+1}, local t = (x - t_m) / h) only B_{m-3}..B_m
+are non-zero, with the uniform cubic B-spline pieces (1-t)^3/6, (3t^3 - 6t^2 + 4)/6,
+(-3t^3 + 3t^2 + 3t + 1)/6 and t^3/6. So each cell is one cubic in t, and the layer evaluates one
+table lookup and one Horner step per element instead of G + 3 basis functions.
+
+Initialisation, as in KAN: w_b = w_s = 1 and small random coefficients, c_i ~ U(-1/2, 1/2) *
+noise / G (noise = 0.1, the scale efficient-kan's noise draw has), so the unit starts as SiLU plus
+a small random spline; noise = 0 starts it as SiLU exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tmafbench.activations._registry import ACTIVATIONS
+from tmafbench.activations.base import Activation, Share, feature_view
+from tmafbench.activations.piecewise import PolynomialLookup, flat_rows, uniform_cells
+from tmafbench.activations.tmaf import check_share
+
+ORDER = 3  # cubic
+
+#: Power-basis coefficients (t^0..t^3) of the four uniform cubic B-spline pieces, B_{m-3}..B_m.
+CUBIC_PIECES = torch.tensor([
+    [1.0, -3.0, 3.0, -1.0],
+    [4.0, 0.0, -6.0, 3.0],
+    [1.0, 3.0, 3.0, -3.0],
+    [0.0, 0.0, 0.0, 1.0],
+], dtype=torch.float64) / 6.0
+
+
+@ACTIVATIONS.register("kan-spline")
+class KANSpline(Activation):
+    """KAN-style spline (Liu et al. 2024; efficient-kan): w_b silu(x) + w_s sum_i c_i B_i(x), cubic
+    B-splines on `grid_size` intervals of [left, right] plus 3 knots each side; per feature, not per edge."""
+
+    trainable = True
+
+    def __init__(self, num_features: int, grid_size: int = 5, left: float = -1.0, right: float = 1.0,
+                 noise: float = 0.1, share: Share = "feature"):
+        super().__init__(num_features)
+        self.share = check_share(share)
+        if int(grid_size) < 1:
+            raise ValueError(f"kan-spline grid_size must be >= 1, got {grid_size}")
+        if not float(left) < float(right):
+            raise ValueError(f"kan-spline needs left < right, got left={left}, right={right}")
+        self.grid_size, self.left, self.right = int(grid_size), float(left), float(right)
+        rows = self.num_features if share == "feature" else 1
+        noise_draw = torch.rand(rows, self.grid_size + ORDER) - 0.5  # global (trial-seeded) generator
+        self.coefficients = nn.Parameter(noise_draw * (float(noise) / self.grid_size))  # c_i
+        self.base_weight = nn.Parameter(torch.ones(rows))  # w_b
+        self.spline_weight = nn.Parameter(torch.ones(rows))  # w_s
+
+    @property
+    def h(self) -> float:
+        return (self.right - self.left) / self.grid_size
+
+    def cell_polynomials(self, dtype: torch.dtype) -> torch.Tensor:
+        """[Cp, G + 8, 4]: w_s times the cubic (in local t) on each knot cell, a zero cell at each end."""
+        c = self.coefficients.to(dtype)
+        padded = F.pad(c, (ORDER, ORDER))  # [Cp, G + 9]: the bases that do not exist are 0
+        windows = padded.unfold(1, ORDER + 1, 1)  # [Cp, G + 6, 4]: cell m uses c_{m-3}..c_m
+        cubics = windows @ CUBIC_PIECES.to(device=c.device, dtype=dtype)  # [Cp, G + 6, 4] in t^0..t^3
+        cubics = cubics * self.spline_weight.to(dtype)[:, None, None]
+        return F.pad(cubics, (0, 0, 1, 1))  # nothing left of t_0 or right of t_{G+6}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_features(x, per_feature=self.share == "feature")
+        table = self.cell_polynomials(x.dtype)
+        rows, segments = table.shape[0], table.shape[1]
+        cells = segments - 2  # G + 2k knot cells
+        start = torch.full((rows,), self.left - ORDER * self.h, dtype=x.dtype, device=x.device)
+        u, cell = uniform_cells(x, start, torch.full_like(start, 1.0 / self.h), cells)
+        t = u - cell.clamp(0, cells)  # local coordinate in the cell (any value in the zero end cells)
+        index = flat_rows(cell, rows, segments).reshape(-1)
+        spline = PolynomialLookup.apply(t.reshape(-1), index, table.reshape(-1, ORDER + 1)).view(x.shape)
+        return torch.addcmul(spline, F.silu(x), feature_view(self.base_weight.to(x.dtype), x))
+
+    def extra_repr(self) -> str:
+        return f"grid_size={self.grid_size}, range=[{self.left}, {self.right}], share={self.share!r}"
