@@ -31,8 +31,7 @@ def build(
                           formats=parse_formats(formats), metric=metric, notes=notes)
     for note in report.notes:
         typer.echo(f"note: {note}", err=True)
-    typer.echo(f"wrote {len(report.files)} files ({len(report.tables)} tables, {len(report.figures)} figures) "
-               f"to {report.folder} in {report.seconds:.1f} s")
+    typer.echo(f"wrote {len(report.files)} files to {report.folder} in {report.seconds:.1f} s: {report.summary()}")
 
 
 @report_app.command("benchmark")
@@ -54,7 +53,7 @@ def benchmark(
         written = time.perf_counter() - t0
         report = build_report(url, ["synthetic"], out=Path(tmp) / "report", formats=parse_formats(formats))
     typer.echo(f"runs: {runs}  epochs/run: {epochs}  (database written in {written:.1f} s)")
-    typer.echo(f"report: {len(report.tables)} tables, {len(report.figures)} figures, {len(report.files)} files")
+    typer.echo(f"report: {len(report.files)} files: {report.summary()}")
     typer.echo(f"render time: {report.seconds:.2f} s")
 
 
