@@ -34,7 +34,7 @@ def test_help_page(path):
 
 def test_flags_and_arguments_look_as_expected():
     text = runner.invoke(app, ["study", "run", "--help"]).output
-    assert "study run [OPTIONS] SPEC_PATH" in " ".join(text.split())
+    assert "study run [OPTIONS] STUDY_FILE" in " ".join(text.split())
     assert re.search(r"--force\s+When the study exists", text)  # a flag: no type between name and help
     assert re.search(r"--workers\s+-w\s+INTEGER", text)
     assert len(PATHS) > 15  # every command and group was visited

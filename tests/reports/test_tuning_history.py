@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from tmafbench.core import SlotState
 from tmafbench.reports.figures import FigureContext
 from tmafbench.reports.tuning import facets_of, history, history_figure
 
@@ -20,7 +21,8 @@ def _frame() -> pd.DataFrame:
             for trial, value in enumerate((0.9, 0.5 / n, 0.7)):
                 rows.append({"study": "s", "group_hash": label, "group": label, "activation": act,
                              "axes": {**axes, "slot": trial}, "trial": trial,
-                             "state": "pruned" if trial == 2 else "complete", "value": value, "params": {}})
+                             "state": SlotState.PRUNED if trial == 2 else SlotState.COMPLETED, "value": value,
+                             "params": {}})
     return pd.DataFrame(rows)
 
 
@@ -35,7 +37,7 @@ def test_history_figure_has_a_panel_per_problem(tmp_path):
     frame = _frame()
     hist = history(frame, "minimize")
     assert list(hist.loc[hist["group"] == "relu depth=1 n=2", "best_so_far"]) == [0.9, 0.25, 0.25]
-    assert math.isnan(history(frame.assign(state="fail"), "minimize")["best_so_far"].iloc[0])
+    assert math.isnan(history(frame.assign(state=SlotState.FAILED), "minimize")["best_so_far"].iloc[0])
     ctx = FigureContext(None, "val_rel_l2", "minimize", None, tmp_path, ("svg",), 0.5, "tuning_")
     figure = history_figure(ctx, hist, facets_of(frame, several=False))
     svg = figure.paths["svg"].read_text()
