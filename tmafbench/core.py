@@ -68,6 +68,10 @@ MAXIMIZED = frozenset({"accuracy"})
 Direction = Literal["minimize", "maximize"]
 
 
+# How a report draws a confidence interval (a study file's [report] interval): "auto" by the metric's range.
+Interval = Literal["auto", "bootstrap", "t"]
+
+
 def metric_direction(metric: str) -> Direction:
     """"accuracy" and "val_accuracy" are maximised; every other metric (errors, losses) is minimised."""
     return "maximize" if metric.removeprefix("val_") in MAXIMIZED else "minimize"

@@ -3,12 +3,17 @@
 It is the one place where a name from a study file or the CLI becomes an object
 (DESIGN.md section 1). Parameters are validated against the factory's signature,
 so an unknown name or an unknown parameter fails early with the valid choices.
+
+A registry also reads what its package registers straight from the source (`catalog`), so that
+listing names and parameters does not import the package, and with it torch.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -49,10 +54,12 @@ def registry_of(module: Any) -> "Registry | None":
 class Registry(Generic[T]):
     """Maps names to factories; `create(name, **params)` validates and builds."""
 
-    def __init__(self, kind: str, reserved: tuple[str, ...] = ()):
+    def __init__(self, kind: str, reserved: tuple[str, ...] = (), package: str | None = None):
         self.kind = kind
         # Arguments supplied by the caller, not by the user (e.g. num_features).
         self.reserved = reserved
+        # The tmafbench subpackage whose modules register into this registry (for `catalog`).
+        self.package = package
         self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str, summary: str | None = None):
@@ -113,3 +120,93 @@ class Registry(Generic[T]):
             (e.name, e.summary, ", ".join(p.describe() for p in e.params))
             for e in (self._entries[n] for n in self.available())
         ]
+
+    def catalog(self) -> list[tuple[str, str, str]]:
+        """`describe()`'s rows, read from the package's source without importing it (no torch).
+
+        Finds each `@<registry>.register("name")` in the package's modules and takes the parameters
+        of the decorated function, or of the `__init__` the decorated class defines or inherits
+        (bases looked up by name in the same package). tests/test_registries.py checks that it
+        agrees with `describe()`.
+        """
+        if self.package is None:
+            raise ValueError(f"the {self.kind} registry names no package to read")
+        defs: dict[str, tuple[ast.AST, dict[str, ast.expr]]] = {}
+        registered: list[tuple[str, str | None, ast.AST]] = []
+        for path in sorted((Path(__file__).parent / self.package).glob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            constants = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
+                         for t in node.targets if isinstance(t, ast.Name)}
+            for node in tree.body:
+                if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                    defs[node.name] = (node, constants)
+                    registered += [(name, summary, node) for name, summary in map(_registration, node.decorator_list)
+                                   if name is not None]
+        rows = {}
+        for name, summary, node in registered:
+            params = [p for p in _source_params(node, defs) if p.name not in ("self",) + self.reserved]
+            rows[name] = (name, summary or _source_doc(node, defs), ", ".join(p.describe() for p in params))
+        return [rows[n] for n in sorted(rows)]
+
+
+def _registration(decorator: ast.expr) -> tuple[str | None, str | None]:
+    """("name", summary) for a decorator `<anything>.register("name"[, summary])`, else (None, None)."""
+    if (isinstance(decorator, ast.Call) and isinstance(decorator.func, ast.Attribute)
+            and decorator.func.attr == "register" and decorator.args
+            and isinstance(decorator.args[0], ast.Constant) and isinstance(decorator.args[0].value, str)):
+        given = decorator.args[1:2] + [k.value for k in decorator.keywords if k.arg == "summary"]
+        return decorator.args[0].value, (ast.literal_eval(given[0]) if given else None)
+    return None, None
+
+
+def _chain(node: ast.AST, defs: dict[str, tuple[ast.AST, dict]]):
+    """The class and its bases found in the package, nearest first (as the MRO of single inheritance)."""
+    while node is not None:
+        yield node, defs.get(getattr(node, "name", ""), (None, {}))[1]
+        bases = [b.id for b in getattr(node, "bases", []) if isinstance(b, ast.Name)]
+        node = defs[bases[0]][0] if bases and bases[0] in defs else None
+
+
+def _source_params(node: ast.AST, defs: dict[str, tuple[ast.AST, dict]]) -> list[ParamInfo]:
+    """A function's keyword parameters, or those of the first `__init__` along a class's bases."""
+    if isinstance(node, ast.FunctionDef):
+        return _arguments(node.args, defs[node.name][1])
+    for cls, constants in _chain(node, defs):
+        init = next((b for b in cls.body if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
+        if init is not None:
+            return _arguments(init.args, constants)
+    return []  # object's or torch's own __init__: no keyword parameters of ours
+
+
+def _arguments(args: ast.arguments, constants: dict[str, ast.expr]) -> list[ParamInfo]:
+    positional = args.posonlyargs + args.args
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    pairs = list(zip(positional, defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
+    return [ParamInfo(a.arg, inspect.Parameter.empty if d is None else _value(d, constants),
+                      ast.unparse(a.annotation) if a.annotation is not None else "") for a, d in pairs]
+
+
+class _Source(str):
+    """A default that is not a literal: shown as written in the source."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _value(node: ast.expr, constants: dict[str, ast.expr]) -> Any:
+    """A default's value: a literal, a module constant holding one, or its source text."""
+    if isinstance(node, ast.Name) and node.id in constants:
+        node = constants[node.id]
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return _Source(ast.unparse(node))
+
+
+def _source_doc(node: ast.AST, defs: dict[str, tuple[ast.AST, dict]]) -> str:
+    """First line of the docstring, inherited from a base when the class has none (as inspect.getdoc)."""
+    for cls, _ in _chain(node, defs) if isinstance(node, ast.ClassDef) else [(node, {})]:
+        doc = ast.get_docstring(cls)
+        if doc:
+            return doc.split("\n")[0]
+    return ""

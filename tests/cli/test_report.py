@@ -87,3 +87,40 @@ def test_missing_database_is_one_line(tmp_path):
     result = runner.invoke(app, ["report", "build", "hand", "--storage", f"sqlite:///{tmp_path / 'none.db'}"])
     assert result.exit_code == 2 and "error: no results database at" in result.output
     assert not (tmp_path / "none.db").exists()  # reading never creates the file
+
+
+@pytest.mark.slow  # trains a tiny tuned study (2 groups x 2 trials, 2 evaluation seeds): a few seconds
+def test_report_of_a_fresh_tuned_study(tmp_path):
+    from tiny_specs import study_toml
+    from tmafbench.study.design import parse_design
+    from tmafbench.study.lifecycle import prepare
+    from tmafbench.study.scheduler import WorkerOptions, worker_loop
+
+    url = f"sqlite:///{tmp_path / 'tuned.db'}"
+    text = study_toml("tuned", model="mlp", train_size=96, epochs=2, seeds=None, activations=("relu", "tanh"), tail="""\
+[report]
+success = [{ metric = "rel_l2", threshold = 2.0 }]
+[tune]
+trials = 2
+eval_seeds = 2
+[tune.space]
+"training.lr" = { low = 1e-3, high = 3e-2, log = true }
+""")
+    prepare(parse_design(text), url)
+    worker_loop("tuned", url, options=WorkerOptions(poll_s=0.05))
+    out = tmp_path / "rep"
+    result = runner.invoke(app, ["report", "build", "tuned", "--storage", url, "--out", str(out), "--format", "md,html"])
+    assert result.exit_code == 0, result.output
+    assert "(6 tables inside)" in result.output  # training, tuning settings, summary, paired, timing, outcomes
+    md = (out / "index.md").read_text()
+    assert "## Tuning" in md and "### Tuning: chosen settings per group" in md and "reached ≤ 2 |" in md
+    assert "2/2 [0.16, 1]" in md  # a relative L2 error of at most 2 on both evaluation seeds
+    assert (out / "figures" / "tuning_history.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_benchmark_renders_a_fresh_synthetic_study():
+    result = runner.invoke(app, ["report", "benchmark", "--activations", "2", "--ns", "2", "--seeds", "3",
+                                 "--epochs", "2", "--format", "md,csv"])
+    assert result.exit_code == 0, result.output
+    assert "runs: 12  epochs/run: 2" in result.output and "index.md" in result.output
+    assert "table files" in result.output and "render time:" in result.output

@@ -72,3 +72,27 @@ def test_export_errors(url):
     assert out.exit_code == 2 and "no study 'nope'" in out.output
     out = runner.invoke(app, ["results", "export", "--study", "res", "--storage", url, "--format", "parquet"])
     assert out.exit_code == 2 and "needs --out" in out.output
+
+
+def test_export_keeps_integers_when_some_runs_lack_them(tmp_path):
+    """A CNN cell has no depth: the depth column still reads 1, not 1.0 (and intervals stays empty)."""
+    from tmafbench.store.synthetic import add_cell, add_run, add_study
+    from tmafbench.store.database import Database
+
+    url = f"sqlite:///{tmp_path / 'mixed.db'}"
+    db = Database(url)
+    db.create_all()
+    with db.session() as session:
+        study = add_study(session, "mixed")
+        add_run(session, add_cell(session, study, {"activation": "relu", "depth": 1, "width": 20, "seed": 0}),
+                finals={"rel_l2": 1.0})
+        add_run(session, add_cell(session, study, {"activation": "relu", "width": 16, "seed": 0}, model="cnn"),
+                finals={"rel_l2": 0.5})
+    db.dispose()
+    out = runner.invoke(app, ["results", "export", "--study", "mixed", "--storage", url, "--format", "csv"])
+    assert out.exit_code == 0, out.output
+    frame = pd.read_csv(io.StringIO(out.output), dtype=str, keep_default_na=False)
+    assert list(frame["depth"]) == ["1", ""] and list(frame["width"]) == ["20", "16"]
+    assert list(frame["seed"]) == ["0", "0"] and list(frame["rel_l2"]) == ["1.0", "0.5"]  # metrics stay floats
+    out = runner.invoke(app, ["results", "export", "--study", "mixed", "--storage", url, "--format", "json"])
+    assert [r["depth"] for r in json.loads(out.output)] == [1, None]

@@ -1,10 +1,10 @@
-"""Report frames: the training-budget line of a report's header."""
+"""Report frames: the training settings shown in a report's Training table."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from tmafbench.reports.frames import training_budget
+from tmafbench.reports.frames import training_settings
 
 
 def _cells(*configs: dict, **axes: list) -> pd.DataFrame:
@@ -18,22 +18,24 @@ def _config(**training) -> dict:
 
 
 def test_shared_settings_are_written_once_and_axes_are_left_out():
-    line = training_budget(_cells(_config(), _config(), n=[1, 2]))
-    assert line == ("adam, lr 0.001, activation lr = lr, weight decay 0, cosine schedule, 60 epochs, batch 256, "
-                    "init scale 1; test_size=5000, train_size=20000")  # n is an axis: not repeated here
+    settings = training_settings(_cells(_config(), _config(), n=[1, 2]))
+    assert settings == {"optimizer": "adam", "lr": "0.001", "activation lr": "= lr", "weight decay": "0",
+                        "schedule": "cosine", "epochs": "60", "batch": "256", "init scale": "1",
+                        "data": "test_size=5000, train_size=20000"}  # n is an axis: not repeated here
 
 
 def test_settings_that_differ_by_group_show_their_range():
-    line = training_budget(_cells(_config(lr=0.003058, act_lr=0.22), _config(lr=0.0942), _config(lr=0.01)))
-    assert "lr 0.00306–0.0942 (differs by group)" in line
-    assert "activation lr 0.22 | = lr" in line  # tuned for one group, the weight lr for the others
-    line = training_budget(_cells(_config(act_lr=0.22), _config(act_lr=0.003), _config(), _config(schedule="onecycle")))
-    assert "activation lr 0.003–0.22 (differs by group) | = lr," in line
-    assert "cosine | onecycle schedule" in line
+    settings = training_settings(_cells(_config(lr=0.003058, act_lr=0.22), _config(lr=0.0942), _config(lr=0.01)))
+    assert settings["lr"] == "0.00306–0.0942 (differs by group)"
+    assert settings["activation lr"] == "0.22 | = lr"  # tuned for one group, the weight lr for the others
+    settings = training_settings(_cells(_config(act_lr=0.22), _config(act_lr=0.003), _config(), _config(schedule="onecycle")))
+    assert settings["activation lr"] == "0.003–0.22 (differs by group) | = lr"
+    assert settings["schedule"] == "cosine | onecycle"
 
 
 def test_momentum_only_for_sgd_and_missing_configs():
-    assert "momentum" not in training_budget(_cells(_config()))
-    assert "sgd, lr 0.1, activation lr = lr, momentum 0.9" in training_budget(_cells(_config(optimizer="sgd", lr=0.1)))
-    assert training_budget(_cells({"activation": "relu"})) == "not recorded"
-    assert training_budget(pd.DataFrame({"seed": [0]})) == "not recorded"
+    assert "momentum" not in training_settings(_cells(_config()))
+    sgd = training_settings(_cells(_config(optimizer="sgd", lr=0.1)))
+    assert (sgd["optimizer"], sgd["lr"], sgd["momentum"]) == ("sgd", "0.1", "0.9")
+    assert training_settings(_cells({"activation": "relu"})) == {}
+    assert training_settings(pd.DataFrame({"seed": [0]})) == {}

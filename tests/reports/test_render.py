@@ -226,3 +226,64 @@ def test_one_section_per_task(tmp_path):
     assert (tmp_path / "out" / "tables" / "mnist_paired_vs_baseline.csv").is_file()
     md = (tmp_path / "out" / "index.md").read_text()
     assert "## Task: mnist" in md and "higher is better" in md and "no run has finished yet" in md
+
+
+# A bimodal study: a seed learns (error near 0.01) or does not (near 0.9). Its file states a success
+# threshold and asks for the symmetric t interval, which then reaches below 0 on a log axis.
+BIMODAL = {("relu", 1): [0.01, 0.02, 0.9, 0.95, 0.015], ("tmaf", 1): [0.01, 0.012, 0.011, 0.9, 0.014],
+           ("relu", 2): [0.9, 0.92, 0.91, 0.95, 0.93], ("tmaf", 2): [0.001, 0.0012, 0.0011, 0.0013, 0.0011]}
+TRAINING = {"optimizer": "adam", "lr": 0.003, "act_lr": None, "weight_decay": 0.0, "schedule": "constant",
+            "epochs": 1, "batch_size": 100, "init_scale": 1.0}
+
+
+def _bimodal(session, interval: str = "t") -> None:
+    study = add_study(session, "bimodal", report={"interval": interval,
+                                                  "success": [{"metric": "rel_l2", "threshold": 0.1}]})
+    for (act, n), values in BIMODAL.items():
+        for seed, v in enumerate(values):
+            cell = add_cell(session, study, {"activation": act, "n": n, "seed": seed},
+                            config={"training": TRAINING, "task_params": {"train_size": 1000}})
+            add_run(session, cell, finals={"rel_l2": v}, epochs={"rel_l2": [v], "train_loss": [v]})
+    session.commit()
+
+
+def test_success_rate_intervals_and_training_in_the_documents(tmp_path, new_db):
+    url, session = new_db
+    _bimodal(session)
+    report = build_report(url, ["bimodal"], out=tmp_path / "out", formats=parse_formats("md,html,svg"), figure_scale=0.5)
+    md = (report.folder / "index.md").read_text()
+    # relu n=1 reached 0.1 on 3 of 5 seeds (Clopper-Pearson 0.15..0.95), tmaf n=1 on 4 of 5
+    assert "| group | n | runs | rel_l2 mean ± sd | median [IQR] | 95% CI (t) | reached ≤ 0.1 | min | max |" in md
+    assert "| relu | 1 | 5/5 | 0.379 ± 0.4988 | 0.02 [0.015, 0.9] | [-0.2403, 0.9983] | 3/5 [0.15, 0.95] |" in md
+    assert "4/5 [0.28, 0.99]" in md and "0/5 [0, 0.52]" in md and "5/5 [0.48, 1]" in md
+    assert "Student t on the values: symmetric, so it may leave the metric's range" in md
+    # the training settings: a table with a row per task, "1" under epochs (never "1 epochs")
+    assert "| task | optimizer | lr | activation lr | weight decay | schedule | epochs | batch | init scale | data |" in md
+    assert "| sine-sum | adam | 0.003 | = lr | 0 | constant | 1 | 100 | 1 | train_size=1000 |" in md
+    assert "1 epochs" not in md and "- **Training:** see the table below" in md
+    html = (report.folder / "index.html").read_text()
+    assert "<th></th>" not in html and '<th class="text">label</th><th>cells</th>' in html
+    assert report.summary() == "index.md, index.html (5 tables inside), 6 figure files (3 figures as svg, png)"
+    figures = report.folder / "figures"
+    assert "cut by the log axis" in (figures / "metric_vs_axis.svg").read_text()
+    assert "thin lines = each seed" in (figures / "learning_curves.svg").read_text()
+    assert "grey lines link the runs of one seed" in (figures / "seeds.svg").read_text()
+
+
+def test_positive_errors_get_log_t_intervals_that_stay_positive(tmp_path, new_db):
+    url, session = new_db
+    _bimodal(session, interval="auto")
+    report = build_report(url, ["bimodal"], out=tmp_path / "out", formats=("csv", "svg"), figure_scale=0.5)
+    summary = next(t for t in report.tables if t.name == "final_metric").raw
+    assert set(summary["ci_method"]) == {"log-t"} and (summary["ci_low"] > 0).all()
+    assert "cut by the log axis" not in (report.folder / "figures" / "metric_vs_axis.svg").read_text()
+    assert report.summary() == "5 table files (5 tables as csv), 3 figure files (3 figures as svg)"
+
+
+def test_many_seeds_draw_the_middle_half_instead_of_every_line(tmp_path):
+    from tmafbench.store.synthetic import write_synthetic_study
+
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+    write_synthetic_study(url, "many", activations=2, ns=1, seeds=12, epochs=3)
+    report = build_report(url, ["many"], out=tmp_path / "out", formats=("svg",), figure_scale=0.5)
+    assert "band = middle half of the seeds" in (report.folder / "figures" / "learning_curves.svg").read_text()

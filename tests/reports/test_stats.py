@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from hand_study import VALUES
+from tmafbench.errors import TmafbenchError
 from tmafbench.reports import frames, stats
 from tmafbench.store.synthetic import add_cell, add_run, add_study
 
@@ -44,8 +45,11 @@ def test_describe_matches_hand_values():
     assert out["n"] == 3 and out["mean"] == pytest.approx(mean) and out["sd"] == pytest.approx(sd)
     assert (out["ci_low"], out["ci_high"]) == pytest.approx((mean - half, mean + half))
     assert (out["min"], out["max"]) == (1.0, 4.0)
+    # quartiles by linear interpolation: 25% at rank 0.5 (1.5), 75% at rank 1.5 (3.0)
+    assert (out["median"], out["q25"], out["q75"]) == pytest.approx((2.0, 1.5, 3.0))
     single = stats.describe([3.0])
     assert single["n"] == 1 and single["mean"] == 3.0 and math.isnan(single["sd"]) and math.isnan(single["ci_low"])
+    assert single["median"] == 3.0
 
 
 def test_paired_test_choice():
@@ -55,25 +59,116 @@ def test_paired_test_choice():
     few = stats.paired_test([0.1, 0.2, -0.05])
     assert few.test == "paired t" and few.p == pytest.approx(sps.ttest_1samp([0.1, 0.2, -0.05], 0).pvalue)
     many = [0.1, 0.2, -0.05, 0.3, 0.15, 0.25, 0.05]
-    assert stats.paired_test(many).p == pytest.approx(sps.wilcoxon(many).pvalue)
+    assert stats.paired_test(many).p == pytest.approx(sps.wilcoxon(many).pvalue) and stats.paired_test(many).used == 7
     assert stats.probability_of_improvement([1, -1, 0, 2]) == pytest.approx(2.5 / 4)
     # float noise is rounded away: 0.881 - 0.88 and 0.88 - 0.879 are the same gap, 0.1 + 0.2 ties 0.3
     assert list(stats.improvement([0.881, 0.88], [0.88, 0.879], "maximize")) == [0.001, 0.001]
     assert list(stats.improvement([0.1 + 0.2], [0.3], "minimize")) == [0.0]
 
 
+T_975_2 = 4.302652729911275  # Student t quantile 0.975 with 2 degrees of freedom (tables: 4.303)
+T_975_1 = 12.706204736174704  # ... with 1 degree of freedom (tables: 12.71)
+
+
+def test_log_t_interval_by_hand():
+    # logs 0, 1, 2: mean 1, sd 1, half-width t * 1 / sqrt(3); back on the original scale with exp
+    half = T_975_2 / math.sqrt(3)
+    low, high = stats.interval([1.0, math.e, math.e**2], "log-t")
+    assert (low, high) == pytest.approx((math.exp(1 - half), math.exp(1 + half)))
+    # The quickstart's ReLU at 2 seeds: the t interval was [-0.508, 1.791] for an error that cannot be
+    # negative; on the log scale: mean log -0.45384, sd 0.20081, half 12.706 * 0.20081 / sqrt(2) = 1.8042
+    assert stats.interval([0.5511, 0.7321], "t")[0] == pytest.approx(-0.5083, abs=1e-4)
+    assert stats.interval([0.5511, 0.7321], "log-t") == pytest.approx((0.10458, 3.8587), rel=1e-3)
+    logs = np.log([0.5511, 0.7321])
+    half = T_975_1 * logs.std(ddof=1) / math.sqrt(2)
+    assert stats.interval([0.5511, 0.7321], "log-t") == pytest.approx((math.exp(logs.mean() - half), math.exp(logs.mean() + half)))
+
+
+def test_logit_t_interval_stays_inside_zero_one():
+    # logits -1, 0, 1 (accuracies 0.269, 0.5, 0.731): mean 0, sd 1; back with the logistic function
+    values = [1 / (1 + math.e), 0.5, 1 / (1 + math.exp(-1))]
+    half = T_975_2 / math.sqrt(3)
+    assert stats.interval(values, "logit-t") == pytest.approx((1 / (1 + math.exp(half)), 1 / (1 + math.exp(-half))))
+    low, high = stats.interval([0.97, 0.99, 0.995], "logit-t")
+    assert 0 < low < high < 1 and stats.interval([0.97, 0.99, 0.995], "t")[1] > 1  # the t interval leaves [0, 1]
+
+
+def test_bootstrap_interval_by_hand_and_reproducible():
+    # Two seeds: the resampled means are 0.2, 0.4, 0.6 with probabilities 1/4, 1/2, 1/4, so the
+    # 2.5% and 97.5% points are the two values themselves.
+    assert stats.interval([0.2, 0.6], "bootstrap") == pytest.approx((0.2, 0.6))
+    bimodal = [0.01, 0.02, 0.015, 0.4, 0.45]
+    low, high = stats.interval(bimodal, "bootstrap")
+    assert min(bimodal) <= low < np.mean(bimodal) < high <= max(bimodal)
+    assert stats.interval(bimodal, "t")[0] < 0  # what the t interval does with the same seeds
+    assert stats.interval(bimodal, "bootstrap") == (low, high)  # seeded: a rebuilt report shows the same
+    assert stats.interval([0.3, 0.3, 0.3], "bootstrap") == (0.3, 0.3)  # no spread: a point
+    assert all(math.isnan(v) for v in stats.interval([0.3], "bootstrap"))
+
+
+def test_interval_method_follows_the_metric_range():
+    assert stats.choose_interval("rel_l2", [0.1, 0.7]) == "log-t"
+    assert stats.choose_interval("val_mse", [0.1, 0.7]) == "log-t"
+    assert stats.choose_interval("accuracy", [0.88, 0.9]) == "logit-t"
+    assert stats.choose_interval("accuracy", [0.99, 1.0]) == "bootstrap"  # a value on the edge of (0, 1)
+    assert stats.choose_interval("rel_l2", [0.0, 0.7]) == "bootstrap"
+    assert stats.choose_interval("bleu", [3.0, 4.0]) == "bootstrap"  # range unknown: stay within the values
+    assert stats.choose_interval("rel_l2", [0.1, 0.7], "t") == "t"
+    with pytest.raises(TmafbenchError, match="unknown interval 'wald'"):
+        stats.choose_interval("rel_l2", [0.1], "wald")
+
+
+def test_success_rate_by_hand():
+    assert list(stats.reaches([0.05, 0.1, 0.2, float("nan")], 0.1, "minimize")) == [True, True, False, False]
+    assert list(stats.reaches([0.95, 0.9, 0.85], 0.9, "maximize")) == [True, True, False]
+    rate = stats.success_rate(3, 5)
+    # Clopper-Pearson for 3 of 5: Beta(0.025; 3, 3) = 0.1466 and Beta(0.975; 4, 2) = 0.9473
+    assert rate["success_rate"] == 0.6 and (rate["success_low"], rate["success_high"]) == pytest.approx((0.1466, 0.9473), abs=1e-4)
+    none = stats.success_rate(0, 4)
+    assert none["success_low"] == 0 and none["success_high"] == pytest.approx(1 - 0.025 ** (1 / 4))
+    assert math.isnan(stats.success_rate(0, 0)["success_rate"])
+
+
+def test_ties_rule_by_hand():
+    # 7 pairs, one tied: Wilcoxon ranks the 6 untied |d| = .05 .1 .15 .2 .25 .3 -> ranks 1..6; the one
+    # negative difference has rank 1, so W- = 1 and W+ = 20. Exact two-sided p for n = 6, W = 1:
+    # 2 of the 64 sign patterns have W <= 1, doubled: 4/64 = 0.0625.
+    test = stats.paired_test([0.1, 0.2, 0.0, 0.3, -0.05, 0.15, 0.25])
+    assert (test.test, test.used, test.statistic) == ("wilcoxon", 6, 1.0)
+    assert test.p == pytest.approx(4 / 64)
+    # 6 pairs but only 4 untied: too few for Wilcoxon; the paired t test uses every pair
+    d = [0.1, 0.2, 0.0, 0.0, 0.3, -0.05]
+    test = stats.paired_test(d)
+    assert (test.test, test.used) == ("paired t", 6)
+    assert test.p == pytest.approx(sps.ttest_1samp(d, 0).pvalue)
+    assert stats.paired_test([0.0, 0.0, 0.0]).used == 3
+
+
+def test_float32_noise_is_a_tie_and_equal_means_have_zero_effect():
+    f32 = lambda values: [float(np.float32(v)) for v in values]  # noqa: E731  (accuracy is a float32 mean)
+    imp = stats.improvement(np.array(f32([0.880, 0.881])), np.array(f32([0.879, 0.882])), "maximize")
+    assert list(imp) == [0.001, -0.001] and stats.mean_improvement(imp) == 0.0
+    imp = stats.improvement(np.array(f32([0.93, 0.92, 0.91])), np.array(f32([0.92, 0.93, 0.91])), "maximize")
+    assert list(imp) == [0.01, -0.01, 0.0]
+    assert stats.effect_size_dz(imp) == 0.0  # equal means: 0, not float noise such as -1.05e-05
+    assert stats.effect_size_dz([0.1, 0.3]) == pytest.approx(0.2 / statistics.stdev([0.1, 0.3]))
+
+
 def test_group_summary(data):
     metric, direction = frames.primary_metric(data)
     assert (metric, direction) == ("rel_l2", "minimize")
-    summary = stats.group_summary(data, metric)
-    assert len(summary) == 5
+    summary = stats.group_summary(data, metric, direction)
+    assert len(summary) == 5 and set(summary["ci_method"]) == {"log-t"}  # positive errors
     relu = _row(summary, "relu", 1)
     x = VALUES[("relu", 1)]
-    half = sps.t.ppf(0.975, 5) * statistics.stdev(x) / math.sqrt(6)
+    logs = np.log(x)
+    half = sps.t.ppf(0.975, 5) * logs.std(ddof=1) / math.sqrt(6)
     assert relu["n"] == 6 and relu["cells"] == 6 and relu["complete"]
     assert relu["mean"] == pytest.approx(statistics.mean(x)) and relu["sd"] == pytest.approx(statistics.stdev(x))
-    assert (relu["ci_low"], relu["ci_high"]) == pytest.approx((statistics.mean(x) - half, statistics.mean(x) + half))
+    assert (relu["ci_low"], relu["ci_high"]) == pytest.approx((math.exp(logs.mean() - half), math.exp(logs.mean() + half)))
+    assert relu["median"] == pytest.approx(0.105) and (relu["q25"], relu["q75"]) == pytest.approx((0.1, 0.1175))
     assert (relu["min"], relu["max"]) == (0.09, 0.13)
+    assert "threshold" not in summary  # the hand study states no success threshold
     tmaf2 = _row(summary, "tmaf [-5,5]/10", 2)  # seed 4 diverged, seed 5 failed then running
     assert tmaf2["n"] == 4 and tmaf2["cells"] == 6 and not tmaf2["complete"]
     assert tmaf2["mean"] == pytest.approx(statistics.mean(VALUES[("tmaf", 2)]))
@@ -92,7 +187,6 @@ def test_paired_comparison_and_holm(data):
     assert t1["effect_dz"] == pytest.approx(d1.mean() / d1.std(ddof=1))
 
     # tmaf n=2: seeds 0..3 only -> paired t
-    d2 = np.array(VALUES[("relu", 2)][:4]) - np.array(VALUES[("tmaf", 2)])
     assert t2["pairs"] == 4 and t2["test"] == "paired t"
     assert t2["p"] == pytest.approx(sps.ttest_rel(VALUES[("relu", 2)][:4], VALUES[("tmaf", 2)]).pvalue)
     assert t2["p_improve"] == pytest.approx(3 / 4)
@@ -197,3 +291,51 @@ def test_outcome_prefers_completed_attempt(new_db):
     assert row["status"] == "completed" and row["attempts"] == 2 and row["failed_attempts"] == 1
     assert frames.primary_metric(data) == ("rel_l2", "minimize")
     assert data.finals.loc[row["cell_id"], "rel_l2"] == 0.5
+
+
+def _bimodal_study(session, name: str, report: dict | None) -> None:
+    """relu and tmaf on 5 seeds; seed 4 of tmaf diverges; tmaf ties relu on seed 2 (float32 noise)."""
+    values = {"relu": [0.5, 0.04, 0.3, 0.6, 0.7], "tmaf": [0.05, 0.03, float(np.float32(0.3)), 0.08, None]}
+    study = add_study(session, name, report=report)
+    for act, per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            cell = add_cell(session, study, {"activation": act, "seed": seed})
+            if v is None:
+                add_run(session, cell, status="diverged", finals={"rel_l2": None})
+            else:
+                add_run(session, cell, finals={"rel_l2": v})
+
+
+def _load(url: str, names: list[str]):
+    engine = frames.open_readonly(url)
+    data = frames.load(engine, names)
+    engine.dispose()
+    return data
+
+
+def test_success_rate_from_the_study_file(new_db):
+    url, session = new_db
+    _bimodal_study(session, "bimodal", {"interval": "bootstrap", "success": [{"metric": "rel_l2", "threshold": 0.1}]})
+    session.commit()
+    data = _load(url, ["bimodal"])
+    summary = stats.group_summary(data, "rel_l2", "minimize").set_index("series")
+    assert set(summary["ci_method"]) == {"bootstrap"}  # asked for by the study file
+    relu, tmaf = summary.loc["relu"], summary.loc["tmaf"]
+    assert (relu["successes"], relu["success_runs"], relu["threshold"]) == (1, 5, 0.1)  # only 0.04 <= 0.1
+    # tmaf: 0.05, 0.03, 0.08 reach it; 0.3 does not; the diverged seed counts as a run that did not
+    assert (tmaf["successes"], tmaf["success_runs"], tmaf["success_rate"]) == (3, 5, 0.6)
+    assert (tmaf["success_low"], tmaf["success_high"]) == pytest.approx((0.1466, 0.9473), abs=1e-4)
+    paired = stats.paired_comparison(data, "rel_l2", "minimize", "relu").iloc[0]
+    # 4 pairs (seed 4 diverged), seed 2 tied: 3 untied < 6, so the paired t test on all 4 pairs
+    assert (paired["pairs"], paired["better"], paired["ties"], paired["test"], paired["pairs_used"]) == (4, 3, 1, "paired t", 4)
+
+
+def test_studies_asking_for_different_intervals_are_refused(new_db):
+    url, session = new_db
+    _bimodal_study(session, "a", {"interval": "t"})
+    _bimodal_study(session, "b", None)
+    session.commit()
+    with pytest.raises(TmafbenchError, match=r"different \[report\] intervals \(a: t, b: auto\)"):
+        stats.group_summary(_load(url, ["a", "b"]), "rel_l2", "minimize")
+    summary = stats.group_summary(_load(url, ["a"]), "rel_l2", "minimize")
+    assert set(summary["ci_method"]) == {"t"} and "threshold" not in summary

@@ -86,6 +86,13 @@ def test_documentation_edits_are_stored_on_resume_without_a_new_design(tiny_spec
     assert study.description == "now with the paper" and len(Repository(db).cell_hashes(first.id)) == 4
     db.dispose()
     assert prepare(parse_design(edited + REFERENCE_TAIL), sqlite_url).message == "resuming study 'tiny' (4 cells)"
+    # [report] (how reports present the results) is documentation too
+    report = "\n[report]\nsuccess = [{ metric = 'rel_l2', threshold = 0.5 }]\n"
+    again = prepare(parse_design(edited + REFERENCE_TAIL + report), sqlite_url)
+    assert again.id == first.id and again.message.endswith("updated its [report] table from the file")
+    db = Database(sqlite_url)
+    assert Repository(db).require_study("tiny").spec["report"]["success"] == [{"metric": "rel_l2", "threshold": 0.5}]
+    db.dispose()
 
 
 def test_changed_design_is_refused_then_forced(tiny_spec_text, sqlite_url):

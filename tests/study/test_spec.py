@@ -61,6 +61,17 @@ BAD = [
     ("[defaults]", "[reference]\nsource = 'x'\nmetric = 'rel_l2'\nrows = [{ activation = 'relu' }]\n[defaults]",
      ["reference.rows", "no 'value'"]),
     ("seeds = 2", "seeds = [1, 1]", ["axes.seeds", "without repeats"]),
+    ("[defaults]", "[report]\ninterval = 'wald'\n[defaults]", ["report.interval", "'auto', 'bootstrap' or 't'"]),
+    ("[defaults]", "[report]\nsuccess = [{ metric = 'accuracy', threshold = 0.9 }]\n[defaults]",
+     ["report.success[0].metric", "sine-sum does not measure 'accuracy'", "max_abs, mse, rel_l2, train_loss"]),
+    ("[defaults]", "[report]\nsuccess = [{ metric = 'rel_l2', threshold = 0.1, tasks = ['mnist'] }]\n[defaults]",
+     ["report.success[0].tasks", "unknown task label 'mnist'; choose from: sine-sum"]),
+    ("[defaults]", "[report]\nsuccess = [{ metric = 'rel_l2', threshold = nan }]\n[defaults]",
+     ["report.success[0].threshold", "finite"]),
+    ("[defaults]", "[report]\nsuccess = [{ metric = 'rel_l2', threshold = 0.1 }, { metric = 'rel_l2', threshold = 0.2 }]"
+     "\n[defaults]", ["report.success[1]", "a second success threshold for rel_l2 on task 'sine-sum'"]),
+    ("[defaults]", "[report]\nsuccess = [{ metric = 'rel_l2', threshold = 0.1, below = 0.1 }]\n[defaults]",
+     ["report.success[0].below", "unknown key"]),
 ]
 
 
@@ -76,6 +87,17 @@ def test_bad_files_name_their_key(tmp_path, tiny_spec_text, old, new, fragments)
     for fragment in fragments:
         assert fragment in message, message
     assert "\n" not in message
+
+
+def test_report_table_parses_and_states_thresholds(tiny_spec_text):
+    spec = parse_design(tiny_spec_text.replace("[defaults]", "[report]\ninterval = 'bootstrap'\nsuccess = [\n"
+                                               "  { metric = 'rel_l2', threshold = 0.1 },\n"
+                                               "  { metric = 'mse', threshold = 1, tasks = ['sine-sum'] } ]\n[defaults]")).spec
+    assert spec.report.interval == "bootstrap"
+    assert spec.report.threshold("rel_l2", "sine-sum") == 0.1 and spec.report.threshold("mse", "sine-sum") == 1.0
+    assert spec.report.threshold("max_abs", "sine-sum") is None
+    assert parse_design(tiny_spec_text).spec.report is None  # optional; nothing stored when absent
+    assert "report" not in parse_design(tiny_spec_text).data
 
 
 def test_wrong_type_is_not_coerced(tiny_spec_text):

@@ -180,6 +180,8 @@ rows = [{ activation = "relu", value = 0.25 }]
     with db.session() as s:  # and the stored hash is brought up to date
         assert s.get(Study, info.id).spec_hash == with_reference.design_hash() != legacy
     db.dispose()
+    with_report = parse_design(TUNED + "[report]\ninterval = 'bootstrap'\n")  # no reference; [report] added
+    assert prepare(with_report, sqlite_url).message.endswith("updated its reference and [report] table from the file")
 
 
 def test_status_of_a_tuned_study_counts_both_phases(tuned, sqlite_url):

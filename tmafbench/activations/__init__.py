@@ -17,7 +17,7 @@ from torch import nn
 
 # Importing the modules registers their activations.
 from tmafbench.activations import fixed, matrix, piecewise, rational, spline, tmaf, trainable  # noqa: F401
-from tmafbench.activations._registry import ACTIVATIONS
+from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation
 from tmafbench.activations.grid import Grid
 from tmafbench.activations.tmaf import BandedTMAFBase

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from tmafbench.activations._registry import ACTIVATIONS
+from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.grid import Grid
 from tmafbench.activations.tmaf import BandedTMAFBase
 

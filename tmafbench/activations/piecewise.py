@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tmafbench.activations._registry import ACTIVATIONS
+from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view, sum_over_samples
 from tmafbench.activations.tmaf import check_share
 

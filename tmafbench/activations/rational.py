@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tmafbench.activations._registry import ACTIVATIONS
+from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view
 from tmafbench.activations.tmaf import check_share
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tmafbench.activations._registry import ACTIVATIONS
+from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view
 from tmafbench.activations.piecewise import PolynomialLookup, flat_rows, uniform_cells
 from tmafbench.activations.tmaf import check_share

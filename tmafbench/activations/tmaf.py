@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tmafbench.activations._registry import ACTIVATIONS
+from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation
 from tmafbench.activations.grid import Grid
 from tmafbench.activations.kernels import BandSpec, banded_tmaf

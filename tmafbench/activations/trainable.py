@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tmafbench.activations._registry import ACTIVATIONS
+from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view, sum_over_samples
 from tmafbench.activations.tmaf import check_share
 

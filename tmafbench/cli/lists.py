@@ -1,10 +1,15 @@
-"""`tmafbench tasks | models | activations`: what exists, with each one's parameters."""
+"""`tmafbench tasks | models | activations`: what exists, with each one's parameters.
+
+The lists are read from the source (`Registry.catalog`): printing them imports no torch.
+"""
 
 from __future__ import annotations
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from tmafbench.registries import ACTIVATIONS, MODELS, TASKS
 
 
 def print_rows(title: str, rows: list[tuple[str, str, str]]) -> None:
@@ -19,23 +24,17 @@ def print_rows(title: str, rows: list[tuple[str, str, str]]) -> None:
 
 def list_tasks() -> None:
     """List the tasks and their parameters."""
-    from tmafbench import tasks
-
-    print_rows("tasks", tasks.describe())
+    print_rows("tasks", TASKS.catalog())
 
 
 def list_models() -> None:
     """List the models and their parameters."""
-    from tmafbench import models
-
-    print_rows("models", models.describe())
+    print_rows("models", MODELS.catalog())
 
 
 def list_activations() -> None:
     """List the activations and their parameters."""
-    from tmafbench import activations
-
-    print_rows("activations", activations.describe())
+    print_rows("activations", ACTIVATIONS.catalog())
 
 
 def register(app: typer.Typer) -> None:

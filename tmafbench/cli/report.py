@@ -29,8 +29,7 @@ def build(
                           formats=parse_formats(formats), metric=metric, notes=notes)
     for note in report.notes:
         typer.echo(f"note: {note}", err=True)
-    typer.echo(f"wrote {len(report.files)} files ({len(report.tables)} tables, {len(report.figures)} figures) "
-               f"to {report.folder} in {report.seconds:.1f} s")
+    typer.echo(f"wrote {len(report.files)} files to {report.folder} in {report.seconds:.1f} s: {report.summary()}")
 
 
 @report_app.command("benchmark")
@@ -47,7 +46,7 @@ def benchmark(
 
     timing = time_synthetic_report(activations, ns, seeds, epochs, parse_formats(formats))
     typer.echo(f"runs: {timing.runs}  epochs/run: {timing.epochs}  (database written in {timing.write_s:.1f} s)")
-    typer.echo(f"report: {timing.tables} tables, {timing.figures} figures, {timing.files} files")
+    typer.echo(f"report: {timing.files} files: {timing.summary}")
     typer.echo(f"render time: {timing.render_s:.2f} s")
 
 

@@ -14,10 +14,9 @@ from tmafbench.activations.base import Activation
 from tmafbench.models.cnn import SmallCNN
 from tmafbench.models.mlp import MLP, input_features
 from tmafbench.models.resnet_cifar import ResNetCifar
-from tmafbench.registry import Registry
+from tmafbench.registries import MODELS as REGISTRY
 
 ActivationFactory = Callable[[int], nn.Module]
-REGISTRY: Registry[nn.Module] = Registry("model", reserved=("activation", "task"))
 
 
 @REGISTRY.register("mlp")

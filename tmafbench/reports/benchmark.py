@@ -17,6 +17,7 @@ class RenderTiming:
     figures: int
     files: int
     render_s: float  # `build_report` alone
+    summary: str  # what was written, by kind
 
 
 def time_synthetic_report(activations: int = 5, ns: int = 5, seeds: int = 20, epochs: int = 20,
@@ -32,4 +33,5 @@ def time_synthetic_report(activations: int = 5, ns: int = 5, seeds: int = 20, ep
         written = time.perf_counter() - t0
         kwargs = {} if formats is None else {"formats": formats}
         report = build_report(url, ["synthetic"], out=Path(tmp) / "report", **kwargs)
-    return RenderTiming(runs, epochs, written, len(report.tables), len(report.figures), len(report.files), report.seconds)
+    return RenderTiming(runs, epochs, written, len(report.tables), len(report.figures), len(report.files), report.seconds,
+                        report.summary())

@@ -19,7 +19,6 @@ from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from scipy import stats as sps  # noqa: E402
 
 from tmafbench.core import RunStatus  # noqa: E402
 from tmafbench.reports import stats  # noqa: E402
@@ -29,6 +28,10 @@ MAX_FACETS = 4  # sweep values shown side by side; more are thinned evenly (firs
 MAX_PREDICTION_FIGURES = 3
 MAX_FEATURES = 4  # learned activation curves drawn per layer
 MAX_LAYERS = 4
+# Up to this many seeds per series, learning curves draw every seed; above it, the middle half.
+MAX_SEED_LINES = 10
+# Runs with at most this many epochs get markers: a single epoch is a point, not an invisible line.
+MARKER_EPOCHS = 3
 IMAGE_FORMATS = ("png", "svg", "pdf")
 
 
@@ -119,14 +122,6 @@ def _completed(data: ReportData) -> pd.DataFrame:
     return data.cells[data.cells["status"] == RunStatus.COMPLETED]
 
 
-def _mean_ci(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Mean and t-based 95% CI half-width of `value` per `by` group."""
-    agg = frame.groupby(by, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
-    tcrit = sps.t.ppf(0.975, np.maximum(agg["count"] - 1, 1))
-    agg["half"] = np.where(agg["count"] > 1, tcrit * agg["std"] / np.sqrt(agg["count"]), 0.0)
-    return agg
-
-
 def _palette(series: list[str]) -> dict[str, tuple]:
     return dict(zip(series, sns.color_palette("tab10", n_colors=max(len(series), 1))))
 
@@ -135,7 +130,8 @@ def _palette(series: list[str]) -> dict[str, tuple]:
 
 
 def learning_curves(ctx: FigureContext) -> list[Figure]:
-    """Mean over seeds with a 95% CI band: test metric (top) and train loss (bottom) vs epoch."""
+    """Test metric (top) and train loss (bottom) against epoch: the mean over seeds, with every seed
+    as a thin line under it (or, above MAX_SEED_LINES seeds, a band over the middle half of them)."""
     data = ctx.data
     done = _completed(data)
     names = [m for m in (ctx.metric, "train_loss") if m in set(data.epochs["name"])]
@@ -147,6 +143,8 @@ def learning_curves(ctx: FigureContext) -> list[Figure]:
         return []
     facets = _facet_values(data)
     colors = ctx.colors
+    many = ep.groupby("series")["cell_id"].nunique().max() > MAX_SEED_LINES
+    marker = "o" if ep["epoch"].max() <= MARKER_EPOCHS else None
     fig, axes = plt.subplots(len(names), len(facets), figsize=ctx.figsize(max(4 * len(facets), 6.5), 3.2 * len(names)),
                              squeeze=False, sharex=True, sharey="row")
     for row, name in enumerate(names):
@@ -154,55 +152,85 @@ def learning_curves(ctx: FigureContext) -> list[Figure]:
         for col, value in enumerate(facets):
             ax = axes[row][col]
             sub = ep[(ep["name"] == name) & _in_facet(ep, data, value)]
-            for series, f in _mean_ci(sub, ["series", "epoch"]).groupby("series", sort=False):
-                ax.plot(f["epoch"], f["mean"], color=colors[series], label=series, lw=1.5)
-                ax.fill_between(f["epoch"], f["mean"] - f["half"], f["mean"] + f["half"], color=colors[series], alpha=0.2)
+            for series, f in sub.groupby("series", sort=False):
+                by_epoch = f.groupby("epoch")["value"]
+                if many:
+                    ax.fill_between(by_epoch.quantile(0.25).index, by_epoch.quantile(0.25), by_epoch.quantile(0.75),
+                                    color=colors[series], alpha=0.2, lw=0)
+                else:
+                    for _, run in f.groupby("cell_id"):
+                        ax.plot(run["epoch"], run["value"], color=colors[series], lw=0.7, alpha=0.35,
+                                marker=marker, markersize=3)
+                mean = by_epoch.mean()
+                ax.plot(mean.index, mean, color=colors[series], label=series, lw=1.8, marker=marker, markersize=6)
             if _use_log(sub["value"], direction):
                 _log_axis(ax)
-                # With few seeds a t band can reach below zero; keep the axis on the seeds' own range
-                # (over the whole row: the y axis is shared).
-                row_values = ep.loc[ep["name"] == name, "value"]
-                low, high = row_values.min(), row_values.max()
-                if low > 0:
-                    ax.set_ylim(low / 1.5, high * 1.5)
             ax.set_title(f"{data.sweep}={_axis_text(value)}" if data.sweep else "", fontsize=9)
             ax.set_xlabel("epoch")
             ax.set_ylabel(metric_label(name, direction) if col == 0 else "", fontsize=8)
+            if marker:  # a few epochs: one tick each, with room around a single one
+                last = int(ep["epoch"].max())
+                ax.set_xticks(range(1, last + 1))
+                ax.set_xlim(0.5, last + 0.5)
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle("Learning curves: mean over seeds, band = 95% CI")
-    return [ctx.save(fig, "learning_curves", "Learning curves (mean over seeds, 95% CI band)")]
+    spread = "band = middle half of the seeds" if many else "thin lines = each seed"
+    fig.suptitle(f"Learning curves: mean over seeds (thick), {spread}")
+    return [ctx.save(fig, "learning_curves", f"Learning curves (mean over seeds; {spread})")]
 
 
 def metric_vs_axis(ctx: FigureContext, summary: pd.DataFrame) -> list[Figure]:
-    """Final metric against the sweep axis, one line per series, 95% CI bars (Table 3.1's shape)."""
+    """Final metric against the sweep axis, one line per series, 95% CI bars (Table 3.1's shape).
+
+    On a log axis an interval that reaches 0 or below cannot be drawn whole: its bar runs to the
+    bottom of the axes, ends in an open triangle, and the figure says so.
+    """
     data = ctx.data
     if not data.sweep or summary["n"].sum() == 0:
         return []
     fig, ax = plt.subplots(figsize=ctx.figsize(6.5, 4.2))
     order = list(dict.fromkeys(summary["sweep"]))
     numeric = all(_is_number(v) for v in order)
-    colors = ctx.colors
-    for series, f in summary[summary["n"] > 0].groupby("series", sort=False):
+    shown = summary[summary["n"] > 0]
+    log = _use_log(shown["mean"], ctx.direction)
+    if log:
+        _log_axis(ax)
+        positive = pd.concat([shown["mean"], shown["ci_low"][shown["ci_low"] > 0]]).dropna()
+        ax.set_ylim(positive.min() / 2, max(shown["ci_high"].max(), shown["mean"].max()) * 1.5)
+    bottom = ax.get_ylim()[0] if log else -np.inf
+    cut = False
+    for series, f in shown.groupby("series", sort=False):
         x = f["sweep"].astype(float) if numeric else f["sweep"].map(lambda v: order.index(v))
-        yerr = np.vstack([f["mean"] - f["ci_low"], f["ci_high"] - f["mean"]])
-        ax.errorbar(x, f["mean"], yerr=np.nan_to_num(yerr), marker="o", capsize=3, label=series, color=colors[series])
+        low = np.maximum(f["ci_low"], bottom)
+        yerr = np.vstack([f["mean"] - low, f["ci_high"] - f["mean"]])
+        color = ctx.colors[series]
+        ax.errorbar(x, f["mean"], yerr=np.nan_to_num(yerr), marker="o", capsize=3, label=series, color=color)
+        below = (f["ci_low"] <= bottom).to_numpy()
+        if below.any():
+            cut = True
+            ax.plot(np.asarray(x)[below], np.full(below.sum(), bottom), marker="v", markersize=7, ls="none",
+                    markerfacecolor="white", color=color, clip_on=False, zorder=4)
     if not numeric:
         ax.set_xticks(range(len(order)), [str(v) for v in order])
     elif all(float(v).is_integer() for v in order):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if _use_log(summary["mean"], ctx.direction):
-        _log_axis(ax)
     ax.set_xlabel(data.sweep)
     ax.set_ylabel(metric_label(ctx.metric, ctx.direction))
-    ax.set_title(f"Final {ctx.metric} by {data.sweep} (mean, 95% CI)")
+    method = shown["ci_method"].iloc[0]
+    ax.set_title(f"Final {ctx.metric} by {data.sweep} (mean, 95% CI: {method})")
+    if cut:
+        ax.text(0.01, 0.01, "▽ the interval reaches 0 or below: cut by the log axis", transform=ax.transAxes,
+                fontsize=7, va="bottom")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return [ctx.save(fig, "metric_vs_axis", f"Final {ctx.metric} against {data.sweep}")]
 
 
 def seeds_plot(ctx: FigureContext) -> list[Figure]:
-    """Every seed as a point over a box plot, per series (and sweep value)."""
+    """Every seed as a point over a box plot, per series (side by side within each sweep value), with a
+    thin grey line linking each seed's runs: seeds are paired across activations."""
     data = ctx.data
     done = _completed(data)
     if ctx.metric not in data.finals or done.empty:
@@ -210,25 +238,43 @@ def seeds_plot(ctx: FigureContext) -> list[Figure]:
     frame = done.assign(value=done["cell_id"].map(data.finals[ctx.metric])).dropna(subset=["value"])
     if frame.empty:
         return []
-    x = "sweep" if data.sweep else "series"
-    dodge = bool(data.sweep)  # series side by side within each sweep value
-    frame = frame.assign(sweep=frame["sweep"].map(_axis_text))
-    width = 1.2 + 0.6 * frame[x].nunique() * (frame["series"].nunique() if dodge else 1) ** 0.5
+    series = list(dict.fromkeys(frame["series"]))
+    categories = list(dict.fromkeys(frame["sweep"])) if data.sweep else [None]
+    step = 0.8 / len(series) if data.sweep else 1.0  # the series share each sweep value's slot
+
+    def position(sweep_value, name: str) -> float:
+        if not data.sweep:
+            return series.index(name)
+        return categories.index(sweep_value) + (series.index(name) - (len(series) - 1) / 2) * step
+
+    frame = frame.assign(x=[position(v, name) for v, name in zip(frame["sweep"], frame["series"])])
+    width = 1.2 + 0.6 * len(categories) * len(series) ** 0.5 if data.sweep else 1.2 + 0.6 * len(series)
     fig, ax = plt.subplots(figsize=ctx.figsize(min(max(width, 5), 16), 4.2))
-    common = dict(data=frame, x=x, y="value", hue="series", palette=ctx.colors, dodge=dodge, ax=ax)
-    with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib's deprecated `vert`
-        warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
-        sns.boxplot(**common, showfliers=False, fill=False, linewidth=1, legend=dodge)
-    sns.stripplot(**common, size=4, alpha=0.8, legend=False, zorder=3)
+    for _, runs in frame.groupby(["sweep", "seed"] if data.sweep else ["seed"], sort=False, dropna=False):
+        if len(runs) > 1:
+            ax.plot(runs["x"], runs["value"], color="grey", lw=0.6, alpha=0.45, zorder=1)
+    for name in series:
+        mine = frame[frame["series"] == name]
+        boxes = [(x, f["value"].to_numpy()) for x, f in mine.groupby("x")]
+        color = ctx.colors[name]
+        ax.boxplot([v for _, v in boxes], positions=[x for x, _ in boxes], widths=0.7 * step, showfliers=False,
+                   manage_ticks=False, boxprops={"color": color}, whiskerprops={"color": color},
+                   capprops={"color": color}, medianprops={"color": color, "lw": 1.5})
+        ax.scatter(mine["x"], mine["value"], s=16, color=color, alpha=0.85, zorder=3, label=name)
     if _use_log(frame["value"], ctx.direction):
         _log_axis(ax)
+    if data.sweep:
+        ax.set_xticks(range(len(categories)), [_axis_text(v) for v in categories])
+        ax.legend(fontsize=7)
+    else:
+        ax.set_xticks(range(len(series)), series, rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, (len(categories) if data.sweep else len(series)) - 0.4)
     ax.set_ylabel(metric_label(ctx.metric, ctx.direction))
     ax.set_xlabel(data.sweep or "")
-    ax.tick_params(axis="x", labelrotation=30 if not data.sweep else 0, labelsize=8)
-    ax.set_title(f"Final {ctx.metric}: every seed (points) over box plots")
-    if dodge:
-        ax.legend(fontsize=7, title=None)
-    return [ctx.save(fig, "seeds", f"Final {ctx.metric}, every seed")]
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(f"Final {ctx.metric}: every seed (points) over box plots\ngrey lines link the runs of one seed",
+                 fontsize=10)
+    return [ctx.save(fig, "seeds", f"Final {ctx.metric}, every seed, linked across activations")]
 
 
 def predictions(ctx: FigureContext) -> list[Figure]:
@@ -334,6 +380,9 @@ def timing(ctx: FigureContext) -> list[Figure]:
     sns.stripplot(data=ratios, y="series", x="ratio", order=order, hue="series", palette=ctx.colors, ax=ax,
                   size=3, alpha=0.6, legend=False)
     ax.axvline(1.0, color="black", lw=1, ls="--")
+    low, high = min(ratios["ratio"].min(), 1.0), max(ratios["ratio"].max(), 1.0)
+    pad = 0.06 * (high - low) or 0.05
+    ax.set_xlim(low - pad, high + pad)  # the slowest run is not drawn on the frame
     ax.set_xlabel(f"epoch time / {ctx.baseline} epoch time (same hardware; 1 = as fast)")
     ax.set_ylabel("")
     hardware = ", ".join(sorted(ratios["hardware"].unique()))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import pandas as pd
+from pydantic import ValidationError
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 
@@ -21,6 +22,7 @@ from tmafbench.core import RunStatus, SlotState
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import read_only_engine
 from tmafbench.store.schema import Artifact, Cell, Environment, EpochMetric, FinalMetric, Run, Study, Timing
+from tmafbench.study.spec import ReportSpec
 
 # Axis names with a fixed meaning in every study (store/schema.py conventions).
 SEED_AXIS = "seed"
@@ -52,6 +54,20 @@ class ReportData:
     references: dict[str, dict[str, Any]] = field(default_factory=dict)  # study -> reference
     engine: Engine | None = None  # kept to load artifacts lazily
     sweep: str | None = None  # the axis spread over columns / x (see `sweep_axis`)
+    settings: dict[str, ReportSpec] = field(default_factory=dict)  # study -> its [report] table
+
+    def interval(self) -> str:
+        """The interval method the studies' [report] tables ask for (one report shows one method)."""
+        asked = {name: (spec.interval if spec else "auto") for name, spec in self.settings.items()}
+        if len(set(asked.values())) > 1:
+            detail = ", ".join(f"{name}: {value}" for name, value in asked.items())
+            raise TmafbenchError(f"the studies ask for different [report] intervals ({detail}); report them separately")
+        return next(iter(asked.values()), "auto")
+
+    def success_threshold(self, study: str, task: str, metric: str) -> float | None:
+        """The study file's success threshold for `metric` on `task` ([report] success), or None."""
+        spec = self.settings.get(study)
+        return spec.threshold(metric, task) if spec else None
 
     @property
     def group_axes(self) -> list[str]:
@@ -73,7 +89,7 @@ class ReportData:
         ids = set(cells["cell_id"])
         sub = ReportData(self.studies, cells.reset_index(drop=True), self.finals[self.finals.index.isin(ids)],
                          self.epochs[self.epochs["cell_id"].isin(ids)], self.timings[self.timings.index.isin(ids)],
-                         self.axes, self.references, self.engine)
+                         self.axes, self.references, self.engine, settings=self.settings)
         _add_series(sub)
         return sub
 
@@ -102,7 +118,7 @@ def load(engine: Engine, study_names: list[str]) -> ReportData:
     if not inspect(engine).has_table(Study.__tablename__):
         raise TmafbenchError("the database has no tmafbench results (no tmaf_study table)")
     with engine.connect() as conn:
-        studies = pd.read_sql(select(Study.id, Study.name, Study.reference, Study.description), conn)
+        studies = pd.read_sql(select(Study.id, Study.name, Study.reference, Study.description, Study.spec), conn)
         _check_studies(studies, study_names)
         studies = studies[studies["name"].isin(study_names)].reset_index(drop=True)
         cells, axes = _load_cells(conn, studies)
@@ -111,9 +127,21 @@ def load(engine: Engine, study_names: list[str]) -> ReportData:
         timings = _wide(conn, Timing, run_ids, cells)
         epochs = _load_epochs(conn, run_ids, cells)
     references = {row.name: row.reference for row in studies.itertuples() if row.reference}
-    data = ReportData(studies, cells, finals, epochs, timings, axes, references, engine)
+    settings = {row.name: _report_settings(row.name, row.spec) for row in studies.itertuples()}
+    data = ReportData(studies, cells, finals, epochs, timings, axes, references, engine, settings=settings)
     _add_series(data)
     return data
+
+
+def _report_settings(study: str, spec: Any) -> ReportSpec | None:
+    """The study's stored [report] table (validated when the study file was read), or None."""
+    table = (spec or {}).get("report")
+    if table is None:
+        return None
+    try:
+        return ReportSpec.model_validate(table)
+    except ValidationError as exc:
+        raise TmafbenchError(f"study {study}: its stored [report] table is not valid: {exc.errors()[0]['msg']}") from None
 
 
 def _add_series(data: ReportData) -> None:
@@ -144,24 +172,25 @@ def _add_series(data: ReportData) -> None:
     data.sweep = sweep
 
 
-# Training settings named in a report's header, in this order, with how each is written.
-BUDGET_KEYS = {"optimizer": "{}", "lr": "lr {}", "act_lr": "activation lr {}", "momentum": "momentum {}",
-               "weight_decay": "weight decay {}", "schedule": "{} schedule", "epochs": "{} epochs",
-               "batch_size": "batch {}", "grad_clip": "grad clip {}", "init_scale": "init scale {}"}
+# Training settings shown in a report's "Training" table, in this order, with their column names.
+TRAINING_COLUMNS = {"optimizer": "optimizer", "lr": "lr", "act_lr": "activation lr", "momentum": "momentum",
+                    "weight_decay": "weight decay", "schedule": "schedule", "epochs": "epochs",
+                    "batch_size": "batch", "grad_clip": "grad clip", "init_scale": "init scale"}
 
 
-def training_budget(cells: pd.DataFrame) -> str:
-    """The cells' training settings in one line: a value every cell shares, or the range it spans.
+def training_settings(cells: pd.DataFrame) -> dict[str, str]:
+    """The cells' training settings by column name: a value every cell shares, or the range it spans.
 
-    A tuned study's chosen settings differ by group; they then read "lr 0.003–0.09 (differs by
-    group)". Task parameters that are not axes (training and test set sizes) follow after ";".
+    A tuned study's chosen settings differ by group; they then read "0.003–0.09 (differs by group)".
+    Task parameters that are not axes (training and test set sizes) go under "data". Empty when the
+    cells record no configuration.
     """
     configs = [c for c in cells["config"] if c] if "config" in cells else []
     if not configs:
-        return "not recorded"
+        return {}
     uses_sgd = any(c.get("training", {}).get("optimizer") == "sgd" for c in configs)
-    parts = []
-    for key, pattern in BUDGET_KEYS.items():
+    out = {}
+    for key, column in TRAINING_COLUMNS.items():
         if key == "momentum" and not uses_sgd:
             continue
         values = [c.get("training", {}).get(key) for c in configs]
@@ -169,12 +198,12 @@ def training_budget(cells: pd.DataFrame) -> str:
             values = ["= lr" if v is None and key in c.get("training", {}) else v for v, c in zip(values, configs)]
         text = _values_text(values)
         if text is not None:
-            parts.append(pattern.format(text))
+            out[column] = text
     task_keys = sorted({k for c in configs for k in c.get("task_params", {})} - set(cells.columns))
-    task = [f"{k}={_values_text([c.get('task_params', {}).get(k) for c in configs])}" for k in task_keys]
-    if not parts and not task:
-        return "not recorded"
-    return ", ".join(parts) + (f"; {', '.join(task)}" if task else "")
+    if task_keys:
+        out["data"] = ", ".join(f"{k}={_values_text([c.get('task_params', {}).get(k) for c in configs])}"
+                                for k in task_keys)
+    return out
 
 
 def _values_text(values: list[Any]) -> str | None:
@@ -395,26 +424,27 @@ def sweep_axis(data: ReportData) -> str | None:
 
 def load_tuning(engine: Engine, studies: list[str]) -> tuple[dict, pd.DataFrame]:
     """The tuning of reported studies: ({study name: its [tune] table}, one row per finished slot run:
-    study, group, trial, state, value, params)."""
+    study, group, activation, axes, trial, state, value, params)."""
     with engine.connect() as conn:
         reported = conn.execute(select(Study.id, Study.name, Study.spec).where(Study.name.in_(studies))).all()
         parents = {sid: name for sid, name, _spec in reported}
         tune_ids = dict(conn.execute(select(Study.id, Study.parent_id).where(Study.kind == "tune", Study.parent_id.in_(list(parents)))).all())
         rows = conn.execute(
-            select(Cell.study_id, Cell.group_hash, Cell.label, Run.status, Artifact.data)
+            select(Cell.study_id, Cell.group_hash, Cell.label, Cell.activation, Cell.axes, Run.status, Artifact.data)
             .join(Run, Run.cell_id == Cell.id)
             .join(Artifact, (Artifact.run_id == Run.id) & (Artifact.name == "tuning"), isouter=True)
             .where(Cell.study_id.in_(list(tune_ids)),
                    Run.status.in_((RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED)))
         ).all()
     records = []
-    for study_id, group_hash, label, status, data in rows:
+    for study_id, group_hash, label, activation, axes, status, data in rows:
         data = data or {}
         records.append({"study": parents[tune_ids[study_id]], "group_hash": group_hash, "group": label,
-                        "trial": data.get("trial_number"),
+                        "activation": activation, "axes": axes or {}, "trial": data.get("trial_number"),
                         "state": SlotState.read(data.get("state")) if status != RunStatus.FAILED else SlotState.FAILED,
                         "value": data.get("value"), "params": data.get("params", {})})
-    frame = pd.DataFrame(records, columns=["study", "group_hash", "group", "trial", "state", "value", "params"])
+    frame = pd.DataFrame(records, columns=["study", "group_hash", "group", "activation", "axes", "trial", "state",
+                                           "value", "params"])
     tuned = set(tune_ids.values())
     specs = {name: (spec or {}).get("tune") or {} for sid, name, spec in reported if sid in tuned}
     return specs, frame

@@ -50,11 +50,25 @@ class Report:
     seconds: float = 0.0
     tuning: Section | None = None  # a tuned study's tuning history and chosen settings (reports/tuning.py)
     commentary: str = ""  # the analyst's notes (--notes), shown verbatim under the header
+    training: Table | None = None  # the training settings per task, shown under the header
 
     @property
     def tables(self) -> list[Table]:
-        extra = self.tuning.tables if self.tuning else []
+        extra = ([self.training] if self.training else []) + (self.tuning.tables if self.tuning else [])
         return extra + [t for s in self.sections for t in s.tables]
+
+    def summary(self) -> str:
+        """What was written, by kind: 'index.md, index.html, 34 table files (17 tables as csv, tex), ...'."""
+        documents = [p.name for p in self.files if p.parent == self.folder]
+        parts = [", ".join(documents)] if documents else []
+        for kind, items in (("table", self.tables), ("figure", self.figures)):
+            files = [p for p in self.files if p.parent == self.folder / f"{kind}s"]
+            if files:
+                formats = ", ".join(dict.fromkeys(p.suffix.lstrip(".") for p in files))
+                parts.append(f"{len(files)} {kind} files ({len(items)} {kind}s as {formats})")
+            elif kind == "table" and documents and items:  # md/html only: the tables live in the documents
+                parts[0] += f" ({len(items)} tables inside)"
+        return ", ".join(parts) or "nothing"
 
     @property
     def figures(self) -> list[Figure]:
@@ -138,6 +152,7 @@ def _build(data, studies, folder: Path, baseline, formats, metric, figure_scale,
         report.sections.append(_section(sub, task, prefix, report.folder, baseline, formats, metric, figure_scale))
     if all(s.metric is None for s in report.sections):
         raise frames.NothingFinished("no run has finished yet: nothing to report")
+    report.training = tables.training_table(data)
     if data.engine is not None:
         from tmafbench.reports import tuning
 
@@ -164,7 +179,7 @@ def _section(data, task, prefix, folder: Path, baseline, formats, metric, figure
         section.tables[0].name = prefix + section.tables[0].name
         return section
     section = Section(task, prefix, metric, direction, baseline)
-    summary = stats.group_summary(data, metric)
+    summary = stats.group_summary(data, metric, direction)
     section.tables = _tables(data, summary, section)
     for table in section.tables:
         table.name = prefix + table.name
@@ -232,20 +247,13 @@ def _header_lines(report: Report, data) -> list[tuple[str, str]]:
         ("Studies", ", ".join(report.studies)),
         *([("Description", " / ".join(descriptions))] if descriptions else []),
         ("Published reference", _reference_line(data)),
-        ("Training", _budget(report, cells)),
+        ("Training", "see the table below" if report.training else "not recorded"),
         ("Primary metric", metrics),
         ("Baseline", ", ".join(baselines) or "none"),
         ("Cells", f"{len(cells)} ({(cells['status'] == RunStatus.COMPLETED).sum()} completed) in {cells['group'].nunique()} groups"),
         ("Hardware", "; ".join(hardware) or "unknown"),
         ("Generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + " from the database only"),
     ]
-
-
-def _budget(report: Report, cells: pd.DataFrame) -> str:
-    """The training settings, per task when the report has several (their budgets differ)."""
-    if len(report.sections) == 1:
-        return frames.training_budget(cells)
-    return " / ".join(f"{s.task}: {frames.training_budget(cells[cells['task'] == s.task])}" for s in report.sections)
 
 
 def _reference_line(data) -> str:
@@ -267,6 +275,9 @@ def _blocks(report: Report) -> list[tuple[str, int, object]]:
     several = len(report.sections) > 1
     level = 3 if several or report.tuning is not None else 2
     blocks: list[tuple[str, int, object]] = []
+    if report.training is not None:
+        blocks += [("heading", 2, report.training.title), ("table", 0, report.training.shown),
+                   ("note", 0, report.training.note)]
     if report.tuning is not None:  # how each group's settings were chosen, before the comparison
         blocks.append(("heading", 2, "Tuning"))
         blocks += [("note", 0, n) for n in report.tuning.notes]
@@ -318,6 +329,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:12
 table.tbl{border-collapse:collapse;margin:.5em 0 .3em;font-size:13px}
 table.tbl th,table.tbl td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}
 table.tbl th{background:#f3f3f3}
+table.tbl .text{text-align:left}
 .note{color:#555;font-size:12px;font-style:italic}
 .warn{background:#fff4e0;border-left:4px solid #e0a030;padding:.4em .8em}
 img{max-width:100%;border:1px solid #eee}

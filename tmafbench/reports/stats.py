@@ -8,45 +8,143 @@ Conventions used throughout:
   the candidate is better: `baseline - candidate` for a metric to minimise, `candidate - baseline`
   for one to maximise.
 - Statistics use completed runs with a finite metric; every other outcome is counted in the
-  failures table, never dropped silently.
+  failures table, never dropped silently (a success rate counts a diverged run as a failure).
+- Intervals stay in the metric's range (`choose_interval`): a t interval on the log scale for
+  positive errors, on the logit scale for accuracies, a bootstrap otherwise; the tables name it.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 import numpy as np
 import pandas as pd
+from scipy import special as sps_special
 from scipy import stats as sps
 
+from tmafbench.core import FIXED_TRAINING, Interval, RunStatus, TrainingConfig
 from tmafbench.errors import TmafbenchError
 from tmafbench.reports.frames import ACTIVATION_AXIS, SEED_AXIS, ReportData
-from tmafbench.core import FIXED_TRAINING, RunStatus, TrainingConfig
 
 CONFIDENCE = 0.95
-# Below this many pairs a two-sided Wilcoxon test cannot reach p < 0.05 (its smallest p with 5
-# pairs is 0.0625), so the paired t test is used instead and the table says so.
+# Below this many untied pairs a two-sided Wilcoxon test cannot reach p < 0.05 (its smallest p with
+# 5 pairs is 0.0625), so the paired t test on every pair is used instead and the table says so.
 MIN_WILCOXON_PAIRS = 6
 FAILURE_STATUSES = (RunStatus.DIVERGED, RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.LOST, RunStatus.RUNNING,
                     "pending")  # "pending": a cell with no attempt yet
+# Metrics are computed in float32 (about 7 significant digits): values that agree to 6 are equal.
+SIGNIFICANT_DIGITS = 6
+
+# The range of each metric a report knows: errors and losses are positive, accuracy lies in (0, 1).
+POSITIVE_METRICS = frozenset({"rel_l2", "mse", "max_abs", "cross_entropy", "train_loss"})
+UNIT_METRICS = frozenset({"accuracy"})
+# `interval` choices of a study file's [report] table; "auto" picks one of INTERVAL_TEXT's keys.
+INTERVAL_CHOICES = get_args(Interval)
+INTERVAL_TEXT = {
+    "log-t": "Student t on the log of the values, back-transformed: an interval for the geometric mean, "
+             "always positive and longer above than below, like the errors",
+    "logit-t": "Student t on the logit of the values, back-transformed: an interval for the centre of the "
+               "accuracies that stays inside (0, 1)",
+    "bootstrap": "bootstrap of the mean (BCa, 9,999 resamples, fixed seed; percentile where BCa is undefined): "
+                 "it stays within the seeds' own range and follows skewed or bimodal outcomes, but is too "
+                 "short with few seeds (2 seeds give their min and max)",
+    "t": "Student t on the values: symmetric, so it may leave the metric's range",
+}
+BOOTSTRAP_RESAMPLES = 9_999
 
 
-def describe(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, float]:
-    """n, mean, sd (ddof=1), t-based CI of the mean, min and max of the finite values."""
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+def choose_interval(metric: str, values: Sequence[float], requested: str = "auto") -> str:
+    """The interval method for `metric`: the one asked for, or by the metric's range ("auto").
+
+    auto: positive errors get a t interval on the log scale; accuracies strictly inside (0, 1) one on
+    the logit scale; anything else (a value on the range's edge, an unknown metric) the bootstrap,
+    which never leaves the values' own range.
+    """
+    if requested != "auto":
+        if requested not in INTERVAL_CHOICES:
+            raise TmafbenchError(f"unknown interval {requested!r}; choose one of: {', '.join(INTERVAL_CHOICES)}")
+        return requested
+    x = _finite(values)
+    base = metric.removeprefix("val_")
+    if base in POSITIVE_METRICS and np.all(x > 0):
+        return "log-t"
+    if base in UNIT_METRICS and np.all((x > 0) & (x < 1)):
+        return "logit-t"
+    return "bootstrap"
+
+
+def interval(values: Sequence[float], method: str, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Two-sided `confidence` interval of the finite values by `method` (see INTERVAL_TEXT); NaN below 2 values."""
+    x = _finite(values)
+    if len(x) < 2:
+        return math.nan, math.nan
+    if np.ptp(x) == 0:  # every seed agrees: nothing to spread
+        return float(x[0]), float(x[0])
+    if method == "bootstrap":
+        return _bootstrap(x, confidence)
+    forward, back = {"t": (lambda v: v, lambda v: v), "log-t": (np.log, np.exp),
+                     "logit-t": (sps_special.logit, sps_special.expit)}[method]
+    y = forward(x)
+    half = float(sps.t.ppf(0.5 + confidence / 2, df=len(y) - 1)) * y.std(ddof=1) / math.sqrt(len(y))
+    return float(back(y.mean() - half)), float(back(y.mean() + half))
+
+
+def _bootstrap(x: np.ndarray, confidence: float) -> tuple[float, float]:
+    """BCa bootstrap interval of the mean (seeded, so a rebuilt report shows the same numbers)."""
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", sps.DegenerateDataWarning)
+            try:
+                res = sps.bootstrap((x,), np.mean, confidence_level=confidence, method=method,
+                                    n_resamples=BOOTSTRAP_RESAMPLES, rng=np.random.default_rng(0))
+            except sps.DegenerateDataWarning:
+                continue
+        low, high = res.confidence_interval
+        if np.isfinite(low) and np.isfinite(high):
+            return float(low), float(high)
+    return float(x.min()), float(x.max())
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+
+
+def describe(values: Sequence[float], method: str = "t", confidence: float = CONFIDENCE) -> dict[str, float]:
+    """n, mean, sd (ddof=1), median, quartiles, the CI by `method`, min and max of the finite values."""
+    x = _finite(values)
     n = len(x)
-    out = {"n": n, "mean": math.nan, "sd": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "min": math.nan, "max": math.nan}
+    out = {"n": n, "mean": math.nan, "sd": math.nan, "median": math.nan, "q25": math.nan, "q75": math.nan,
+           "ci_low": math.nan, "ci_high": math.nan, "min": math.nan, "max": math.nan}
     if n == 0:
         return out
-    out.update(mean=float(x.mean()), min=float(x.min()), max=float(x.max()))
+    q25, median, q75 = np.percentile(x, [25, 50, 75])
+    out.update(mean=float(x.mean()), median=float(median), q25=float(q25), q75=float(q75),
+               min=float(x.min()), max=float(x.max()))
     if n > 1:
-        sd = float(x.std(ddof=1))
-        half = float(sps.t.ppf(0.5 + confidence / 2, df=n - 1)) * sd / math.sqrt(n)
-        out.update(sd=sd, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+        low, high = interval(x, method, confidence)
+        out.update(sd=float(x.std(ddof=1)), ci_low=low, ci_high=high)
     return out
+
+
+def success_rate(successes: int, runs: int, confidence: float = CONFIDENCE) -> dict[str, float]:
+    """Share of runs that reached the threshold, with its exact (Clopper-Pearson) interval."""
+    if runs == 0:
+        return {"successes": 0, "success_runs": 0, "success_rate": math.nan,
+                "success_low": math.nan, "success_high": math.nan}
+    ci = sps.binomtest(successes, runs).proportion_ci(confidence, method="exact")
+    return {"successes": successes, "success_runs": runs, "success_rate": successes / runs,
+            "success_low": float(ci.low), "success_high": float(ci.high)}
+
+
+def reaches(values: Sequence[float], threshold: float, direction: str) -> np.ndarray:
+    """Per value: did it reach the threshold (at most for errors, at least for accuracies)? NaN never does."""
+    x = np.asarray(values, dtype=float)
+    with np.errstate(invalid="ignore"):
+        hit = x <= threshold if direction == "minimize" else x >= threshold
+    return hit & np.isfinite(x)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -69,30 +167,51 @@ class PairedTest:
     test: str  # "wilcoxon", "paired t", "identical" or "n<2"
     statistic: float
     p: float
+    used: int  # pairs the test used: Wilcoxon drops tied pairs
 
 
 def paired_test(improvement: Sequence[float]) -> PairedTest:
-    """Wilcoxon signed-rank on the per-seed differences; paired t when too few; see module doc."""
+    """Wilcoxon signed-rank on the untied per-seed differences; paired t on every pair when too few.
+
+    Wilcoxon ranks only the non-zero differences (a tied pair carries no sign), so `used` counts
+    those; with fewer than MIN_WILCOXON_PAIRS of them the paired t test on all pairs decides instead.
+    """
     d = np.asarray(improvement, dtype=float)
     if len(d) < 2:
-        return PairedTest("n<2", math.nan, math.nan)
-    if np.all(d == 0):
-        return PairedTest("identical", math.nan, 1.0)
-    if len(d) < MIN_WILCOXON_PAIRS:
-        if np.std(d) == 0:  # constant non-zero differences: t is infinite
-            return PairedTest("paired t", math.copysign(math.inf, d[0]), 0.0)
-        res = sps.ttest_1samp(d, 0.0)
-        return PairedTest("paired t", float(res.statistic), float(res.pvalue))
-    res = sps.wilcoxon(d)
-    return PairedTest("wilcoxon", float(res.statistic), float(res.pvalue))
+        return PairedTest("n<2", math.nan, math.nan, len(d))
+    untied = d[d != 0]
+    if len(untied) == 0:
+        return PairedTest("identical", math.nan, 1.0, len(d))
+    if len(untied) >= MIN_WILCOXON_PAIRS:
+        res = sps.wilcoxon(untied)
+        return PairedTest("wilcoxon", float(res.statistic), float(res.pvalue), len(untied))
+    if np.std(d) == 0:  # constant non-zero differences: t is infinite
+        return PairedTest("paired t", math.copysign(math.inf, d[0]), 0.0, len(d))
+    res = sps.ttest_1samp(d, 0.0)
+    return PairedTest("paired t", float(res.statistic), float(res.pvalue), len(d))
 
 
 def improvement(candidate: np.ndarray, baseline: np.ndarray, direction: str) -> np.ndarray:
     """Per-seed improvement of candidate over baseline, positive = candidate better."""
-    candidate, baseline = np.asarray(candidate, float), np.asarray(baseline, float)
+    candidate, baseline = _significant(candidate), _significant(baseline)
     diff = baseline - candidate if direction == "minimize" else candidate - baseline
     # Round away float noise (0.881 - 0.88 != 0.88 - 0.879) so that equal gaps and ties stay equal.
     return np.round(diff, 12)
+
+
+def _significant(values: np.ndarray) -> np.ndarray:
+    """Values rounded to SIGNIFICANT_DIGITS: float32 noise (0.93 stored as 0.9300000071525574) goes."""
+    x = np.asarray(values, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        magnitude = np.floor(np.log10(np.abs(x)))
+    scale = 10.0 ** np.where(np.isfinite(magnitude), SIGNIFICANT_DIGITS - 1 - magnitude, 0)
+    return np.where(np.isfinite(x) & (x != 0), np.round(x * scale) / scale, x)
+
+
+def mean_improvement(improvements: Sequence[float]) -> float:
+    """Mean of the per-seed improvements, rounded like them: equal means give exactly 0."""
+    d = np.asarray(improvements, dtype=float)
+    return float(np.round(d.mean(), 12)) if len(d) else math.nan
 
 
 def probability_of_improvement(improvements: Sequence[float]) -> float:
@@ -104,14 +223,16 @@ def probability_of_improvement(improvements: Sequence[float]) -> float:
 
 
 def effect_size_dz(improvements: Sequence[float]) -> float:
-    """Cohen's d_z: mean improvement / sd of the improvements (positive = candidate better)."""
+    """Cohen's d_z: mean improvement / sd of the improvements (positive = candidate better; 0 for equal means)."""
     d = np.asarray(improvements, dtype=float)
     if len(d) < 2:
         return math.nan
-    sd = d.std(ddof=1)
+    mean, sd = mean_improvement(d), d.std(ddof=1)
+    if mean == 0:
+        return 0.0
     if sd == 0:
-        return 0.0 if d.mean() == 0 else math.copysign(math.inf, d.mean())
-    return float(d.mean() / sd)
+        return math.copysign(math.inf, mean)
+    return float(mean / sd)
 
 
 # --------------------------------------------------------------------------- frame-level tables
@@ -128,16 +249,37 @@ def _metric_values(data: ReportData, metric: str) -> pd.DataFrame:
     return done.assign(value=done["cell_id"].map(values).astype(float))
 
 
-def group_summary(data: ReportData, metric: str) -> pd.DataFrame:
-    """One row per group: n, mean, sd, 95% CI, min, max, plus how many cells the group expects."""
+def group_summary(data: ReportData, metric: str, direction: str) -> pd.DataFrame:
+    """One row per group: n, mean, sd, median, quartiles, the CI, min, max, and how many cells it expects.
+
+    The CI method is one for the whole table (`choose_interval` on every value, or the study's
+    [report] interval). Where the study file states a success threshold for the metric, the row also
+    has the share of runs that reached it (`success_counts`).
+    """
     values = _metric_values(data, metric)
+    method = choose_interval(metric, values["value"], data.interval())
     rows = []
     for (group, series, *sweep), cells in data.cells.groupby(_group_columns(data), sort=False, dropna=False):
-        stats = describe(values.loc[values["group"] == group, "value"])
-        rows.append({"group": group, "series": series, **({"sweep": sweep[0]} if data.sweep else {}),
-                     "label": cells["label"].iloc[0], "cells": len(cells), **stats,
-                     "complete": stats["n"] == len(cells)})
+        stats = describe(values.loc[values["group"] == group, "value"], method)
+        row = {"group": group, "series": series, **({"sweep": sweep[0]} if data.sweep else {}),
+               "label": cells["label"].iloc[0], "cells": len(cells), **stats, "ci_method": method,
+               "complete": stats["n"] == len(cells)}
+        threshold = data.success_threshold(cells["study"].iloc[0], str(cells["task"].iloc[0]), metric)
+        if threshold is not None:
+            row.update(threshold=threshold, **success_counts(cells, values, threshold, direction))
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def success_counts(cells: pd.DataFrame, values: pd.DataFrame, threshold: float, direction: str) -> dict[str, float]:
+    """Runs of `cells` that reached `threshold`, out of those that finished training.
+
+    A diverged run finished without learning, so it counts as a run that did not reach the threshold;
+    failed, interrupted and unfinished cells are left out (they are counted in the outcomes table).
+    """
+    finished = cells[cells["status"].isin(("completed", "diverged"))]
+    value = finished["cell_id"].map(values.set_index("cell_id")["value"]).to_numpy(dtype=float)
+    return success_rate(int(reaches(value, threshold, direction).sum()), len(finished))
 
 
 def failure_counts(data: ReportData) -> pd.DataFrame:
@@ -227,9 +369,9 @@ def paired_comparison(data: ReportData, metric: str, direction: str, baseline: s
             "baseline": first.at[base_group, "label"], "pairs": len(seeds),
             "mean": float(cand[seeds].mean()) if len(seeds) else math.nan,
             "baseline_mean": float(base[seeds].mean()) if len(seeds) else math.nan,
-            "mean_improvement": float(imp.mean()) if len(imp) else math.nan,
+            "mean_improvement": mean_improvement(imp), "better": int(np.sum(imp > 0)), "ties": int(np.sum(imp == 0)),
             "p_improve": probability_of_improvement(imp), "effect_dz": effect_size_dz(imp),
-            "test": test.test, "statistic": test.statistic, "p": test.p,
+            "test": test.test, "pairs_used": test.used, "statistic": test.statistic, "p": test.p,
         })
     table = in_group_order(data, pd.DataFrame(rows))
     if len(table):
@@ -319,17 +461,19 @@ def reference_comparison(data: ReportData, fallback_metric: str, direction: str)
         if metric not in data.finals:  # e.g. a section of another task: not what the paper measured
             continue
         values = _metric_values(data, metric)
+        method = choose_interval(metric, values["value"], data.interval())
         for ref in reference.get("rows", []):
             where = {k: v for k, v in ref.items() if k not in ("value", "note")}
             cells = data.cells[(data.cells["study"] == study) & _matches(data.cells, where)]
             if cells.empty:  # say so rather than dropping the published number
                 rows.append({"study": study, "source": reference.get("source", ""), "metric": metric, "series": "–",
                              "where": " ".join(f"{k}={v}" for k, v in where.items()), "reference": float(ref["value"]),
-                             "n": 0, "mean": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                             "ci_method": None, "n": 0, "mean": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                              "inside_ci": None, "verdict": "no matching group in the study"})
             for group, f in cells.groupby("group", sort=False):
-                stats = describe(values.loc[values["group"] == group, "value"])
+                stats = describe(values.loc[values["group"] == group, "value"], method)
                 rows.append({"study": study, "source": reference.get("source", ""), "metric": metric,
+                             "ci_method": method,
                              "series": f["series"].iloc[0], **({"sweep": f["sweep"].iloc[0]} if data.sweep else {}),
                              "where": " ".join(f"{k}={v}" for k, v in where.items()), "reference": float(ref["value"]),
                              **{k: stats[k] for k in ("n", "mean", "ci_low", "ci_high")},

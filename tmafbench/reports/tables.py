@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from tmafbench.reports import stats
+from tmafbench.reports import frames, stats
 from tmafbench.reports.frames import ReportData
 
 INCOMPLETE_MARK = "†"
@@ -62,17 +63,41 @@ def _n_cell(n: int, cells: int) -> str:
 
 def summary_table(summary: pd.DataFrame, data: ReportData, metric: str, direction: str) -> Table:
     sweep = [data.sweep] if data.sweep else []
+    method = summary["ci_method"].iloc[0]
     shown = pd.DataFrame({
         "group": summary["series"],
         **{a: summary["sweep"].map(_axis_text) for a in sweep},
         "runs": [_n_cell(n, c) for n, c in zip(summary["n"], summary["cells"])],
         f"{metric} mean ± sd": [f"{fmt(m)} ± {fmt(s)}" for m, s in zip(summary["mean"], summary["sd"])],
-        "95% CI": [f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(summary["ci_low"], summary["ci_high"])],
-        "min": summary["min"].map(fmt), "max": summary["max"].map(fmt),
+        "median [IQR]": [f"{fmt(m)} [{fmt(a)}, {fmt(b)}]" if n else "–"
+                         for m, a, b, n in zip(summary["median"], summary["q25"], summary["q75"], summary["n"])],
+        f"95% CI ({method})": [f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(summary["ci_low"], summary["ci_high"])],
     })
-    return Table("final_metric", f"Final {metric} per group ({better(direction)})", summary.drop(columns=["group"]), shown,
-                 f"runs = completed runs / cells in the group; {INCOMPLETE_MARK} marks an incomplete group. "
-                 "CI: two-sided 95%, Student t on the seeds.")
+    note = (f"runs = completed runs / cells in the group; {INCOMPLETE_MARK} marks an incomplete group. "
+            "median [IQR]: the middle seed and the 25th and 75th percentiles. "
+            f"CI: two-sided 95%, {stats.INTERVAL_TEXT[method]}.")
+    if "threshold" in summary:
+        shown[_success_header(summary, direction)] = [_success_cell(row) for row in summary.itertuples()]
+        bound = "at most" if direction == "minimize" else "at least"
+        note += (f" Reached: runs whose {metric} is {bound} the success threshold of the study file's [report] "
+                 "table, out of the runs that finished training (a diverged run did not reach it); in brackets "
+                 "the exact (Clopper-Pearson) 95% interval of that share.")
+    shown["min"], shown["max"] = summary["min"].map(fmt), summary["max"].map(fmt)
+    return Table("final_metric", f"Final {metric} per group ({better(direction)})", summary.drop(columns=["group"]),
+                 shown, note)
+
+
+def _success_header(summary: pd.DataFrame, direction: str) -> str:
+    thresholds = summary["threshold"].dropna().unique()
+    sign = "≤" if direction == "minimize" else "≥"
+    return f"reached {sign} {fmt(thresholds[0])}" if len(thresholds) == 1 else f"reached {sign} threshold"
+
+
+def _success_cell(row) -> str:
+    """'3/5 [0.15, 0.95]': runs that reached the threshold, and the interval of the share."""
+    if not isinstance(row.threshold, float) or math.isnan(row.threshold) or not row.success_runs:
+        return "–"
+    return f"{int(row.successes)}/{int(row.success_runs)} [{fmt(row.success_low, 2)}, {fmt(row.success_high, 2)}]"
 
 
 def wide_table(summary: pd.DataFrame, data: ReportData, metric: str, direction: str) -> Table | None:
@@ -99,15 +124,20 @@ def paired_table(paired: pd.DataFrame, data: ReportData, metric: str, direction:
     shown = pd.DataFrame({
         "group": paired["series"], **{a: paired["sweep"].map(_axis_text) for a in sweep},
         "pairs": paired["pairs"], "mean": paired["mean"].map(fmt), f"{baseline} mean": paired["baseline_mean"].map(fmt),
+        f"better than {baseline}": [f"{b}/{n}" + (f", {t} tied" if t else "")
+                                    for b, n, t in zip(paired["better"], paired["pairs"], paired["ties"])],
         "P(improve)": paired["p_improve"].map(lambda v: fmt(v, 3)), "effect d_z": paired["effect_dz"].map(lambda v: fmt(v, 3)),
-        "test": paired["test"], "p": paired["p"].map(fmt_p), "p (Holm)": paired["p_holm"].map(fmt_p),
+        "test": paired["test"], "pairs used": paired["pairs_used"],
+        "p": paired["p"].map(fmt_p), "p (Holm)": paired["p_holm"].map(fmt_p),
     })
     return Table("paired_vs_baseline", f"Paired comparison with {baseline}, seed by seed ({metric}, {better(direction)})",
                  paired.drop(columns=["group"]), shown,
-                 "Pairs: seeds where both runs completed. Test: Wilcoxon signed-rank on per-seed differences, "
-                 f"paired t below {stats.MIN_WILCOXON_PAIRS} pairs; p-values Holm-corrected across the rows. "
+                 "Pairs: seeds where both runs completed; values equal to 6 significant digits are tied. "
+                 "Test: Wilcoxon signed-rank on the untied per-seed differences (it drops tied pairs; 'pairs used' "
+                 f"counts what it ranked); with fewer than {stats.MIN_WILCOXON_PAIRS} untied pairs, the paired t "
+                 "test on every pair. p-values Holm-corrected across the rows. "
                  "P(improve): share of seeds where the activation beats the baseline (ties count half). "
-                 "d_z: mean improvement / sd of improvements, positive = better than the baseline.")
+                 "d_z: mean improvement / sd of improvements, positive = better than the baseline, 0 for equal means.")
 
 
 def timing_table(timing: pd.DataFrame, data: ReportData, baseline: str | None) -> Table:
@@ -129,14 +159,32 @@ def reference_table(ref: pd.DataFrame, direction: str) -> Table:
     shown = pd.DataFrame({
         "source": ref["source"], "where": ref["where"], "group": ref["series"], "metric": ref["metric"],
         "reference": ref["reference"].map(fmt), "n": ref["n"], "measured mean": ref["mean"].map(fmt),
-        "95% CI": [f"[{fmt(a)}, {fmt(b)}]" for a, b in zip(ref["ci_low"], ref["ci_high"])],
+        "95% CI": [f"[{fmt(a)}, {fmt(b)}]" + (f" ({m})" if isinstance(m, str) else "")
+                   for a, b, m in zip(ref["ci_low"], ref["ci_high"], ref["ci_method"])],
         "inside CI": ref["inside_ci"].map({True: "yes", False: "no"}).fillna("–"), "verdict": ref["verdict"],
     })
     return Table("reference", f"Against the published numbers ({better(direction)})", ref, shown)
 
 
+def training_table(data: ReportData) -> Table | None:
+    """One row per task: its training settings (frames.training_settings); None when none were recorded."""
+    rows = []
+    for task in data.tasks():
+        settings = frames.training_settings(data.cells[data.cells["task"].astype(str) == task])
+        if settings:
+            rows.append({"task": task, **settings})
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows).fillna("–")
+    ranged = frame.map(lambda v: "differs by group" in v).to_numpy().any()
+    note = ("A range marks a setting that differs by group (chosen per activation by fair tuning). " if ranged else "")
+    return Table("training", "Training settings", frame, frame,
+                 note + "data: task parameters that are not axes of the study.")
+
+
 def failure_table(failures: pd.DataFrame) -> Table:
     shown = failures.drop(columns=["group"])
+    shown.columns.name = None  # crosstab names its columns "status": an empty header column in HTML
     return Table("failures", "Run outcomes per group (statistics use completed runs only)", failures, shown,
                  "retried_attempts: failed/diverged/interrupted attempts that were retried.")
 
@@ -163,8 +211,20 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
+# A cell that holds only numbers and the signs around them ("0.64 ± 0.13", "[0.1, 3.9]", "2/2 †", "<0.001").
+TEXT_CLASS = ' class="text"'
+_NUMERIC_CELL = re.compile(r"[\d\s.,:+\-–−e±∞/\[\]<>=%†]*")
+
+
 def to_html(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, escape=True, border=0, classes="tbl")
+    """An HTML table: numeric columns right-aligned, text columns (names, labels, tests) left-aligned."""
+    text = [not all(_NUMERIC_CELL.fullmatch(str(v)) for v in frame[c]) for c in frame.columns]
+
+    def cells(tag: str, values) -> str:
+        return "".join(f"<{tag}{TEXT_CLASS if t else ''}>{html_escape(str(v))}</{tag}>" for v, t in zip(values, text))
+
+    rows = "".join(f"<tr>{cells('td', row)}</tr>" for row in frame.itertuples(index=False))
+    return f'<table class="tbl"><thead><tr>{cells("th", frame.columns)}</tr></thead><tbody>{rows}</tbody></table>'
 
 
 def to_latex(frame: pd.DataFrame, caption: str) -> str:

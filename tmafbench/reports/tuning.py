@@ -88,7 +88,7 @@ def build_section(engine: Engine, studies: list[str], folder: Path, formats: tup
     images = tuple(f for f in formats if f in ("png", "svg", "pdf"))
     if images:
         ctx = FigureContext(None, metric, direction, None, folder / "figures", images, scale, "tuning_")
-        section.figures = [history_figure(ctx, history(frame, direction), several=len(specs) > 1)]
+        section.figures = [history_figure(ctx, history(frame, direction), facets_of(frame, several=len(specs) > 1))]
     return section
 
 
@@ -113,34 +113,73 @@ def _cell(value) -> str:
     return str(value)
 
 
-def history_figure(ctx: FigureContext, hist: pd.DataFrame, several: bool) -> Figure:
-    """Best validation value so far against trials, one line per group; each trial as a dot (x: pruned)."""
+# Axes that tell activations apart (the colours) rather than problems (the panels).
+SERIES_AXES = ("activation", "grid", "intervals", "slot", "seed")
+MAX_FACET_COLUMNS = 4
+
+
+def facets_of(frame: pd.DataFrame, several: bool) -> dict[tuple[str, str], tuple[str, str]]:
+    """{(study, group): (panel, series)}: one panel per problem (the axes that vary, e.g. "n=3"), one
+    colour per activation (with its grid) inside it."""
+    groups = frame.drop_duplicates(["study", "group"])
+    keys = list(dict.fromkeys(k for axes in groups["axes"] for k in axes if k not in SERIES_AXES))
+    varying = [k for k in keys if groups["axes"].map(lambda a: str(a.get(k))).nunique() > 1]
+    out = {}
+    for row in groups.itertuples():
+        panel = " ".join(f"{k}={_cell(row.axes[k])}" for k in varying if row.axes.get(k) is not None)
+        panel = f"{row.study}: {panel}" if several else panel
+        series = " ".join(str(v) for v in (row.activation, row.axes.get("grid")) if v)
+        out[(row.study, row.group)] = (panel, series or row.group)
+    return out
+
+
+def history_figure(ctx: FigureContext, hist: pd.DataFrame, facets: dict[tuple[str, str], tuple[str, str]]) -> Figure:
+    """Best validation value so far against trials, one panel per problem and one line per activation;
+    each trial as a dot (x: pruned)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    groups = list(hist.groupby(["study", "group"], sort=False))
-    # Distinct colours for every group, and the legend beside the plot once it would cover it.
-    palette = sns.color_palette("tab10" if len(groups) <= 10 else "tab20" if len(groups) <= 20 else "husl",
-                                n_colors=max(len(groups), 1))
-    beside = len(groups) > 6
-    fig, ax = plt.subplots(figsize=ctx.figsize(11 if beside else 7, max(4.0, 0.2 * len(groups) + 0.8)))
-    for i, ((study, group), sub) in enumerate(groups):
-        color = palette[i]
-        label = f"{study}: {group}" if several else group
-        ax.step(sub["n"], sub["best_so_far"], where="post", color=color, label=label, linewidth=2)
-        done = sub[sub["state"] == SlotState.COMPLETED]
-        ax.scatter(done["n"], done["value"], color=color, s=16, alpha=0.6)
-        pruned = sub[(sub["state"] == "pruned") & sub["value"].notna()]
-        ax.scatter(pruned["n"], pruned["value"], color=color, marker="x", s=20, alpha=0.6)
-    values = hist["value"].dropna()
-    if len(values) and ctx.direction == "minimize" and (values > 0).all() and values.max() > 10 * values.min():
-        _log_axis(ax)  # errors spanning decades
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial")
-    ax.set_ylabel(metric_label(ctx.metric, ctx.direction))
-    ax.set_title("Tuning history: best so far (line), each trial (dot; x = pruned)")
-    if beside:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    else:
-        ax.legend(fontsize=8)
+    hist = hist.assign(panel=[facets[k][0] for k in zip(hist["study"], hist["group"])],
+                       series=[facets[k][1] for k in zip(hist["study"], hist["group"])])
+    panels = list(dict.fromkeys(hist["panel"]))
+    series = list(dict.fromkeys(hist["series"]))
+    colors = dict(zip(series, sns.color_palette("tab10" if len(series) <= 10 else "husl", n_colors=len(series))))
+    cols = min(len(panels), MAX_FACET_COLUMNS)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=ctx.figsize(3.6 * cols + 2.5, 3.0 * rows + 0.6), squeeze=False,
+                             sharex=True)
+    log = _spans_decades(hist["value"], ctx.direction)
+    for ax, panel in zip(axes.flat, panels):
+        for name, sub in hist[hist["panel"] == panel].groupby("series", sort=False):
+            color = colors[name]
+            ax.step(sub["n"], sub["best_so_far"], where="post", color=color, label=name, linewidth=2)
+            done = sub[sub["state"] == SlotState.COMPLETED]
+            ax.scatter(done["n"], done["value"], color=color, s=16, alpha=0.6)
+            pruned = sub[(sub["state"] == SlotState.PRUNED) & sub["value"].notna()]
+            ax.scatter(pruned["n"], pruned["value"], color=color, marker="x", s=20, alpha=0.6)
+        if log:
+            _log_axis(ax)  # errors spanning decades
+        ax.set_title(panel, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("trial")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(metric_label(ctx.metric, ctx.direction), fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in axes.flat[1:len(panels)]:  # panels may lack a series: gather every one
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    # One legend for all panels, beside the top-right one (tight_layout makes room for it).
+    axes[0][-1].legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle("Tuning history: best so far (line), each trial (dot; x = pruned)")
     return ctx.save(fig, "history", "Tuning history: best validation value so far against trials")
+
+
+def _spans_decades(values: pd.Series, direction: str) -> bool:
+    values = values.dropna()
+    return bool(len(values)) and direction == "minimize" and bool((values > 0).all()) and values.max() > 10 * values.min()

@@ -90,4 +90,13 @@ def runs_frame(db: Database, study_name: str) -> pd.DataFrame:
         row.update({c: getattr(run, c) for c in RUN_COLUMNS})
         row.update(metric_by_run.get(run.id, {}))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _keep_integers(pd.DataFrame(rows), rows)
+
+
+def _keep_integers(frame: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Columns whose values are all integers stay integers (pandas makes `depth` 1.0 once one is missing)."""
+    for column in frame.columns:
+        values = [row[column] for row in rows if row.get(column) is not None]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            frame[column] = frame[column].astype("Int64")
+    return frame

@@ -146,12 +146,15 @@ class StudyStore:
 
         They document a study without changing what runs, so editing them (say, adding the paper's
         numbers to `[reference]`) and running the file again updates them and trains nothing.
-        Returns which of "description" and "reference" changed (the spec text is stored silently).
+        Returns which of "description", "reference" and "[report] table" changed; the rest of the
+        spec text is stored silently.
         """
         with self.db.session() as s:
             study = s.get(Study, study_id)
             changed = [n for n, old, new in (("description", study.description, description),
-                                             ("reference", study.reference, reference)) if old != new]
+                                             ("reference", study.reference, reference),
+                                             ("[report] table", (study.spec or {}).get("report"), spec.get("report")))
+                       if old != new]
             if changed or study.spec != spec or study.spec_hash != spec_hash:
                 s.execute(update(Study).where(Study.id == study_id).values(
                     description=description, reference=reference, spec=spec, spec_hash=spec_hash))

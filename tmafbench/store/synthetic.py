@@ -34,9 +34,11 @@ def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def add_study(session: Session, name: str, *, reference: dict | None = None, description: str = "") -> Study:
-    """A study row with a minimal spec."""
-    study = Study(name=name, description=description, spec={"name": name}, spec_hash=_hash(name),
+def add_study(session: Session, name: str, *, reference: dict | None = None, description: str = "",
+              report: dict | None = None) -> Study:
+    """A study row with a minimal spec (and the study file's [report] table when given)."""
+    spec = {"name": name, **({"report": report} if report is not None else {})}
+    study = Study(name=name, description=description, spec=spec, spec_hash=_hash(name),
                   reference=reference, tmafbench_version="0.1.0")
     session.add(study)
     session.flush()
@@ -56,13 +58,17 @@ def add_environment(session: Session, cpu: str = "Test CPU", gpu: str | None = N
     return env
 
 
-def add_cell(session: Session, study: Study, axes: dict[str, Any], *, task: str = "sine-sum", model: str = "mlp") -> Cell:
-    """A cell from its axes (activation label and seed included); the group hash ignores the seed."""
+def add_cell(session: Session, study: Study, axes: dict[str, Any], *, task: str = "sine-sum", model: str = "mlp",
+             config: dict[str, Any] | None = None) -> Cell:
+    """A cell from its axes (activation label and seed included); the group hash ignores the seed.
+
+    `config` adds to the stored configuration (e.g. {"training": {...}, "task_params": {...}}).
+    """
     group = {k: v for k, v in axes.items() if k != "seed"}
     label = " ".join(str(v) if k in ("activation", "grid") else f"{k}={v}"
                      for k, v in group.items() if v is not None and k not in ("intervals", "task"))
     cell = Cell(study_id=study.id, config_hash=_hash(axes), group_hash=_hash(group), label=label,
-                config={"activation": axes["activation"], "seed": axes["seed"]}, task=task, model=model,
+                config={"activation": axes["activation"], "seed": axes["seed"], **(config or {})}, task=task, model=model,
                 activation=axes["activation"], grid=axes.get("grid"), intervals=axes.get("intervals"),
                 depth=axes.get("depth"), width=axes.get("width"), seed=axes["seed"], axes=axes)
     session.add(cell)

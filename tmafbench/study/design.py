@@ -2,8 +2,8 @@
 
 The one loader of study files (`load_design` / `parse_design`), and the one design hash. The
 design is what decides which runs happen: the cells, and for a tuned study the tuning table too.
-The documentation keys (name, description, reference) are not part of it: editing them and running
-the file again updates them without training anything.
+The documentation keys (name, description, reference, report) are not part of it: editing them and
+running the file again updates them without training anything.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tmafbench.study.spec import StudySpec, apply_overrides, spec_error
 from tmafbench.study.tune_spec import SpaceParam, TuneSpec, check_tune, parse_space, validate_model
 
 # Keys of a study file that document it without changing what runs.
-DOCUMENTATION_KEYS = ("name", "description", "reference")
+DOCUMENTATION_KEYS = ("name", "description", "reference", "report")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,10 @@ A study file looks like this (see studies/quickstart.toml)::
     metric = "rel_l2"
     rows = [ { activation = "relu", n = 1, value = 0.01 } ]
 
+    [report]                              # how reports present the results; changes nothing that runs
+    interval = "auto"                     # auto | bootstrap | t (reports/stats.py, INTERVAL_TEXT)
+    success = [ { metric = "rel_l2", threshold = 0.1, tasks = ["sine-sum"] } ]   # share of seeds <= 0.1
+
 Every error names the key path (e.g. `axes.activations[1].params`) and, where the key can be
 found in the text, its line.
 """
@@ -53,12 +57,14 @@ found in the text, its line.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import tomllib
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tmafbench.core import Interval
 from tmafbench.errors import SpecError
 
 GRID_KEYS = ("lo", "hi", "intervals", "breakpoints")
@@ -222,6 +228,39 @@ class Reference(_Strict):
         return rows
 
 
+class SuccessRule(_Strict):
+    """A seed succeeds when its final `metric` reaches `threshold`: at most it for an error, at least
+    it for an accuracy. For outcomes that are bimodal (a seed learns the function or it does not)."""
+
+    metric: str = Field(min_length=1)
+    threshold: float
+    tasks: list[str] | None = Field(default=None, min_length=1)  # task labels; default: every task
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"threshold must be a finite number, got {value}")
+        return value
+
+
+# The 95% interval a report shows: chosen by the metric's range, the bootstrap, or the plain t interval.
+
+
+class ReportSpec(_Strict):
+    """How reports present the study (`[report]`); like `description`, it changes nothing that runs."""
+
+    interval: Interval = "auto"
+    success: list[SuccessRule] = Field(default_factory=list)
+
+    def threshold(self, metric: str, task: str) -> float | None:
+        """The success threshold of `metric` on `task`, if the study states one."""
+        for rule in self.success:
+            if rule.metric == metric and (rule.tasks is None or task in rule.tasks):
+                return rule.threshold
+        return None
+
+
 class StudySpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
@@ -230,6 +269,7 @@ class StudySpec(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     axes: Axes
     reference: Reference | None = None
+    report: ReportSpec | None = None
 
     def tasks(self) -> list[TaskSpec]:
         """The task axis: `axes.tasks`, or the one task named in `defaults`."""

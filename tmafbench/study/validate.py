@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 from tmafbench.errors import SpecError
 from tmafbench.registry import Registry, registry_of
 from tmafbench.study.cells import expand, grids_for, own_grid, takes_grid
-from tmafbench.study.spec import ScopedAxis, ScopedCases, StudySpec
+from tmafbench.study.spec import ReportSpec, ScopedAxis, ScopedCases, StudySpec
 
 
 MakeError = Callable[[tuple[Any, ...], str], SpecError]
@@ -105,6 +105,34 @@ def check_spec(spec: StudySpec, err: MakeError) -> None:
         except ValueError as exc:
             raise err(loc + ("params",) if spec.axes.tasks else ("defaults", "task_params"), str(exc)) from None
     _check_cells(spec, err)
+    _check_report(spec, err)
+
+
+def _check_report(spec: StudySpec, err: MakeError) -> None:
+    """Each success rule names task labels of the study and a final metric they measure, once per task."""
+    from tmafbench import tasks
+    from tmafbench.core import metric_names
+
+    measures = {}
+    for task in spec.tasks():
+        bases = (*metric_names(tasks.REGISTRY.entry(task.name).factory.kind), "train_loss")
+        measures[task.key] = {m for base in bases for m in (base, f"val_{base}")}
+    seen: set[tuple[str, str]] = set()
+    for i, rule in enumerate((spec.report or ReportSpec()).success):
+        loc = ("report", "success", i)
+        for label in rule.tasks or []:
+            if label not in measures:
+                raise err(loc + ("tasks",), f"unknown task label {label!r}; choose from: {', '.join(measures)}")
+        scope = [t for t in rule.tasks or measures if rule.metric in measures[t]]
+        if not scope or (rule.tasks and len(scope) < len(rule.tasks)):
+            asked = rule.tasks or list(measures)
+            valid = sorted({m for t in asked for m in measures[t] if not m.startswith("val_")})
+            raise err(loc + ("metric",), f"task {', '.join(t for t in asked if t not in scope)} does not measure "
+                                         f"{rule.metric!r}; choose one of: {', '.join(valid)}")
+        for task in scope:
+            if (rule.metric, task) in seen:
+                raise err(loc, f"a second success threshold for {rule.metric} on task {task!r}")
+            seen.add((rule.metric, task))
 
 
 def _check_activations(spec: StudySpec, err: MakeError) -> None:

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tmafbench.registry import Registry
+# Importing the modules registers their tasks.
+from tmafbench.registries import TASKS as REGISTRY
+from tmafbench.tasks import functions, vision  # noqa: F401
 from tmafbench.tasks.base import Task, TaskData
-from tmafbench.tasks.functions import Expression, Oscillatory, SineSum
-from tmafbench.tasks.vision import CIFAR10, MNIST, FashionMNIST
-
-REGISTRY: Registry[Task] = Registry("task")
-for _cls in (SineSum, Oscillatory, Expression, MNIST, FashionMNIST, CIFAR10):
-    REGISTRY.register(_cls.name)(_cls)
 
 
 def create(name: str, **params: Any) -> Task:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from tmafbench.registries import TASKS
 from tmafbench.tasks.base import STREAM_TRAIN, TEST_SEED, Task, TaskData, check_size, rng
 from tmafbench.tasks.formula import compile_formula
 
@@ -62,6 +63,7 @@ def _interval(value: Any) -> tuple[float, float]:
     return lo, hi
 
 
+@TASKS.register("sine-sum")
 class SineSum(FunctionTask):
     """f(x) = sin(pi (x1 + ... + xn)) on [-2, 2]^n (paper section 3.1)."""
 
@@ -80,6 +82,7 @@ def _oscillatory(x: torch.Tensor) -> torch.Tensor:
     return torch.sin(100 * math.pi * s) + torch.cos(50 * math.pi * s) + torch.sin(math.pi * s)
 
 
+@TASKS.register("oscillatory")
 class Oscillatory(FunctionTask):
     """f(x) = sin(100 pi x) + cos(50 pi x) + sin(pi x) on [-1, 1] (paper eq. 3.1)."""
 
@@ -89,6 +92,7 @@ class Oscillatory(FunctionTask):
         super().__init__([(lo, hi)], _oscillatory, train_size, test_size)
 
 
+@TASKS.register("expression")
 class Expression(FunctionTask):
     """A user formula over x1..xn, e.g. 'exp(sin(pi*x1) + x2**2)', on a box domain."""
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from tmafbench.errors import DataNotFoundError
+from tmafbench.registries import TASKS
 from tmafbench.tasks import readers
 from tmafbench.tasks.base import TEST_SEED, Task, TaskData, check_size, subsample
 
@@ -142,6 +143,7 @@ def _checked(splits: Splits, cls: type[VisionTask]) -> Splits:
     return splits
 
 
+@TASKS.register("mnist")
 class MNIST(VisionTask):
     """MNIST digits, 28x28 grayscale, 10 classes."""
 
@@ -152,6 +154,7 @@ class MNIST(VisionTask):
     torchvision_name = "MNIST"
 
 
+@TASKS.register("fashion-mnist")
 class FashionMNIST(VisionTask):
     """Fashion-MNIST clothes, 28x28 grayscale, 10 classes."""
 
@@ -162,6 +165,7 @@ class FashionMNIST(VisionTask):
     torchvision_name = "FashionMNIST"
 
 
+@TASKS.register("cifar10")
 class CIFAR10(VisionTask):
     """CIFAR-10, 32x32 RGB, 10 classes; random crop + flip when augment is on."""
 
