@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, field_validator
 
 # --- statuses -----------------------------------------------------------------------------------
 
@@ -224,6 +224,45 @@ def describe_error(model: type[BaseModel], exc: ValidationError) -> str:
     if kind == "missing":
         return f"{name} is required"
     return f"{name}: {err['msg']} (got {type(got).__name__} {got!r})"
+
+
+# --- how reports present a study (its [report] table) -------------------------------------------
+
+
+class _Strict(BaseModel):
+    """Unknown keys and wrong types are errors (no silent coercion of "3" into 3)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SuccessRule(_Strict):
+    """A seed succeeds when its final `metric` reaches `threshold`: at most it for an error, at least
+    it for an accuracy. For outcomes that are bimodal (a seed learns the function or it does not)."""
+
+    metric: str = Field(min_length=1)
+    threshold: float
+    tasks: list[str] | None = Field(default=None, min_length=1)  # task labels; default: every task
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"threshold must be a finite number, got {value}")
+        return value
+
+
+class ReportSpec(_Strict):
+    """How reports present the study (`[report]`); like `description`, it changes nothing that runs."""
+
+    interval: Interval = "auto"
+    success: list[SuccessRule] = Field(default_factory=list)
+
+    def threshold(self, metric: str, task: str) -> float | None:
+        """The success threshold of `metric` on `task`, if the study states one."""
+        for rule in self.success:
+            if rule.metric == metric and (rule.tasks is None or task in rule.tasks):
+                return rule.threshold
+        return None
 
 
 # --- what one trial produces ----------------------------------------------------------------------

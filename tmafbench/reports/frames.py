@@ -22,7 +22,7 @@ from tmafbench.core import RunStatus, SlotState
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import read_only_engine
 from tmafbench.store.schema import Artifact, Cell, Environment, EpochMetric, FinalMetric, Run, Study, Timing
-from tmafbench.study.spec import ReportSpec
+from tmafbench.core import ReportSpec
 
 # Axis names with a fixed meaning in every study (store/schema.py conventions).
 SEED_AXIS = "seed"

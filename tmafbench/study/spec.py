@@ -57,14 +57,13 @@ found in the text, its line.
 from __future__ import annotations
 
 import copy
-import math
 import re
 import tomllib
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tmafbench.core import Interval
+from tmafbench.core import ReportSpec
 from tmafbench.errors import SpecError
 
 GRID_KEYS = ("lo", "hi", "intervals", "breakpoints")
@@ -226,39 +225,6 @@ class Reference(_Strict):
             if "value" not in row:
                 raise ValueError(f"row {i} has no 'value'")
         return rows
-
-
-class SuccessRule(_Strict):
-    """A seed succeeds when its final `metric` reaches `threshold`: at most it for an error, at least
-    it for an accuracy. For outcomes that are bimodal (a seed learns the function or it does not)."""
-
-    metric: str = Field(min_length=1)
-    threshold: float
-    tasks: list[str] | None = Field(default=None, min_length=1)  # task labels; default: every task
-
-    @field_validator("threshold")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError(f"threshold must be a finite number, got {value}")
-        return value
-
-
-# The 95% interval a report shows: chosen by the metric's range, the bootstrap, or the plain t interval.
-
-
-class ReportSpec(_Strict):
-    """How reports present the study (`[report]`); like `description`, it changes nothing that runs."""
-
-    interval: Interval = "auto"
-    success: list[SuccessRule] = Field(default_factory=list)
-
-    def threshold(self, metric: str, task: str) -> float | None:
-        """The success threshold of `metric` on `task`, if the study states one."""
-        for rule in self.success:
-            if rule.metric == metric and (rule.tasks is None or task in rule.tasks):
-                return rule.threshold
-        return None
 
 
 class StudySpec(_Strict):

@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterable
 from tmafbench.errors import SpecError
 from tmafbench.registry import Registry, registry_of
 from tmafbench.study.cells import expand, grids_for, own_grid, takes_grid
-from tmafbench.study.spec import ReportSpec, ScopedAxis, ScopedCases, StudySpec
+from tmafbench.core import ReportSpec
+from tmafbench.study.spec import ScopedAxis, ScopedCases, StudySpec
 
 
 MakeError = Callable[[tuple[Any, ...], str], SpecError]
