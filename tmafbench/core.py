@@ -295,6 +295,7 @@ class TrialResult:
     num_act_params: int = 0
     device: str = "cpu"
     error: str | None = None
+    pack_size: int = 1  # cells trained together as one packed model (training/packed.py); 1: alone
     # Small JSON-able arrays for the reports: "predictions" ({"x", "target", "prediction"} on a
     # fixed grid, 1-D tasks) and "activation_params" ({module_name: {param_name: nested list}}).
     artifacts: dict[str, Any] = field(default_factory=dict)

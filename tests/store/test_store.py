@@ -292,3 +292,25 @@ def test_sigkilled_worker_is_recovered(url):
     trials = optuna.load_study(study_name="killme", storage=url).trials
     states = sorted(t.state.name for t in trials)
     assert states == ["COMPLETE", "FAIL"]  # the dead worker's trial is closed, not RUNNING forever
+
+
+def same_key(config):
+    """Every cell of the test study packs with every other."""
+    return "all"
+
+
+def test_packs_are_claimed_together_and_retried_one_by_one_after_a_crash(repo):
+    study_id = new_study(repo, cells=6, name="packs")
+    claim_many = lambda: repo.claim_cells(study_id, LIMITS, host="h", worker="w", device="cpu", most=4, key=same_key)  # noqa: E731
+    pack = claim_many()
+    assert len(pack) == 4 and len({c.cell_id for c in pack}) == 4
+    rest = claim_many()
+    assert len(rest) == 2  # what is left of the queue
+    assert repo.claim_cells(study_id, LIMITS, host="h", worker="w", device="cpu", most=4) == []
+    for c in pack:  # the packed worker died: every run of its pack is lost
+        age(repo, c.run_id, 120)
+    assert len(repo.mark_stale_runs(study_id, grace_s=30)) == 4
+    retried = [claim_many() for _ in range(4)]
+    assert [len(r) for r in retried] == [1, 1, 1, 1]  # one by one: the cell that crashed it runs alone
+    assert sorted(r[0].cell_id for r in retried) == sorted(c.cell_id for c in pack)
+    assert all(r[0].attempt == 2 for r in retried)

@@ -200,3 +200,33 @@ def test_a_cell_that_kills_its_worker_is_given_up_after_max_crashes(tiny_spec_te
 
     states = sorted(t.state.name for t in optuna.load_study(study_name="tiny", storage=sqlite_url).trials)
     assert states == ["COMPLETE", "FAIL", "FAIL"]  # no trial left RUNNING
+
+
+def final_metrics(url: str, study: str) -> dict[str, tuple[float, float]]:
+    """{cell hash: (rel_l2, pack_size)} of the study's completed runs."""
+    from tmafbench.store.export import runs_frame
+
+    db = Database(url)
+    frame = runs_frame(db, study)
+    db.dispose()
+    done = frame[frame["status"] == "completed"]
+    return {h: (v, p) for h, v, p in zip(done["config_hash"], done["rel_l2"], done["time_pack_size"])}
+
+
+@pytest.mark.slow
+def test_a_packed_study_stores_what_an_unpacked_one_does(tiny_spec_text, tmp_path, monkeypatch):
+    """The store sees ordinary runs: one per cell, the same metrics up to summation order, the pack size
+    among the timings. (The torch kernel: the native one is covered in tests/training/test_packed.py.)"""
+    monkeypatch.setenv("TMAFBENCH_KERNEL", "torch")
+    design = parse_design(tiny_spec_text, ["axes.seeds=4", 'axes.activations=[{ name = "relu" }, { name = "tmaf" }]'])
+    urls = {pack: f"sqlite:///{tmp_path / f'pack{pack}.db'}" for pack in (1, 4)}
+    for pack, url in urls.items():
+        prepare(design, url)
+        stats = worker_loop("tiny", url, options=WorkerOptions(poll_s=0.1, pack=pack))
+        assert stats.completed == 8 and stats.runs == 8
+        assert all(r == [(1, "completed")] for r in runs_by_cell(url).values())
+    alone, packed = final_metrics(urls[1], "tiny"), final_metrics(urls[4], "tiny")
+    assert sorted(alone) == sorted(packed)
+    for cell, (value, size) in packed.items():
+        assert size == 4 and alone[cell][1] == 1
+        assert value == pytest.approx(alone[cell][0], rel=1e-5)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from tmafbench.errors import SpecError
 from tmafbench.store.database import Database
-from tmafbench.store.schema import Cell, EpochMetric, FinalMetric, Run, Study
+from tmafbench.store.schema import Cell, EpochMetric, FinalMetric, Run, Study, Timing
 from tmafbench.core import SlotState, best_trial, metric_direction
 from tmafbench.store.repository import Limits, Repository
 from tmafbench.study.design import parse_design
@@ -425,3 +425,25 @@ def test_tuning_on_postgres(postgres_url):
         assert {len(v) for v in _tuning_rows(url, _tune_id(info)).values()} == {2}
         assert sorted(r.seed for r in _runs(url, "tuned")) == [4, 4]
         assert not _metric_names(url, "tuned/tune") & {"rel_l2", "mse", "max_abs"}
+
+
+@pytest.mark.slow
+def test_tuning_slots_train_packed_with_the_same_budget(sqlite_url, monkeypatch):
+    """Slots claimed together train seed by seed in one pack; every group still gets exactly its trials."""
+    monkeypatch.setenv("TMAFBENCH_KERNEL", "torch")
+    spec = parse_design(TUNED, ["tune.seeds=2", "tune.eval_seeds=[5, 6]", 'tune.pruner="none"',
+                                'tune.space.training.batch_size={ choices = [16] }'])
+    info = prepare(spec, sqlite_url)
+    stats = worker_loop("tuned", sqlite_url, options=WorkerOptions(poll_s=0.05, pack=3))
+    assert stats.runs == 6 + 4 and stats.failed == 0
+    db = Database(sqlite_url)
+    with db.session() as s:
+        sizes = dict(s.execute(select(Study.name, func.max(Timing.value)).join(Cell, Cell.study_id == Study.id)
+                               .join(Run, Run.cell_id == Cell.id).join(Timing, Timing.run_id == Run.id)
+                               .where(Timing.name == "pack_size").group_by(Study.name)).all())
+    db.dispose()
+    assert sizes == {"tuned/tune": 3.0, "tuned": 2.0}  # a group's 3 slots; a group's 2 evaluation seeds
+    for group in groups_of(info.design, "tuned"):
+        trials = optuna.load_study(study_name=group.optuna_name, storage=sqlite_url).trials
+        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+        assert all(len(t.intermediate_values) == 2 * 2 for t in trials)  # 2 seeds x 2 epochs reported

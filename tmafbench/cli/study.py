@@ -19,6 +19,9 @@ SetOpt = typer.Option(None, "--set", help="Override a study-file key: --set defa
 HeartbeatOpt = typer.Option(10.0, "--heartbeat", help="Seconds between a running worker's heartbeats.")
 GraceOpt = typer.Option(60.0, "--grace", help="A run without heartbeat for this many seconds is taken as dead and its cell retried (at least twice --heartbeat).")
 DevicesOpt = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,cuda:1,... (one worker per GPU).")
+PackOpt = typer.Option("1", "--pack", help=(
+    "Cells a worker trains together as one packed model (small MLPs: several times the cells per hour): "
+    "K, or auto (16 on a CPU, 64 on a GPU). Cells that cannot pack train alone."))
 
 console = Console(stderr=True, soft_wrap=True)  # whole lines when the output is not a terminal
 
@@ -54,10 +57,11 @@ def cells_cmd(spec_path: str = typer.Argument(..., metavar="STUDY_FILE", help="S
     _show_cells(cells(spec_path, set_), limit)
 
 
-def _options(heartbeat: float, grace: float) -> Any:
+def _options(heartbeat: float, grace: float, pack: str) -> Any:
     from tmafbench.study.scheduler import WorkerOptions
 
-    return WorkerOptions(heartbeat_s=heartbeat, grace_s=grace)  # checked before anything is written
+    size: int | str = int(pack) if pack.strip().isdigit() else pack.strip()
+    return WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, pack=size)  # checked before anything is written
 
 
 def _announcer(url: str) -> Any:
@@ -98,6 +102,7 @@ def run_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show the cells; write nothing."),
     heartbeat: float = HeartbeatOpt,
     grace: float = GraceOpt,
+    pack: str = PackOpt,
 ) -> None:
     """Create (or resume) a study from a TOML file and run every cell with local workers."""
     from tmafbench.study import api
@@ -108,7 +113,7 @@ def run_cmd(
     url = resolve_storage(storage)
     with phases_progress(console) as progress:
         outcome = api.run(spec_path, set_, url=url, devices=devices, workers=workers, new_name=new_name, force=force,
-                          options=_options(heartbeat, grace), on_ready=_announcer(url), progress=progress)
+                          options=_options(heartbeat, grace, pack), on_ready=_announcer(url), progress=progress)
     _report(outcome)
 
 
@@ -119,11 +124,12 @@ def worker_cmd(
     devices: str = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,cuda:1,..."),
     heartbeat: float = HeartbeatOpt,
     grace: float = GraceOpt,
+    pack: str = PackOpt,
 ) -> None:
     """Join a study (e.g. from another machine, against one PostgreSQL URL) and work until it is done."""
     from tmafbench.study import api
 
-    options = _options(heartbeat, grace)
+    options = _options(heartbeat, grace, pack)
     url = resolve_storage(storage)
     with phases_progress(console) as progress:
         outcome = api.join(name, url=url, devices=devices, workers=workers, options=options, on_ready=_announcer(url),

@@ -180,6 +180,31 @@ def print_bench(title: str, rows: list) -> None:
     Console(width=120).print(table)
 
 
+def bench_pack(
+    setting: Optional[list[str]] = typer.Option(None, "--setting", help="table-3-2 | sine-sum | mnist (repeatable; default all)."),
+    activation: Optional[list[str]] = typer.Option(None, "--activation", "-a", help="repeatable (default: relu and tmaf)."),
+    pack: int = typer.Option(16, "--pack", help="Cells per pack."),
+    epochs: int = typer.Option(1, "--epochs", help="Epochs every cell trains."),
+    processes: Optional[int] = typer.Option(None, "--processes", help="Worker processes, one thread each (default: one per core)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Cells per hour: packs of K cells against one cell at a time, on the same cores (MNIST needs its data)."""
+    from tmafbench.training.pack_benchmark import bench_pack as run
+
+    figures = run(setting or ["table-3-2", "sine-sum", "mnist"], activation or ["relu", "tmaf"], pack, epochs, processes)
+    if as_json:
+        typer.echo(json.dumps([{**f.__dict__, "alone_per_hour": f.alone_per_hour, "packed_per_hour": f.packed_per_hour,
+                                "speedup": f.speedup} for f in figures], indent=2))
+        return
+    table = Table(title=f"cells per hour on {figures[0].processes} process(es), one thread each, {epochs} epoch(s) a cell")
+    for column in ("setting", "activation", "cells", "one at a time", f"packs of {pack}", "speed-up"):
+        table.add_column(column, justify="left" if column in ("setting", "activation") else "right")
+    for f in figures:
+        table.add_row(f.setting, f.activation, str(f.cells), f"{f.alone_per_hour:,.0f}", f"{f.packed_per_hour:,.0f}",
+                      f"{f.speedup:.1f}x")
+    Console(width=120).print(table)
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     try:
@@ -188,3 +213,4 @@ def register(app: typer.Typer) -> None:
         return
     bench_app.command("epoch")(bench_epoch)
     bench_app.command("step")(bench_step)
+    bench_app.command("pack")(bench_pack)

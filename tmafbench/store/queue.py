@@ -17,7 +17,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +28,7 @@ from tmafbench.store.environment import EnvironmentInfo
 from tmafbench.store.schema import Artifact, Cell, Environment, EpochMetric, FinalMetric, Run, Timing, utcnow
 
 BUSY = FINAL_OK + (RunStatus.RUNNING,)  # a cell with such a run is not claimable
+PACK_LOOKAHEAD = 4  # a pack of K cells is picked among the next K x this free cells
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class RunQueue:
 
     def _claimable(self, study_id: int, limits: Limits):
         busy = exists().where(Run.cell_id == Cell.id, Run.status.in_(BUSY))
-        return select(Cell.id, Cell.config_hash, Cell.group_hash, Cell.config).where(
+        return select(Cell.id, Cell.config_hash, Cell.group_hash, Cell.config, _attempts(RunStatus.LOST)).where(
             Cell.study_id == study_id, ~busy, _attempts(RunStatus.FAILED) < limits.max_retries,
             _attempts(RunStatus.LOST) < limits.max_crashes,
         ).order_by(Cell.id)
@@ -149,56 +150,72 @@ class RunQueue:
     def claim_cell(self, study_id: int, limits: Limits, *, host: str, worker: str, device: str,
                    environment_id: int | None = None) -> Claim | None:
         """Take the next free cell by inserting its next run; None when no cell is free now."""
+        claims = self.claim_cells(study_id, limits, host=host, worker=worker, device=device,
+                                  environment_id=environment_id)
+        return claims[0] if claims else None
+
+    def claim_cells(self, study_id: int, limits: Limits, *, host: str, worker: str, device: str,
+                    environment_id: int | None = None, most: int = 1,
+                    key: Callable[[dict[str, Any]], Any] | None = None) -> list[Claim]:
+        """Take the next free cell and up to `most - 1` more whose config has the same `key` (cells
+        that can train together), by inserting their next runs in one transaction; [] when no cell
+        is free now. Without `key` only one cell is taken."""
         for _ in range(50):
             try:
                 with self.db.session() as s:
-                    found, claim = self._try_claim(s, study_id, limits, host, worker, device, environment_id)
-                if not found or claim is not None:
-                    return claim
+                    found, claims = self._try_claim(s, study_id, limits, host, worker, device, environment_id,
+                                                    most if key is not None else 1, key)
+                if not found or claims:
+                    return claims
             except IntegrityError:  # another worker claimed the same attempt first: try again
                 continue
-        return None
+        return []
 
     def _try_claim(self, s: Any, study_id: int, limits: Limits, host: str, worker: str, device: str,
-                   environment_id: int | None) -> tuple[bool, Claim | None]:
-        """(a free cell was seen, the claim made): (False, None) when none is free, (True, None) when
-        another worker took the one we saw (look again)."""
+                   environment_id: int | None, most: int, key: Callable[[dict[str, Any]], Any] | None
+                   ) -> tuple[bool, list[Claim]]:
+        """(a free cell was seen, the claims made): (False, []) when none is free, (True, []) when
+        other workers took the ones we saw (look again)."""
         # SQLite: BEGIN IMMEDIATE already serialises claims. PostgreSQL: the queue pattern, where a
         # cell row another claim holds is skipped, not waited for.
-        query = self._claimable(study_id, limits).limit(1)
+        query = self._claimable(study_id, limits).limit(1 if most == 1 else most * PACK_LOOKAHEAD)
         postgres = s.bind.dialect.name == "postgresql"
         if postgres:
             query = query.with_for_update(of=Cell, skip_locked=True)
-        row = s.execute(query).first()
-        if row is None:
-            return False, None
-        cell_id, config_hash, group_hash, config = row
-        # READ COMMITTED judged the cell free from a snapshot taken before it got the row lock; a claim
-        # committed in between releases that lock without changing the cell row, so PostgreSQL does
-        # not look again by itself (measured: 63 claims for 60 cells with 4 racing workers). We hold
-        # the lock now, so a fresh look is final.
-        if postgres and s.scalar(select(exists().where(Run.cell_id == cell_id, Run.status.in_(BUSY)))):
-            return True, None
-        attempt = (s.scalar(select(func.max(Run.attempt)).where(Run.cell_id == cell_id)) or 0) + 1
-        now = utcnow()
-        run = Run(cell_id=cell_id, attempt=attempt, status=RunStatus.RUNNING, host=host, worker=worker,
-                  device=device, environment_id=environment_id, started_at=now, heartbeat_at=now)
-        s.add(run)
-        s.flush()
-        return True, Claim(run.id, cell_id, attempt, config_hash, group_hash, config)
+        rows = s.execute(query).all()
+        if not rows:
+            return False, []
+        if most > 1:
+            rows = _pack_of(rows, most, key)
+        claims = []
+        for cell_id, config_hash, group_hash, config, _lost in rows:
+            # READ COMMITTED judged the cell free from a snapshot taken before it got the row lock; a
+            # claim committed in between releases that lock without changing the cell row, so PostgreSQL
+            # does not look again by itself (measured: 63 claims for 60 cells with 4 racing workers).
+            # We hold the lock now, so a fresh look is final.
+            if postgres and s.scalar(select(exists().where(Run.cell_id == cell_id, Run.status.in_(BUSY)))):
+                continue
+            attempt = (s.scalar(select(func.max(Run.attempt)).where(Run.cell_id == cell_id)) or 0) + 1
+            now = utcnow()
+            run = Run(cell_id=cell_id, attempt=attempt, status=RunStatus.RUNNING, host=host, worker=worker,
+                      device=device, environment_id=environment_id, started_at=now, heartbeat_at=now)
+            s.add(run)
+            s.flush()
+            claims.append(Claim(run.id, cell_id, attempt, config_hash, group_hash, config))
+        return True, claims
 
     def pending_configs(self, study_id: int, limits: Limits) -> list[dict[str, Any]]:
         """Configs of the cells that may still run (not final, not running): what a resume will train."""
         with self.db.session() as s:
-            return [row[2] for row in s.execute(self._claimable(study_id, limits).with_only_columns(
-                Cell.id, Cell.config_hash, Cell.config)).all()]
+            return [row[3] for row in s.execute(self._claimable(study_id, limits)).all()]
 
-    def heartbeat(self, run_id: int) -> bool:
-        """Touch a running run; False when it is no longer running (swept as lost meanwhile)."""
+    def heartbeat(self, run_id: int | list[int]) -> bool:
+        """Touch running runs; False when one of them is no longer running (swept as lost meanwhile)."""
+        ids = [run_id] if isinstance(run_id, int) else list(run_id)
         with self.db.session() as s:
-            result = s.execute(update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING)
+            result = s.execute(update(Run).where(Run.id.in_(ids), Run.status == RunStatus.RUNNING)
                                .values(heartbeat_at=utcnow()))
-            return result.rowcount > 0
+            return result.rowcount == len(ids)
 
     def set_trial_number(self, run_id: int, number: int) -> None:
         """Record the run's Optuna trial as soon as it exists, so a lost run's trial can be closed."""
@@ -308,10 +325,23 @@ class RunQueue:
             return as_utc(s.scalar(select(Run.started_at).where(Run.cell_id == cell_id, Run.attempt == attempt)))
 
 
+def _pack_of(rows: list[Any], most: int, key: Callable[[dict[str, Any]], Any]) -> list[Any]:
+    """The first free cell and up to `most - 1` later ones that train with it (equal `key`).
+
+    A cell that already lost a worker runs alone, and joins no pack: if it is the one that kills its
+    process (a segfault, an OOM kill), it must not take a whole pack down again.
+    """
+    first = rows[0]
+    first_key = key(first[3]) if not first[4] else None
+    if first_key is None:
+        return [first]
+    return [r for r in rows if not r[4] and key(r[3]) == first_key][:most]
+
+
 def timings(result: Any) -> dict[str, float]:
     """Run-level timings (names from the schema conventions)."""
     epochs = result.epochs
-    out = {"total_train_s": float(result.total_train_time_s)}
+    out = {"total_train_s": float(result.total_train_time_s), "pack_size": float(getattr(result, "pack_size", 1))}
     if epochs:
         out["median_epoch_s"] = statistics.median(e.epoch_time_s for e in epochs)
         out["mean_samples_per_s"] = statistics.fmean(e.samples_per_s for e in epochs)

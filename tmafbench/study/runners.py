@@ -23,8 +23,9 @@ from tmafbench.study.lifecycle import StudyInfo, optuna_storage
 class Runner(Protocol):
     """Runs the claimed cells of one phase."""
 
-    def run(self, claim: Claim, ctx: Any) -> Any:
-        """Train the claimed cell, store its run and tell Optuna; returns the TrialResult."""
+    def run(self, claims: list[Claim], ctx: Any) -> list[Any]:
+        """Train the claimed cells (together where they pack), store their runs and tell Optuna;
+        returns their TrialResults."""
 
     def reconcile(self, ctx: Any) -> int:
         """Close this phase's Optuna trials whose run is over (or never started); returns how many."""
@@ -85,12 +86,16 @@ class GridRunner:
             self._optuna_study_id = self.storage.get_study_id_from_name(self.optuna_name)
         return self._optuna_study_id
 
-    def run(self, claim: Claim, ctx: Any) -> Any:
-        trial_id, number = ctx.retry(lambda: self._start_trial(claim, ctx))
-        ctx.retry(lambda: ctx.repo.set_trial_number(claim.run_id, number))
-        result = ctx.run_cell(claim, ctx.trial_fn, trial_number=number)
-        ctx.retry(lambda: self._finish_trial(trial_id, result.status, result.final_metric))
-        return result
+    def run(self, claims: list[Claim], ctx: Any) -> list[Any]:
+        trials = []
+        for claim in claims:
+            trial_id, number = ctx.retry(lambda: self._start_trial(claim, ctx))
+            ctx.retry(lambda: ctx.repo.set_trial_number(claim.run_id, number))
+            trials.append((trial_id, number))
+        results = ctx.run_cells(claims, trial_numbers=[number for _id, number in trials])
+        for (trial_id, _number), result in zip(trials, results):
+            ctx.retry(lambda: self._finish_trial(trial_id, result.status, result.final_metric))
+        return results
 
     def _start_trial(self, claim: Claim, ctx: Any) -> tuple[int, int]:
         """Create the RUNNING trial; returns (trial id, trial number).
@@ -141,30 +146,36 @@ class SlotRunner:
         self.slots = {p.config_hash: p for p in slot_plans(self.design, self.groups)}
         self.by_hash = {g.group_hash: g for g in self.groups}
 
-    def run(self, claim: Claim, ctx: Any) -> Any:
+    def run(self, claims: list[Claim], ctx: Any) -> list[Any]:
         from optuna.trial import TrialState
 
-        from tmafbench.study.tuning import load_optuna_study, train_slot
+        from tmafbench.study.tuning import load_optuna_study, train_slots
 
-        plan = self.slots[claim.config_hash]
-        group = self.by_hash[plan.group_hash]
         tune = self.design.tune
-        study = ctx.retry(lambda: load_optuna_study(self.design, group, self.storage, plan.slot, claim.attempt))
-        trial = ctx.retry(study.ask)
-        params = {key: param.suggest(trial, key) for key, param in group.space.items()}
-        trial.set_user_attr("slot", plan.slot)
-        ctx.retry(lambda: ctx.repo.set_trial_number(claim.run_id, trial.number))
-        fn = partial(train_slot, trial=trial, params=params, seeds=tune.tune_seed_list(), metric=tune.metric,
-                     direction=metric_direction(tune.metric), trial_fn=ctx.trial_fn)
+        studies, trials, params = [], [], []
+        for claim in claims:
+            plan = self.slots[claim.config_hash]
+            group = self.by_hash[plan.group_hash]
+            study = ctx.retry(lambda: load_optuna_study(self.design, group, self.storage, plan.slot, claim.attempt))
+            trial = ctx.retry(study.ask)
+            params.append({key: param.suggest(trial, key) for key, param in group.space.items()})
+            trial.set_user_attr("slot", plan.slot)
+            ctx.retry(lambda: ctx.repo.set_trial_number(claim.run_id, trial.number))
+            studies.append(study)
+            trials.append(trial)
+        fn = partial(train_slots, trials=trials, params=params, seeds=tune.tune_seed_list(), metric=tune.metric,
+                     direction=metric_direction(tune.metric), train_many=ctx.many_fn)
         try:
-            result = ctx.run_cell(claim, fn, trial_number=trial.number)
+            results = ctx.run_cells(claims, fn, trial_numbers=[t.number for t in trials])
         except (KeyboardInterrupt, SystemExit):
-            ctx.retry(lambda: study.tell(trial, state=TrialState.FAIL))
+            for study, trial in zip(studies, trials):
+                ctx.retry(lambda: study.tell(trial, state=TrialState.FAIL))
             raise
-        tuning = (result.artifacts or {}).get("tuning", {})
-        state = SlotState.read(tuning.get("state")) if result.status == RunStatus.COMPLETED else SlotState.FAILED
-        ctx.retry(lambda: _tell(study, trial.number, state, tuning.get("value")))
-        return result
+        for study, trial, result in zip(studies, trials, results):
+            tuning = (result.artifacts or {}).get("tuning", {})
+            state = SlotState.read(tuning.get("state")) if result.status == RunStatus.COMPLETED else SlotState.FAILED
+            ctx.retry(lambda: _tell(study, trial.number, state, tuning.get("value")))
+        return results
 
     def reconcile(self, ctx: Any) -> int:
         import optuna

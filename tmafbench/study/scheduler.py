@@ -46,6 +46,7 @@ from tmafbench.store.repository import Claim, Counts, Repository
 from tmafbench.study.lifecycle import Phase, StudyInfo, info_of
 
 TrialFn = Callable[..., Any]
+ManyFn = Callable[..., list[Any]]  # (configs, on_epochs=None) -> a TrialResult or an exception per config
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,11 @@ class WorkerOptions:
     grace_s: float = 60.0  # a run without heartbeat for this long is taken as dead
     poll_s: float = 1.0  # idle wait while other workers finish the last cells
     max_runs: int | None = None  # stop after this many runs (tests, benchmarks)
+    pack: int | str = 1  # cells trained together as one packed model: K, or "auto" (training/packed.py)
 
     def __post_init__(self) -> None:
+        if self.pack != "auto" and not (isinstance(self.pack, int) and not isinstance(self.pack, bool) and self.pack >= 1):
+            raise TmafbenchError(f"--pack must be a positive integer or 'auto', got {self.pack!r}")
         if self.heartbeat_s <= 0:
             raise TmafbenchError(f"--heartbeat must be > 0 seconds, got {self.heartbeat_s:g}")
         # A live run is silent for up to one heartbeat interval (longer on a loaded machine): a grace
@@ -63,6 +67,17 @@ class WorkerOptions:
         if self.grace_s < 2 * self.heartbeat_s:
             raise TmafbenchError(f"--grace ({self.grace_s:g} s) must be at least twice --heartbeat "
                                  f"({self.heartbeat_s:g} s), or live runs are taken for dead and run twice")
+
+
+    def pack_size(self, device: str) -> int:
+        """Cells per pack: the number given, or for "auto" 16 on a CPU (where 16 small MLPs train about
+        as fast per step as one) and 64 on a GPU."""
+        if self.pack != "auto":
+            return int(self.pack)
+        return AUTO_PACK_GPU if device.startswith("cuda") else AUTO_PACK_CPU
+
+
+AUTO_PACK_CPU, AUTO_PACK_GPU = 16, 64
 
 
 @dataclass
@@ -92,17 +107,17 @@ class WorkerStats:
 
 
 class Heartbeat:
-    """Touch the run row every `interval_s` seconds from a daemon thread while a trial trains."""
+    """Touch the claimed run rows every `interval_s` seconds from a daemon thread while they train."""
 
-    def __init__(self, repo: Repository, run_id: int, interval_s: float):
-        self.repo, self.run_id, self.interval_s = repo, run_id, interval_s
+    def __init__(self, repo: Repository, run_ids: list[int], interval_s: float):
+        self.repo, self.run_ids, self.interval_s = repo, list(run_ids), interval_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.run_ids[0]}", daemon=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.repo.heartbeat(self.run_id)
+                self.repo.heartbeat(self.run_ids)
             except OperationalError:  # a busy database delays one beat; the grace period covers it
                 continue
 
@@ -160,6 +175,29 @@ def failed_result(exc: BaseException, device: str) -> TrialResult:
     return TrialResult(status=RunStatus.FAILED, metric_name="", metric_direction="minimize", device=device, error=error)
 
 
+def one_by_one(trial_fn: TrialFn) -> ManyFn:
+    """A `train_many` that trains each config alone with `trial_fn` (an exception is that cell's outcome)."""
+    def train_many(configs: list[TrialConfig], on_epochs: list[Any] | None = None) -> list[Any]:
+        outcomes: list[Any] = []
+        for config, on_epoch in zip(configs, on_epochs or [None] * len(configs)):
+            try:
+                outcomes.append(trial_fn(config, on_epoch=on_epoch))
+            except Exception as exc:  # noqa: BLE001 - the cell's own failure
+                outcomes.append(exc)
+        return outcomes
+
+    return train_many
+
+
+def default_many_fn(trial_fn: TrialFn | None) -> ManyFn:
+    """Packed training (training/packed.py) for the real trainer; one by one for any other trial function."""
+    if trial_fn is None:
+        from tmafbench.training.packed import train_many
+
+        return train_many
+    return one_by_one(trial_fn)
+
+
 def _is_locked(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "database is locked" in text or "database table is locked" in text
@@ -173,7 +211,8 @@ class WorkerContext:
     device: str
     options: WorkerOptions
     stats: WorkerStats
-    trial_fn: TrialFn
+    trial_fn: TrialFn  # one config -> TrialResult (the trainer, or a test's stand-in)
+    many_fn: ManyFn  # configs -> outcomes, packed where possible
     host: str = field(default_factory=socket.gethostname)
     environment_id: int | None = None
 
@@ -189,44 +228,52 @@ class WorkerContext:
                 time.sleep(min(2.0, 0.05 * 2**i))
         raise TmafbenchError("the database stayed locked; use PostgreSQL for this many workers")
 
-    def run_cell(self, claim: Claim, trial_fn: TrialFn, trial_number: int | None = None) -> TrialResult:
-        """Train one claimed cell on this worker's device and store its result; returns the TrialResult.
+    def run_cells(self, claims: list[Claim], train_many: ManyFn | None = None,
+                  trial_numbers: list[int | None] | None = None) -> list[TrialResult]:
+        """Train claimed cells (packed where they can be) on this worker's device and store each result.
 
-        The stored config is the cell's; only the device is this worker's. An exception in training
-        is a failed run (retried up to max_retries); Ctrl-C marks the run interrupted and re-raises.
-        The time spent in `trial_fn` is added to the stats' training time.
+        The stored config is each cell's; only the device is this worker's. An exception in a cell's
+        training is that cell's failed run (retried up to max_retries); Ctrl-C or SIGTERM marks every
+        claimed run interrupted and re-raises. Time in training is added to the stats.
         """
+        train_many = train_many or self.many_fn
+        numbers = trial_numbers or [None] * len(claims)
         cell_start = time.perf_counter()
-        config = TrialConfig.from_dict(claim.config)
-        config = config.replace(training=config.training.replace(device=self.device))
+        configs = []
+        for claim in claims:
+            config = TrialConfig.from_dict(claim.config)
+            configs.append(config.replace(training=config.training.replace(device=self.device)))
         start = time.perf_counter()
         try:
-            with Heartbeat(self.repo, claim.run_id, self.options.heartbeat_s):
-                try:
-                    result = trial_fn(config, on_epoch=None)
-                    if _STOP.is_set():  # a Ctrl-C that Python swallowed during the trial
-                        raise KeyboardInterrupt
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as exc:  # a bug or bad data in this cell: a failed attempt, not a dead worker
-                    result = failed_result(exc, self.device)
+            with Heartbeat(self.repo, [c.run_id for c in claims], self.options.heartbeat_s):
+                outcomes = train_many(configs)
+                if _STOP.is_set():  # a Ctrl-C that Python swallowed during the trial
+                    raise KeyboardInterrupt
         except (KeyboardInterrupt, SystemExit):
-            self.repo.mark_interrupted(claim.run_id, f"stopped by {_STOP_REASON[0]}", optuna_trial_number=trial_number)
+            for claim, number in zip(claims, numbers):
+                self.repo.mark_interrupted(claim.run_id, f"stopped by {_STOP_REASON[0]}", optuna_trial_number=number)
             raise
         finally:
-            self.stats.train_s.append(time.perf_counter() - start)
-        status = self.repo.finish_run(claim.run_id, result, optuna_trial_number=trial_number)
-        if status != result.status:
-            result = dataclasses.replace(result, status=status)
-        self.stats.cell_s.append(time.perf_counter() - cell_start)
-        return result
+            self.stats.train_s += [(time.perf_counter() - start) / len(claims)] * len(claims)
+        results = []
+        for claim, number, outcome in zip(claims, numbers, outcomes):
+            result = failed_result(outcome, self.device) if isinstance(outcome, BaseException) else outcome
+            status = self.repo.finish_run(claim.run_id, result, optuna_trial_number=number)
+            results.append(result if status == result.status else dataclasses.replace(result, status=status))
+        self.stats.cell_s += [(time.perf_counter() - cell_start) / len(claims)] * len(claims)
+        return results
 
 
 def drain(ctx: WorkerContext, phase: Phase, runner: Any, limits: Any) -> bool:
     """Claim and run the cells of one phase until every one is final; False when `max_runs` stopped it."""
+    from tmafbench.training.packed import pack_key
+
     options, stats = ctx.options, ctx.stats
+    pack = options.pack_size(ctx.device)
     last_sweep = -float("inf")
     while options.max_runs is None or stats.runs < options.max_runs:
+        if options.max_runs is not None:
+            pack = min(pack, options.max_runs - stats.runs)
         loop_start = time.perf_counter()
         # Lost runs only need finding about once per grace period (and whenever we are idle).
         if loop_start - last_sweep > options.grace_s / 2:
@@ -235,21 +282,24 @@ def drain(ctx: WorkerContext, phase: Phase, runner: Any, limits: Any) -> bool:
                 stats.stale_marked += len(lost)
                 ctx.retry(lambda: runner.reconcile(ctx))  # their Optuna trials: FAIL
             last_sweep = loop_start
-        claim = ctx.retry(lambda: ctx.repo.claim_cell(phase.study_id, limits, host=ctx.host, worker=stats.worker,
-                                                      device=ctx.device, environment_id=ctx.environment_id))
-        if claim is None:
+        claims = ctx.retry(lambda: ctx.repo.claim_cells(
+            phase.study_id, limits, host=ctx.host, worker=stats.worker, device=ctx.device,
+            environment_id=ctx.environment_id, most=pack, key=pack_key))
+        if not claims:
             if ctx.retry(lambda: ctx.repo.counts(phase.study_id, limits)).done:
                 ctx.retry(lambda: runner.reconcile(ctx))  # trials a dead worker left RUNNING
                 return True
             time.sleep(options.poll_s)  # others hold the last cells; take over any that go stale
             last_sweep = -float("inf")
             continue
-        if claim.attempt > 1:  # a retry: close what the last attempt left open before Optuna is asked again
+        if any(c.attempt > 1 for c in claims):  # a retry: close what the last attempt left open first
             ctx.retry(lambda: runner.reconcile(ctx))
         in_cells = sum(stats.cell_s)
-        result = runner.run(claim, ctx)
-        stats.record(result.status)
-        stats.overhead_s.append(time.perf_counter() - loop_start - (sum(stats.cell_s) - in_cells))
+        results = runner.run(claims, ctx)
+        for result in results:
+            stats.record(result.status)
+        overhead = time.perf_counter() - loop_start - (sum(stats.cell_s) - in_cells)
+        stats.overhead_s += [overhead / len(claims)] * len(claims)
     return False
 
 
@@ -269,7 +319,7 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
         db.check_schema()
         repo = Repository(db)
         info = info_of(repo, study_name)
-        ctx = WorkerContext(repo, device, options, stats, trial_fn or default_trial_fn())
+        ctx = WorkerContext(repo, device, options, stats, trial_fn or default_trial_fn(), default_many_fn(trial_fn))
         with stop_guard():
             ctx.environment_id = ctx.retry(lambda: repo.environment_id(collect(device)))
             for phase in info.phases:

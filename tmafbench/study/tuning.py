@@ -31,7 +31,7 @@ import dataclasses
 import hashlib
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from tmafbench.core import RunStatus, SlotState, TrialResult, best_trial, metric_direction
@@ -132,49 +132,89 @@ def _guard(record: Any) -> None:
         raise TuningProtocolError(f"a tuning run measured test metrics {test_metrics}; tuning reads validation metrics only")
 
 
-def train_slot(config: Any, on_epoch: Callable[[Any], None] | None = None, *, trial: Any, params: dict[str, Any],
-               seeds: list[int], metric: str, direction: str, trial_fn: Callable[..., Any] | None = None) -> Any:
-    """Train `config` + `params` on every tuning seed; the mean validation metric is the trial's value.
+@dataclass
+class _Slot:
+    """One tuning slot while its seeds train."""
 
-    Reports the per-epoch metric to Optuna (step = seed index * epochs + epoch, so one step means the
-    same seed and epoch in every trial) and stops at the first prune. Returns one TrialResult for
-    the whole slot (see the module docstring for what is stored). `on_epoch` is unused: the slot
-    reports to Optuna itself.
+    config: Any  # the group's tuning config with the trial's params applied
+    trial: Any
+    params: dict[str, Any]
+    results: list[Any] = field(default_factory=list)  # of the seeds that ran to the end
+    seen: list[tuple[int, Any]] = field(default_factory=list)  # (seed index, epoch record): a pruned seed has no result
+    pruned: bool = False
+    error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.pruned or self.error is not None or any(r.status != RunStatus.COMPLETED for r in self.results)
+
+
+def train_slots(configs: list[Any], *, trials: list[Any], params: list[dict[str, Any]], seeds: list[int], metric: str,
+                direction: str, train_many: Callable[..., list[Any]] | None = None) -> list[Any]:
+    """Train each slot's config + params on every tuning seed; a slot's value is its mean validation metric.
+
+    The slots train seed by seed in step, together through `train_many` (packed where they can be).
+    Each reports its per-epoch metric to its Optuna trial (step = seed index * epochs + epoch, so one
+    step means the same seed and epoch in every trial) and stops at its first prune or divergence.
+    Returns, per slot, one TrialResult for the whole slot (see the module docstring for what is
+    stored) or the exception that ended it.
     """
-    config = apply_params(config, params)
-    results, seen, pruned = _train_seeds(config, trial, seeds, metric, trial_fn)
-    return _slot_result(config, trial, params, seeds, metric, direction, results, seen, pruned)
+    from tmafbench.training.packed import train_many as packed
+
+    train_many = train_many or packed
+    slots = [_Slot(apply_params(c, p), t, p) for c, t, p in zip(configs, trials, params)]
+    for i, seed in enumerate(seeds):
+        running = [slot for slot in slots if not slot.done]
+        if not running:
+            break
+        outcomes = train_many([slot.config.replace(seed=seed) for slot in running],
+                              [_reporter(slot, i, seed, metric) for slot in running])
+        for slot, outcome in zip(running, outcomes):
+            if _is_pruned(outcome):
+                slot.pruned = True
+            elif isinstance(outcome, BaseException):
+                slot.error = outcome
+            else:
+                slot.results.append(outcome)
+    return [slot.error if slot.error is not None else
+            _slot_result(slot.config, slot.trial, slot.params, seeds, metric, direction, slot.results, slot.seen,
+                         slot.pruned) for slot in slots]
 
 
-def _train_seeds(config: Any, trial: Any, seeds: list[int], metric: str,
-                 trial_fn: Callable[..., Any] | None) -> tuple[list[Any], list[tuple[int, Any]], bool]:
-    """(results of the seeds that ran to the end, (seed index, epoch record) seen, pruned?)."""
+def train_slot(config: Any, *, trial: Any, params: dict[str, Any], seeds: list[int], metric: str, direction: str,
+               trial_fn: Callable[..., Any] | None = None) -> Any:
+    """One slot alone (`train_slots` with one slot); raises what ended it, if anything did."""
+    from tmafbench.study.scheduler import one_by_one
+
+    [outcome] = train_slots([config], trials=[trial], params=[params], seeds=seeds, metric=metric, direction=direction,
+                            train_many=one_by_one(trial_fn) if trial_fn is not None else None)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _reporter(slot: _Slot, index: int, seed: int, metric: str) -> Callable[[Any], None]:
+    """The per-epoch callback of one slot's seed: guard the protocol, report to Optuna, maybe prune."""
     import optuna
 
-    from tmafbench.training import train_trial
+    epochs = slot.config.training.epochs
 
-    trial_fn = trial_fn or train_trial
-    epochs = config.training.epochs
-    results: list[Any] = []
-    seen: list[tuple[int, Any]] = []  # kept by the callback: a pruned seed returns no result
-    for i, seed in enumerate(seeds):
-        def report(record: Any, i: int = i, seed: int = seed) -> None:
-            _guard(record)
-            seen.append((i, record))
-            value = record.metrics.get(metric)
-            if value is not None and math.isfinite(value):
-                trial.report(value, i * epochs + record.epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {record.epoch}")
+    def report(record: Any) -> None:
+        _guard(record)
+        slot.seen.append((index, record))
+        value = record.metrics.get(metric)
+        if value is not None and math.isfinite(value):
+            slot.trial.report(value, index * epochs + record.epoch)
+            if slot.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {record.epoch}")
 
-        try:
-            result = trial_fn(config.replace(seed=seed), on_epoch=report)
-        except optuna.TrialPruned:
-            return results, seen, True
-        results.append(result)
-        if result.status != RunStatus.COMPLETED:  # diverged: the trial ends here
-            break
-    return results, seen, False
+    return report
+
+
+def _is_pruned(outcome: Any) -> bool:
+    import optuna
+
+    return isinstance(outcome, optuna.TrialPruned)
 
 
 def _slot_result(config: Any, trial: Any, params: dict[str, Any], seeds: list[int], metric: str, direction: str,
@@ -199,6 +239,7 @@ def _slot_result(config: Any, trial: Any, params: dict[str, Any], seeds: list[in
         epochs=[dataclasses.replace(r, epoch=i * epochs + r.epoch) for i, r in seen], final_metrics=finals,
         total_train_time_s=sum(r.epoch_time_s for _, r in seen), num_params=first.num_params if first else 0,
         num_act_params=first.num_act_params if first else 0, device=first.device if first else config.training.device,
+        pack_size=max((r.pack_size for r in results), default=1),
         error=results[-1].error if results and status != RunStatus.COMPLETED else None,
         artifacts={"tuning": {"trial_number": trial.number, "state": str(state), "value": value, "params": params,
                               "seeds": list(seeds), "per_seed": per_seed, "config": config.to_dict()}},

@@ -67,6 +67,8 @@ class Task:
     kind: Kind = "regression"
     input_shape: tuple[int, ...] = ()
     output_size: int = 1
+    #: True when `prepare(train=True)` draws random numbers (augmentation): such cells train unpacked.
+    random_prepare: bool = False
 
     @property
     def metric_name(self) -> str:

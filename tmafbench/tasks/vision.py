@@ -181,6 +181,7 @@ class CIFAR10(VisionTask):
                  download: bool = True, augment: bool = True):
         super().__init__(data_dir=data_dir, train_size=train_size, test_size=test_size, download=download)
         self.augment = bool(augment)
+        self.random_prepare = self.augment  # random crops and flips per batch: trains unpacked
 
     def prepare(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         x = super().prepare(x, train, generator)
