@@ -116,7 +116,7 @@ FIXED_TRAINING = {
 
 # Options added after studies were stored: at these values they are left out of the config hash,
 # so cells stored before the option existed keep their identity.
-HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {}
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"breakpoint_lr": None}
 
 
 class _Config(BaseModel):
@@ -144,6 +144,7 @@ class TrainingConfig(_Config):
     weight_decay: NonNegative = 0.0
     act_lr: Positive | None = None  # activation parameters' own lr; None = lr
     act_weight_decay: NonNegative | None = None  # None = weight_decay
+    breakpoint_lr: Positive | None = None  # trainable breakpoints' own lr; None = act_lr
     schedule: Literal["constant", "step-half", "cosine", "onecycle"] = "constant"
     epochs: Annotated[StrictInt, Field(ge=1)] = 10
     batch_size: Annotated[StrictInt, Field(ge=1)] | None = 128  # None = full batch

@@ -131,3 +131,12 @@ def test_packed_step_time_is_shared_between_cells():
     times = [r.epochs[0].epoch_time_s for r in outcomes]
     assert len(set(times)) == 1 and all(t > 0 and math.isfinite(t) for t in times)
     assert all(r.pack_size == 4 for r in outcomes)
+
+
+def test_trainable_breakpoints_pack_with_their_own_lr(kernel):
+    cells = configs("sine-sum", "tmaf-tridiag", {"n": 1, "train_size": 256, "test_size": 64})
+    cells = [c.replace(act_params={**c.act_params, "train_breakpoints": True},
+                       training=c.training.replace(breakpoint_lr=1e-3 * (k + 1))) for k, c in enumerate(cells)]
+    assert len({pack_key(c.to_dict()) for c in cells}) == 1
+    for packed, alone in zip(train_many(cells), [train_trial(c) for c in cells]):
+        assert_same(packed, alone)

@@ -128,11 +128,20 @@ def test_activation_parameters_get_their_own_group():
     from tmafbench import models, tasks
 
     model = models.create("mlp", activation=activations.factory("tmaf"), task=tasks.create("sine-sum"), width=8)
-    weights, act = split_parameters(model)
-    assert act and len(weights) == 4
+    weights, act, breakpoints = split_parameters(model)
+    assert act and len(weights) == 4 and not breakpoints
     opt = build_optimizer(model, TrainingConfig(lr=0.1, act_lr=0.5, weight_decay=1e-4, act_weight_decay=0.0,
                                                 optimizer="sgd"))
     assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.1, 1e-4), (0.5, 0.0)]
+    # trainable breakpoints: a group of their own, at breakpoint_lr (default: act_lr)
+    model = models.create("mlp", activation=activations.factory("tmaf", train_breakpoints=True),
+                          task=tasks.create("sine-sum"), width=8)
+    weights, act, breakpoints = split_parameters(model)
+    assert len(breakpoints) == 2 and len(act) == 1
+    for extra, lr in (({}, 0.5), ({"breakpoint_lr": 0.02}, 0.02)):
+        opt = build_optimizer(model, TrainingConfig(lr=0.1, act_lr=0.5, optimizer="sgd", **extra))
+        assert [(g["name"], g["lr"]) for g in opt.param_groups] == [("weights", 0.1), ("activations", 0.5),
+                                                                    ("breakpoints", lr)]
 
 
 def _lrs(name, steps=10):

@@ -45,6 +45,7 @@ from torch import nn
 from tmafbench import activations
 from tmafbench.core import EpochRecord, RunStatus, TrialConfig, TrialResult
 from tmafbench.tasks.base import Task
+from tmafbench.training.optim import BREAKPOINT_PREFIX, group_settings
 from tmafbench.training.timing import Timer
 from tmafbench.training.trainer import Setup, build_setup, collect_artifacts, evaluate_all, train_trial
 
@@ -83,7 +84,7 @@ class PackedParam:
     cell_dim: int  # the dimension that indexes cells (0 for linear layers; the feature dim for activations)
     slot: int  # per cell along cell_dim: 1 for linear layers; C + separators for activations
     used: int  # of the slot, the part that is the cell's own (the rest: separators)
-    is_activation: bool
+    group: str  # the optimiser group: "weights", "activations" or "breakpoints" (optim.group_settings)
 
     def cells(self, t: torch.Tensor | None = None) -> torch.Tensor:
         """`t` (default: the tensor) as a [K, ...] view, one row of values per cell (separators included)."""
@@ -147,7 +148,8 @@ class PackedActivation(nn.Module):
                 for k, o in enumerate(own):
                     target.narrow(dim, k * self.slot, features).copy_(o[name])
             if isinstance(target, nn.Parameter):
-                self.packed[name] = PackedParam(target, dim, self.slot, features, True)
+                group = "breakpoints" if name.startswith(BREAKPOINT_PREFIX) else "activations"
+                self.packed[name] = PackedParam(target, dim, self.slot, features, group)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h [K, B, C] -> [K, B, C], each cell through its own slice of the activation."""
@@ -213,7 +215,7 @@ class PackedMLP(nn.Module):
         return h
 
     def packed_params(self) -> list[PackedParam]:
-        out = [PackedParam(t, 0, 1, 1, False) for pair in self.linears for t in pair]
+        out = [PackedParam(t, 0, 1, 1, "weights") for pair in self.linears for t in pair]
         return out + [p for act in self.acts for p in act.packed.values()]
 
     def write_back(self, models: list[nn.Module]) -> None:
@@ -248,7 +250,7 @@ class PackedOptimizer:
     def __init__(self, params: list[PackedParam], setups: list[Setup], kind: str):
         self.params, self.kind, self.step_count = params, kind, 0
         self.tensors = [p.tensor for p in params]
-        maps = [[_cell_map(p, values) for values in zip(*(_hyper(s.config, p.is_activation) for s in setups))]
+        maps = [[_cell_map(p, values) for values in zip(*(_hyper(s.config, p.group) for s in setups))]
                 for p in params]
         self.lr, self.wd, self.momentum = (list(m) for m in zip(*maps))
         self.decay = any(bool(w.any()) for w in self.wd)
@@ -297,14 +299,9 @@ class PackedOptimizer:
             t.grad = None
 
 
-def _hyper(config: TrialConfig, activation: bool) -> tuple[float, float, float]:
-    cfg = config.training
-    if activation:
-        lr = cfg.act_lr if cfg.act_lr is not None else cfg.lr
-        wd = cfg.act_weight_decay if cfg.act_weight_decay is not None else cfg.weight_decay
-    else:
-        lr, wd = cfg.lr, cfg.weight_decay
-    return float(lr), float(wd), float(cfg.momentum)
+def _hyper(config: TrialConfig, group: str) -> tuple[float, float, float]:
+    lr, wd = group_settings(config.training, group)
+    return float(lr), float(wd), float(config.training.momentum)
 
 
 def _cell_map(p: PackedParam, values: Any) -> torch.Tensor:
