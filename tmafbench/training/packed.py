@@ -10,7 +10,8 @@ training protocol train here as one model:
   TMAF couples neighbouring features, so b zero features separate the cells' slices: a zero input
   adds nothing to its neighbours, and the separators' outputs are dropped;
 - the optimiser (sgd, adam, adamw) is written over the packed tensors with per-element learning
-  rate and weight-decay maps, so each cell keeps its own lr, act_lr, weight decay and momentum, and
+  rate and weight-decay maps, so each cell keeps its own lr, act_lr, breakpoint_lr, weight decay and
+  momentum, and
   the schedule (constant, step-half, cosine) scales them step by step as torch's schedulers do.
 
 Each cell keeps what defines it alone: its model is built by `build_setup` from its own seed
@@ -55,7 +56,7 @@ Outcome = TrialResult | BaseException
 PACKABLE_MODELS = ("mlp",)
 PACKABLE_SCHEDULES = ("constant", "step-half", "cosine")
 # Training options each cell may set for itself; every other option must agree within a pack.
-PER_CELL_TRAINING = ("lr", "act_lr", "weight_decay", "act_weight_decay", "momentum", "grad_clip", "init_scale")
+PER_CELL_TRAINING = ("lr", "act_lr", "breakpoint_lr", "weight_decay", "act_weight_decay", "momentum", "grad_clip", "init_scale")
 
 
 def pack_key(config: dict[str, Any]) -> str | None:
