@@ -11,8 +11,8 @@ training protocol train here as one model:
   adds nothing to its neighbours, and the separators' outputs are dropped;
 - the optimiser (sgd, adam, adamw) is written over the packed tensors with per-element learning
   rate and weight-decay maps, so each cell keeps its own lr, act_lr, breakpoint_lr, weight decay and
-  momentum, and
-  the schedule (constant, step-half, cosine) scales them step by step as torch's schedulers do.
+  momentum, and the schedule (constant, step-half, cosine) scales them step by step as torch's
+  schedulers do.
 
 Each cell keeps what defines it alone: its model is built by `build_setup` from its own seed
 (weights, activation init, data, validation split, data-order generator), so its initial weights
