@@ -364,6 +364,38 @@ def learned_activations(ctx: FigureContext) -> list[Figure]:
     return [ctx.save(fig, "learned_activations", "Learned activations beside ReLU")]
 
 
+def learned_breakpoints(ctx: FigureContext) -> list[Figure]:
+    """Trainable breakpoints after training (dots, one row per feature) over the grid they started
+    from (grey lines), for the first completed seed of each series that trains them."""
+    data = ctx.data
+    done = _completed(data).sort_values(SEED_AXIS).drop_duplicates("series")
+    stored = data.artifacts("breakpoints", done["cell_id"])
+    rows = [r for r in done.itertuples() if int(r.cell_id) in stored][:MAX_FACETS]
+    if not rows:
+        return []
+    layers = max(min(len(stored[int(r.cell_id)]["modules"]), MAX_LAYERS) for r in rows)
+    fig, axes = plt.subplots(len(rows), layers, figsize=ctx.figsize(max(3.6 * layers, 6.0), 2.4 * len(rows)),
+                             squeeze=False)
+    for i, row in enumerate(rows):
+        modules = list(stored[int(row.cell_id)]["modules"].items())[:MAX_LAYERS]
+        for j in range(layers):
+            ax = axes[i][j]
+            if j >= len(modules):
+                ax.axis("off")
+                continue
+            name, grid = modules[j]
+            for s in grid["initial"]:
+                ax.axvline(s, color="0.8", lw=0.6, zorder=0)
+            for k, learned in enumerate(grid["learned"]):
+                ax.plot(learned, [k] * len(learned), "|", ms=7, color=ctx.colors.get(row.series))
+            ax.set_yticks(range(len(grid["learned"])))
+            ax.set_ylabel("feature", fontsize=8)
+            ax.set_xlabel("breakpoint position", fontsize=8)
+            ax.set_title(f"{row.series}: {name}", fontsize=8)
+    fig.suptitle(f"Learned breakpoints (seed {rows[0].seed}; grey: the grid they started from)", fontsize=10)
+    return [ctx.save(fig, "learned_breakpoints", "Learned breakpoints over their starting grid")]
+
+
 def timing(ctx: FigureContext) -> list[Figure]:
     """Each run's median epoch time divided by its baseline group's median (same hardware)."""
     if ctx.baseline is None:
@@ -412,7 +444,8 @@ def draw_all(ctx: FigureContext, summary: pd.DataFrame) -> list[Figure]:
     """Every figure whose data exists, in reading order."""
     figures: list[Figure] = []
     for draw in (lambda: metric_vs_axis(ctx, summary), lambda: seeds_plot(ctx), lambda: learning_curves(ctx),
-                 lambda: predictions(ctx), lambda: learned_activations(ctx), lambda: timing(ctx)):
+                 lambda: predictions(ctx), lambda: learned_activations(ctx), lambda: learned_breakpoints(ctx),
+                 lambda: timing(ctx)):
         figures.extend(draw())
     return figures
 

@@ -24,7 +24,9 @@ Conventions shared by the writer (study runner) and the reader (reports):
   ("rel_l2"/"minimize" or "accuracy"/"maximize").
 - Artifacts: "predictions" = {"x": [...], "target": [...], "prediction": [...]} on a fixed grid
   (1-D tasks); "activation_params" = {module_name: {param_name: nested list}};
-  "activation_curves" = {"s": [...], "modules": {module_name: [[y over s] per feature, <= 8]}}.
+  "activation_curves" = {"s": [...], "modules": {module_name: [[y over s] per feature, <= 8]}};
+  "breakpoints" (activations with trainable breakpoints only) = {"modules": {module_name:
+  {"initial": [s_1..s_m], "learned": [[s_1..s_m] per feature, <= 8]}}}.
 - `Study.reference` = {"source": str, "metric": str, "rows": [{<axis>: value, ..., "value": x}]}
   where each row's keys other than "value"/"note" match `Cell.axes` entries.
 """

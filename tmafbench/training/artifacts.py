@@ -30,6 +30,18 @@ def activation_params(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 @torch.inference_mode()
+def learned_breakpoints(model: nn.Module) -> dict[str, Any]:
+    """{"modules": {name: {"initial": [s_1..s_m], "learned": [[s_1..s_m] per feature, first <= 8]}}}
+    for every activation module that trains its breakpoints (empty otherwise)."""
+    modules = {}
+    for name, module in activation_modules(model):
+        if getattr(module, "train_breakpoints", False):
+            learned = module.breakpoints()[:CURVE_FEATURES]  # [Cb, m], Cb = 1 when shared
+            modules[name] = {"initial": list(module.grid.breakpoints), "learned": learned.double().cpu().tolist()}
+    return {"modules": modules} if modules else {}
+
+
+@torch.inference_mode()
 def activation_curves(model: nn.Module, device: torch.device) -> dict[str, Any]:
     """{"s": [...], "modules": {name: [[y(s) for s] per feature, first <= 8 features]}}.
 

@@ -178,6 +178,9 @@ def collect_artifacts(setup: Setup) -> dict:
     if cfg.keep_activation_params and artifacts.activation_modules(setup.model):
         out["activation_params"] = artifacts.activation_params(setup.model)
         out["activation_curves"] = artifacts.activation_curves(setup.model, setup.device)
+        breakpoints = artifacts.learned_breakpoints(setup.model)
+        if breakpoints:
+            out["breakpoints"] = breakpoints
     return out
 
 
