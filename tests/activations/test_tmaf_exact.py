@@ -180,7 +180,8 @@ def test_no_elements_times_intervals_temporaries(backend, name):
     x = torch.randn(64, 16, 16, 16) * 3
     grad = torch.randn_like(x)
     # A one-hot or (elements x intervals) tensor would be about 100x the input; native needs out + grad_x.
-    limit = (2.2 if backend == "native" else 12) * x.numel() * x.element_size()
+    # The reference sums in float64 with int64 slot indices: a few such temporaries per element.
+    limit = (2.2 if backend == "native" else 25) * x.numel() * x.element_size()
     assert peak_bytes(act, x, grad) <= limit
 
 

@@ -8,17 +8,20 @@ Banded form (matrix.py): diagonal d (row offset r_d, grid shifted by delta_d) ad
 `D_d,j(y_j) * y_j` to output row j + r_d. Bandwidth 0 is this diagonal TMAF.
 
 Trainable breakpoints (`train_breakpoints=True`, the paper's proposed extension). The output
-jumps by (t_q - t_{q-1}) y at breakpoint s_q, so d out / d s_q is a delta function. We relax it:
-the delta is replaced by the derivative of a sigmoid of width tau = BREAKPOINT_KERNEL_WIDTH * h,
-evaluated for the two breakpoints that bound each input (the kernel is negligible further out):
+jumps by (t_{k+1} - t_k) y at breakpoint s_k, so d out / d s_k is a delta function. We relax it:
+the delta is replaced by a smooth bump of half-width a = BREAKPOINT_KERNEL_WIDTH * h (h: the
+interval width), evaluated for the two breakpoints that bound each input:
 
-    d loss / d s_q  ~=  - sum over inputs y next to s_q of  grad * y * (t_q - t_{q-1}) * k_tau(y - s_q)
+    d loss / d s_k  ~=  - sum over inputs y next to s_k of  grad * y * (t_{k+1} - t_k) * k_a(y - s_k)
 
-with k_tau(u) = sigmoid'(u / tau) / tau. The forward pass stays the exact piecewise-constant
-function. Breakpoints are kept strictly increasing by parametrising them as a first breakpoint
-plus positive gaps: s_1 = breakpoint_first, s_{q+1} = s_q + softplus(breakpoint_gaps_q) + eps.
-They are per feature with share="feature" and shared with share="layer". With trainable
-breakpoints the relu init is exact only up to the rounding of the cumulative sum.
+with k_a(u) = 15/(16 a) (1 - (u/a)^2)^2 on |u| < a, else 0 (it integrates to 1). With a = h its
+support covers exactly the two intervals next to each breakpoint of a uniform grid, so taking the
+two bounding breakpoints loses nothing there; and it needs only +, -, * and /, so both kernels
+compute it to the same bits. The forward pass stays the exact piecewise-constant function.
+Breakpoints are kept strictly increasing by parametrising them as a first breakpoint plus positive
+gaps: s_1 = breakpoint_first, s_{q+1} = s_q + softplus(breakpoint_gaps_q) + eps. They are per
+feature with share="feature" and shared with share="layer". With trainable breakpoints the relu
+init is exact only up to the rounding of the cumulative sum.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torch import nn
 from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation
 from tmafbench.activations.grid import Grid
-from tmafbench.activations.kernels import BandSpec, banded_tmaf
+from tmafbench.activations.kernels import BandSpec, GridTensors, banded_tmaf, grid_tensors
 
 INITS = ("relu", "leaky", "identity", "random")
 SHARES = ("feature", "layer")
@@ -74,8 +77,8 @@ class BandedTMAFBase(Activation):
     """Piecewise-constant matrix activation with 2 * bandwidth + 1 diagonals (see module docstring)."""
 
     trainable = True
-    #: tau of the breakpoint relaxation, as a fraction of the (mean) interval width.
-    BREAKPOINT_KERNEL_WIDTH = 0.25
+    #: Half-width of the breakpoint relaxation's kernel, as a fraction of the (mean) interval width.
+    BREAKPOINT_KERNEL_WIDTH = 1.0
 
     def __init__(
         self,
@@ -106,9 +109,10 @@ class BandedTMAFBase(Activation):
         self.shifts = tuple(float(s) for s in shifts)
         self._init_breakpoints(rows)
         uniform = (grid.lo, grid.width) if grid.uniform and not self.train_breakpoints else None
-        inv_tau = 1.0 / (self.BREAKPOINT_KERNEL_WIDTH * grid.width) if self.train_breakpoints else 0.0
-        self.spec = BandSpec(self.shifts, tuple(self._rows), uniform, inv_tau)
+        bump_width = self.BREAKPOINT_KERNEL_WIDTH * grid.width if self.train_breakpoints else 0.0
+        self.spec = BandSpec(self.shifts, tuple(self._rows), uniform, bump_width)
         self._fixed_bp: dict[torch.device, torch.Tensor] = {}
+        self._fixed_grids: dict[tuple[torch.device, torch.dtype], GridTensors] = {}
 
     @property
     def bandwidth(self) -> int:
@@ -141,7 +145,18 @@ class BandedTMAFBase(Activation):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_features(x, per_feature=self.share == "feature")
-        return banded_tmaf(x, self.tables(), self.breakpoints(), self.spec)
+        breakpoints = self.breakpoints()
+        return banded_tmaf(x, self.tables(), breakpoints, self.spec, grid=self._fixed_grid(breakpoints, x))
+
+    def _fixed_grid(self, breakpoints: torch.Tensor, x: torch.Tensor) -> GridTensors | None:
+        """A fixed grid's thresholds for x's device and dtype, built once; None for trainable breakpoints
+        (the kernel derives them from the current breakpoints on every call)."""
+        if self.train_breakpoints:
+            return None
+        key = (x.device, x.dtype)
+        if key not in self._fixed_grids:
+            self._fixed_grids[key] = grid_tensors(breakpoints.to(x.device), self.spec, x.dtype)
+        return self._fixed_grids[key]
 
     def extra_repr(self) -> str:
         return (

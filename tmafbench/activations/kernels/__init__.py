@@ -1,8 +1,9 @@
 """TMAF kernels: `banded_tmaf` picks the fused native CPU kernel or the portable PyTorch one.
 
-Selection: the native kernel (native.py) on CPU for float32/float64 when a C compiler is
-available; otherwise the PyTorch reference (reference.py), which runs on any device. Set
-TMAFBENCH_KERNEL=torch to force the PyTorch path. Both save only the input for backward.
+Selection: the native kernel (native.py, C++) on CPU for float32/float64 when it builds; otherwise
+the PyTorch reference (reference.py), which runs on any device. Set TMAFBENCH_KERNEL=torch to force
+the PyTorch path. On the CPU both give the same bits (outputs and gradients), whatever the thread
+count; both save only the input for backward. The shared definitions are in spec.py.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import torch
 
 from tmafbench.activations.kernels import native
 from tmafbench.activations.kernels.reference import ReferenceBandedTMAF
-from tmafbench.activations.kernels.spec import BandSpec
+from tmafbench.activations.kernels.spec import BandSpec, GridTensors, grid_tensors
 
-__all__ = ["BandSpec", "backend_for", "banded_tmaf"]
+__all__ = ["BandSpec", "GridTensors", "backend_for", "banded_tmaf", "grid_tensors"]
 
 
 def backend_for(x: torch.Tensor) -> str:
@@ -26,11 +27,21 @@ def backend_for(x: torch.Tensor) -> str:
 
 
 def banded_tmaf(
-    x: torch.Tensor, tables: torch.Tensor, breakpoints: torch.Tensor, spec: BandSpec, backend: str | None = None
+    x: torch.Tensor,
+    tables: torch.Tensor,
+    breakpoints: torch.Tensor,
+    spec: BandSpec,
+    backend: str | None = None,
+    grid: GridTensors | None = None,
 ) -> torch.Tensor:
-    """Apply a banded TMAF. x: [N, C, *S]; tables: [D, Cf, K]; breakpoints: [Cb, K-1]. Returns x's shape."""
+    """Apply a banded TMAF. x: [N, C, *S]; tables: [D, Cf, K]; breakpoints: [Cb, K-1]. Returns x's shape.
+
+    `grid` is `grid_tensors(breakpoints, spec, x.dtype)`; callers with a fixed grid pass it cached.
+    """
     shape = x.shape
     x3 = x.reshape(shape[0], shape[1], -1).contiguous()  # [N, C, S]
-    tables = tables.to(x.dtype)
-    fn = {"native": native.NativeBandedTMAF, "torch": ReferenceBandedTMAF}[backend or backend_for(x)]
-    return fn.apply(x3, tables, breakpoints, spec).view(shape)
+    tables = tables.to(x.dtype).contiguous()
+    if grid is None:
+        grid = grid_tensors(breakpoints, spec, x.dtype)
+    fn = native.NativeBandedTMAF if (backend or backend_for(x)) == "native" else ReferenceBandedTMAF
+    return fn.apply(x3, tables, breakpoints, grid, spec).view(shape)

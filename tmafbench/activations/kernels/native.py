@@ -1,182 +1,190 @@
-"""The fused CPU kernel for banded TMAF, compiled once with the system C compiler and loaded via ctypes.
+"""The fused CPU kernel for banded TMAF: tmaf_cpu.cpp, registered as torch.ops.tmafbench.*.
 
-Why not eager PyTorch: bucketize + gather + scatter make 6 to 10 passes over memory and
-allocate index tensors; this kernel makes one pass each way (see native_src.py). Compiling
-plain C (no torch headers) takes well under a second; the shared object is cached under
-$TMAFBENCH_CACHE (default ~/.cache/tmafbench) keyed by the source hash. If no compiler works,
-`load()` returns None and callers use the PyTorch reference implementation.
+Why not eager PyTorch: bucketize + gather + scatter make 6 to 10 passes over memory and allocate
+index tensors; this kernel makes one pass each way. Its operator schemas are declared once, in the
+C++ file, and PyTorch checks them against the C++ signatures when the library registers and
+against every call's arguments; the C++ side checks shapes and dtypes.
+
+Build: on first use, the system C++ compiler (CXX, else c++ / g++ / clang++) compiles the source
+against this torch's headers, about 10 s on two cores, once per machine. The shared object is
+cached as `$TMAFBENCH_CACHE/kernels/tmaf_cpu-<key>.so` (default ~/.cache/tmafbench), where the
+key hashes the source, the compiler's identity, the flags, the platform and the torch build: a
+cached object is never reused by another toolchain or torch. Workers that start at once take a
+file lock: one compiles into a temporary file that is renamed into place, the others wait and load
+it. When the kernel cannot be built or loaded, one line on stderr says why, once per process, and
+the PyTorch reference (reference.py: the same numbers, slower) takes over.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
-import warnings
+import uuid
 from pathlib import Path
 
 import torch
 
-from tmafbench.activations.kernels.native_src import SOURCE
-from tmafbench.activations.kernels.spec import BandSpec
+from tmafbench.activations.kernels.spec import BandSpec, GridTensors, bump_constants, chunk_samples
+
+SOURCE = Path(__file__).with_name("tmaf_cpu.cpp")
+COMPILE_TIMEOUT_S = 900  # a waiting worker gives up (and falls back) after this long
+DTYPES = (torch.float32, torch.float64)
 
 _LOCK = threading.Lock()
-_LIB: ctypes.CDLL | None = None
-_TRIED = False
-
-_P, _L, _I, _D = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
-_FWD_ARGS = [_P, _P, _P, _L, _L, _P, _L, _I, _I, _D, _D, _P, _P, _I, _L, _L, _L, _P, _I]
-_BWD_ARGS = [_P, _P, _P, _P, _L, _L, _P, _L, _I, _I, _D, _D, _P, _P, _I, _L, _L, _L, _L, _P, _P, _L, _D, _P, _I]
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_STATE: dict = {"tried": False, "ok": False, "reason": None, "library": None}
+_NO_TENSOR = torch.empty(0, dtype=torch.float64)  # stands for "no breakpoint gradient"
 
 
 def cache_dir() -> Path:
+    """$TMAFBENCH_CACHE, else ~/.cache/tmafbench."""
     return Path(os.environ.get("TMAFBENCH_CACHE") or Path.home() / ".cache" / "tmafbench")
 
 
-def _compile(target: Path) -> None:
-    """Compile SOURCE into `target` atomically (parallel test workers may race here)."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise OSError("no C compiler (cc/gcc) on PATH")
+def compiler() -> str:
+    """The C++ compiler: $CXX, else the first of c++, g++, clang++ on PATH."""
+    found = os.environ.get("CXX") or next((p for p in map(shutil.which, ("c++", "g++", "clang++")) if p), None)
+    if not found:
+        raise OSError("no C++ compiler found (set CXX, or install g++ or clang++)")
+    return found
+
+
+def compile_flags() -> list[str]:
+    """Everything but the compiler, source and output: exact IEEE arithmetic (no FMA contraction),
+    no -march=native (a cached object must run on any CPU of its architecture; x86-64 gets
+    AVX-512/AVX2 clones chosen at load time), and torch's headers, libraries and C++ ABI."""
+    root = Path(torch.__file__).resolve().parent
+    flags = ["-O3", "-std=c++20", "-fPIC", "-shared", "-ffp-contract=off", "-DNDEBUG",
+             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+             f"-I{root / 'include'}", f"-L{root / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{root / 'lib'}"]
+    if sys.platform != "darwin":  # Apple's clang has no OpenMP: the kernel then runs on one thread
+        flags.append("-fopenmp")
+    return flags
+
+
+def _compiler_identity(cxx: str) -> str:
+    try:
+        done = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise OSError(f"C++ compiler {cxx!r} does not run: {exc}") from None
+    if done.returncode != 0:
+        raise OSError(f"C++ compiler {cxx!r} does not run: {(done.stderr or done.stdout).strip()[:200]}")
+    return done.stdout
+
+
+def library_path(cxx: str, flags: list[str]) -> Path:
+    """Where the shared object for this source, compiler, flags, platform and torch is cached."""
+    parts = [SOURCE.read_text(), cxx, _compiler_identity(cxx), *flags, platform.system(), platform.machine(),
+             torch.__version__, str(torch.version.git_version)]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+    return cache_dir() / "kernels" / f"tmaf_cpu-{key}.so"
+
+
+def build(target: Path, cxx: str, flags: list[str]) -> None:
+    """Compile SOURCE into `target` unless it is there; safe when many processes do this at once."""
+    from filelock import FileLock, Timeout
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, out = Path(tmp) / "tmaf.c", Path(tmp) / "tmaf.so"
-        src.write_text(SOURCE)
-        # No -march=native: the cached object must run on any x86-64/arm64 this cache moves to.
-        cmd = [cc, "-O3", "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp", "-o", str(out), str(src), "-lm"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
-        os.replace(out, target)
+    try:
+        with FileLock(f"{target}.lock", timeout=COMPILE_TIMEOUT_S):
+            if target.exists():  # another process built it while we waited
+                return
+            print(f"tmafbench: compiling the TMAF CPU kernel into {target} (once per machine and torch)", file=sys.stderr)
+            tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex}.tmp")
+            cmd = [cxx, str(SOURCE), "-o", str(tmp), *flags]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+                if done.returncode != 0:
+                    errors = [ln for ln in done.stderr.splitlines() if "error" in ln] or done.stderr.splitlines()
+                    raise OSError(f"{Path(cxx).name} failed: {' | '.join(errors[:2])[:300]}")
+                os.replace(tmp, target)  # atomic: readers see no file or the whole file
+            finally:
+                tmp.unlink(missing_ok=True)
+    except Timeout:
+        raise OSError(f"gave up after {COMPILE_TIMEOUT_S} s waiting for another process to compile {target}") from None
 
 
-def load() -> ctypes.CDLL | None:
-    """The compiled kernel library, or None when it cannot be built (or TMAFBENCH_KERNEL=torch)."""
-    global _LIB, _TRIED
+def _register(path: Path) -> ctypes.CDLL:
+    library = ctypes.CDLL(str(path))
+    register = library.tmafbench_register
+    register.argtypes, register.restype = [ctypes.c_char_p, ctypes.c_int64], ctypes.c_int
+    message = ctypes.create_string_buffer(2048)
+    if register(message, len(message)) != 0:
+        raise OSError(f"registering {path.name} failed: {message.value.decode(errors='replace')[:300]}")
+    return library
+
+
+def load() -> bool:
+    """True when torch.ops.tmafbench is ready; False when TMAFBENCH_KERNEL=torch or it cannot be built."""
+    if _STATE["ok"]:
+        return os.environ.get("TMAFBENCH_KERNEL", "").lower() != "torch"
     if os.environ.get("TMAFBENCH_KERNEL", "").lower() == "torch":
-        return None
+        return False
     with _LOCK:
-        if _TRIED:
-            return _LIB
-        _TRIED = True
-        if sys.platform == "win32":
-            return None
-        digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
-        target = cache_dir() / f"tmaf_kernels_{digest}.so"
-        try:
-            if not target.exists():
-                _compile(target)
-            lib = ctypes.CDLL(str(target))
-        except OSError as exc:
-            warnings.warn(f"TMAF native CPU kernel unavailable, using the PyTorch path: {exc}", stacklevel=2)
-            return None
-        for suffix in _SUFFIX.values():
-            getattr(lib, f"tmaf_forward_{suffix}").argtypes = _FWD_ARGS
-            getattr(lib, f"tmaf_backward_{suffix}").argtypes = _BWD_ARGS
-        _LIB = lib
-        return lib
+        if not _STATE["tried"]:
+            _STATE["tried"] = True
+            try:
+                cxx, flags = compiler(), compile_flags()
+                target = library_path(cxx, flags)
+                if not target.exists():
+                    build(target, cxx, flags)
+                _STATE["library"] = _register(target)
+                _STATE["ok"] = True
+            except Exception as exc:  # any failure: say why once, then use the reference
+                _STATE["reason"] = " ".join(str(exc).split())
+                print(f"tmafbench: TMAF CPU kernel unavailable ({_STATE['reason']}); using the PyTorch "
+                      "implementation: same results, slower. TMAFBENCH_KERNEL=torch selects it quietly.",
+                      file=sys.stderr)
+    return _STATE["ok"]
+
+
+def unavailable_reason() -> str | None:
+    """Why the native kernel could not be loaded in this process (None if it loaded or was not tried)."""
+    return _STATE["reason"]
 
 
 def supports(x: torch.Tensor) -> bool:
-    """True when the native kernel can run on x (CPU, float32/float64)."""
-    return x.device.type == "cpu" and x.dtype in _SUFFIX and load() is not None
-
-
-def _rows_shifts(spec: BandSpec) -> tuple[ctypes.Array, ctypes.Array]:
-    return (ctypes.c_int * len(spec.rows))(*spec.rows), (ctypes.c_double * len(spec.shifts))(*spec.shifts)
-
-
-def _grid_args(bp: torch.Tensor, spec: BandSpec) -> tuple[torch.Tensor, list]:
-    """Padded double breakpoints [Cb, m+2] (kept alive by the caller) and the C grid arguments."""
-    cb, m = bp.shape
-    bp64 = bp.detach().to(torch.float64)
-    inf = torch.full((cb, 1), float("inf"), dtype=torch.float64, device=bp.device)
-    padded = torch.cat([-inf, bp64, inf], dim=1).contiguous()
-    uniform = spec.uniform is not None and cb == 1
-    lo, h = spec.uniform if uniform else (0.0, 1.0)
-    return padded, [padded.data_ptr(), m + 2 if cb > 1 else 0, m, int(uniform), lo, 1.0 / h]
-
-
-def _thresholds(padded: torch.Tensor, spec: BandSpec, dtype: torch.dtype) -> torch.Tensor:
-    """[D, m+2] shifted breakpoints in the input dtype, rounded down, so that for every value v of
-    that dtype `v <= thr` holds exactly when `v <= s + shift` holds in double (uniform grids only)."""
-    exact = padded[:1] + torch.tensor(spec.shifts, dtype=torch.float64).view(-1, 1)  # [D, m+2]
-    thr = exact.to(dtype)
-    too_high = thr.double() > exact
-    thr[too_high] = torch.nextafter(thr[too_high], torch.full_like(thr[too_high], -float("inf")))
-    return thr.contiguous()
-
-
-# Below this many elements one thread wins: an OpenMP team costs microseconds when idle and
-# milliseconds when a core is busy (a spinning thread waits for its descheduled partner).
-# Measured on 2 loaded cores: [128, 20] fwd+bwd took 16 ms with 2 threads, far below 1 ms with 1.
-PARALLEL_MIN_ELEMENTS = 1 << 16
-
-
-def _threads_for(numel: int) -> int:
-    return torch.get_num_threads() if numel >= PARALLEL_MIN_ELEMENTS else 1
-
-
-def _prepared(bp: torch.Tensor, spec: BandSpec, dtype: torch.dtype) -> tuple:
-    """(padded, grid args, thresholds, rows, shifts) for one call, cached on bp while it is unchanged.
-
-    Building them takes about ten small tensor ops, which dominated small calls ([128, 20]).
-    The cache lives on the tensor object itself, so it dies with it and can never be confused
-    with another tensor at a reused address; bp's version counter moves with every in-place change.
-    """
-    key = (bp._version, spec, dtype)
-    cached = getattr(bp, "_tmaf_prepared", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    padded, grid = _grid_args(bp, spec)
-    prepared = (padded, grid, _thresholds(padded, spec, dtype), *_rows_shifts(spec))
-    bp._tmaf_prepared = (key, prepared)
-    return prepared
+    """True when the native kernel can run on x (CPU, float32/float64, kernel built)."""
+    return x.device.type == "cpu" and x.dtype in DTYPES and load()
 
 
 class NativeBandedTMAF(torch.autograd.Function):
-    """Same contract as ReferenceBandedTMAF; saves only x (and the small tables) for backward."""
+    """Same contract and the same bits as ReferenceBandedTMAF; saves only x (and the small tables)."""
 
     @staticmethod
-    def forward(ctx, x3, tables, bp, spec: BandSpec):  # x3 [N,C,S] contiguous, tables [D,Cf,K]
-        lib = load()
-        ctx.spec = spec
-        ctx.save_for_backward(x3, tables, bp)
-        n, c, s = x3.shape
-        d, cf, k = tables.shape
-        tab = tables.detach().contiguous()
-        padded, grid, thr, rows, shifts = _prepared(bp, spec, x3.dtype)
+    def forward(ctx, x3, tables, bp, grid: GridTensors, spec: BandSpec):  # x3 [N,C,S], tables [D,Cf,K]
         out = torch.empty_like(x3)
-        getattr(lib, f"tmaf_forward_{_SUFFIX[x3.dtype]}")(
-            x3.data_ptr(), out.data_ptr(), tab.data_ptr(), k if cf > 1 else 0, cf * k,
-            *grid, shifts, rows, d, n, c, s, thr.data_ptr(), _threads_for(x3.numel()),
-        )
+        torch.ops.tmafbench.tmaf_forward(x3, tables, grid.thresholds, grid.lows, grid.inv_h, spec.rows, out)
+        ctx.save_for_backward(x3, tables, bp)
+        ctx.grid, ctx.spec = grid, spec
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        lib = load()
         x3, tables, bp = ctx.saved_tensors
+        grid: GridTensors = ctx.grid
         spec: BandSpec = ctx.spec
         n, c, s = x3.shape
-        d, cf, k = tables.shape
-        grad = grad.contiguous()
-        tab = tables.detach().contiguous()
-        padded, grid, thr, rows, shifts = _prepared(bp, spec, x3.dtype)
-        gx = torch.empty_like(x3) if ctx.needs_input_grad[0] else None
-        gtab = torch.zeros(tables.shape, dtype=torch.float64)
-        want_bp = ctx.needs_input_grad[2] and spec.inv_tau > 0
-        gbp = torch.zeros(bp.shape, dtype=torch.float64) if want_bp else None
-        getattr(lib, f"tmaf_backward_{_SUFFIX[x3.dtype]}")(
-            x3.data_ptr(), grad.data_ptr(), gx.data_ptr() if gx is not None else None, tab.data_ptr(),
-            k if cf > 1 else 0, cf * k, *grid, shifts, rows, d, n, c, s, cf,
-            gtab.data_ptr(), gbp.data_ptr() if gbp is not None else None, bp.shape[0],
-            spec.inv_tau, thr.data_ptr(), _threads_for(x3.numel()),
+        entries = tables.numel()
+        chunk = chunk_samples(n, c * s, entries)
+        chunks = math.ceil(n / chunk)
+        gx, gtab = torch.empty_like(x3), torch.empty_like(tables)
+        partial = torch.empty((chunks, entries), dtype=torch.float64)
+        want_bp = ctx.needs_input_grad[2] and spec.bump_width > 0
+        if want_bp:
+            gbp = torch.empty(bp.shape, dtype=torch.float64)
+            partial_bp = torch.empty((chunks, bp.numel()), dtype=torch.float64)
+        else:
+            gbp = partial_bp = _NO_TENSOR
+        inv_a, kc = bump_constants(spec)
+        torch.ops.tmafbench.tmaf_backward(
+            x3, grad.contiguous(), tables, grid.thresholds, grid.lows, grid.inv_h, spec.rows, chunk,
+            gx, gtab, partial, grid.positions if want_bp else _NO_TENSOR, inv_a, kc, gbp, partial_bp,
         )
-        return gx, gtab.to(tables.dtype), (gbp.to(bp.dtype) if gbp is not None else None), None
+        return gx, gtab, (gbp.to(bp.dtype) if want_bp else None), None, None

@@ -1,113 +1,152 @@
 """Portable PyTorch implementation of banded TMAF (any device, any float dtype).
 
-It is the fallback when the native CPU kernel is unavailable (no C compiler, CUDA, half
-precision) and the oracle the native kernel is tested against. Like the native kernel it saves
-only the input for backward and recomputes the interval index; the values' gradient is one
-`index_add_` per diagonal on a flat (feature * K + index) index, never a one-hot tensor.
-Comparisons happen in the input's dtype (the native kernel compares in double).
+It is the fallback when the native CPU kernel is unavailable (no compiler, CUDA, half precision)
+and the oracle the native kernel is tested against: on the CPU both give the same bits, outputs and
+gradients alike. It follows the definition in tmaf_cpu.cpp step by step:
+- interval indices by bucketize/searchsorted against the thresholds of spec.GridTensors (exact);
+- each diagonal's term added in diagonal order, columns that point outside [0, C) left out;
+- the values' and breakpoints' gradients summed in float64 in the fixed order of spec.py: one
+  `index_add_` per diagonal into per-(chunk, lane) slots (on the CPU a 1-D index_add_ adds its
+  source in index order; tests/activations check that), then the lanes and chunks in order.
+On CUDA the slots are filled with atomic adds, so the gradients' last bits can vary between runs.
+Like the native kernel it saves only the input (and the small tables) for backward.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tmafbench.activations.kernels.spec import BandSpec
+from tmafbench.activations.kernels.spec import LANES, BandSpec, GridTensors, bump_constants, chunk_samples
 
 
-def _bucket(x3: torch.Tensor, bp: torch.Tensor) -> torch.Tensor:
-    """Interval index (int64, [N, C, S]) with right-closed intervals: #{k : s_k < x}."""
+def bucket(x3: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Interval index (int64, [N, C, S]) = #{k : thr_k < x}; thresholds [Cb, m + 2] padded with -inf, +inf."""
+    thr = thresholds[:, 1:-1]
     n, c, s = x3.shape
-    if bp.shape[0] == 1:
-        return torch.bucketize(x3, bp[0], right=False)
-    # Per-feature breakpoints [C, m]: searchsorted wants the feature axis first.
+    if thr.shape[0] == 1:
+        return torch.bucketize(x3, thr[0].contiguous(), right=False)
+    # Per-feature thresholds [C, m]: searchsorted wants the feature axis first.
     rows = x3.transpose(0, 1).reshape(c, n * s).contiguous()
-    return torch.searchsorted(bp, rows, right=False).view(c, n, s).transpose(0, 1)
+    return torch.searchsorted(thr.contiguous(), rows, right=False).view(c, n, s).transpose(0, 1)
 
 
-def _flat(idx: torch.Tensor, cf: int, k: int) -> torch.Tensor:
-    """Index into the flattened [Cf, K] table: feature * K + interval."""
+def columns(r: int, c: int) -> tuple[int, int]:
+    """Columns j whose row j + r exists: range(j0, j1)."""
+    return max(0, -r), min(c, c - r)
+
+
+def feature_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Flat index into a [Cf, K] table for interval indices idx [N, C, S]: feature * K + interval."""
+    cf, k = table.shape
     if cf == 1:
         return idx
-    offs = torch.arange(cf, device=idx.device).mul_(k).view(1, cf, 1)
-    return idx + offs
-
-
-def _shift_rows(t: torch.Tensor, r: int) -> torch.Tensor:
-    """out[:, j + r] = t[:, j] (zero-filled): column j feeds row j + r."""
-    if r == 0:
-        return t
-    out = torch.zeros_like(t)
-    if r > 0:
-        out[:, r:] = t[:, :-r]
-    else:
-        out[:, :r] = t[:, -r:]
-    return out
-
-
-def _diag_grids(bp: torch.Tensor, spec: BandSpec, dtype: torch.dtype) -> list[torch.Tensor]:
-    return [(bp.detach().double() + sh).to(dtype).contiguous() for sh in spec.shifts]
+    return idx + torch.arange(cf, device=idx.device).mul_(k).view(1, cf, 1)
 
 
 class ReferenceBandedTMAF(torch.autograd.Function):
-    """out = sum_d shift_rows(tables[d][c, idx_d(x)] * x, rows[d])."""
+    """out[:, j + r_d] += tables[d][j, idx_d(x_j)] * x_j for each diagonal d, in order."""
 
     @staticmethod
-    def forward(ctx, x3, tables, bp, spec: BandSpec):  # x3 [N,C,S], tables [D,Cf,K], bp [Cb,m]
-        ctx.spec = spec
-        ctx.save_for_backward(x3, tables, bp)
-        _, cf, k = tables.shape
+    def forward(ctx, x3, tables, bp, grid: GridTensors, spec: BandSpec):  # x3 [N,C,S], tables [D,Cf,K]
+        c = x3.shape[1]
         out = None
-        for d, grid in enumerate(_diag_grids(bp, spec, x3.dtype)):
-            alpha = tables[d].reshape(-1)[_flat(_bucket(x3, grid), cf, k)]
-            term = _shift_rows(alpha.mul_(x3), spec.rows[d])
-            if out is None:  # main diagonal, like relu: +0 for 0 * (x < 0); a zero x passes as is
+        for d, r in enumerate(spec.rows):
+            table = tables[d]
+            term = table.reshape(-1)[feature_rows(table, bucket(x3, grid.thresholds[d]))].mul_(x3)
+            if d == 0:  # like relu: +0 for 0 * (x < 0); a zero x passes as is
                 out = torch.where(x3 == 0, x3, term.add_(0.0))
             else:
-                out.add_(term)
+                j0, j1 = columns(r, c)
+                out[:, j0 + r:j1 + r] += term[:, j0:j1]
+        ctx.save_for_backward(x3, tables, bp)
+        ctx.grid, ctx.spec = grid, spec
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x3, tables, bp = ctx.saved_tensors
+        grid: GridTensors = ctx.grid
         spec: BandSpec = ctx.spec
+        n, c, s = x3.shape
+        d_count, cf, k = tables.shape
+        entries = tables.numel()
+        sums = OrderedSums(n, c, s, chunk_samples(n, c * s, entries), x3.device)
+        want_bp = ctx.needs_input_grad[2] and spec.bump_width > 0
+        tab_slots = sums.slots(entries)
+        bp_slots = sums.slots(bp.numel()) if want_bp else None
         grad = grad.contiguous()
-        _, cf, k = tables.shape
-        gx = torch.zeros_like(x3) if ctx.needs_input_grad[0] else None
-        gtab = torch.zeros_like(tables)
-        want_bp = ctx.needs_input_grad[2] and spec.inv_tau > 0
-        gbp = torch.zeros(bp.shape, dtype=torch.float64, device=bp.device) if want_bp else None
-        for d, grid in enumerate(_diag_grids(bp, spec, x3.dtype)):
-            g = _shift_rows(grad, -spec.rows[d])  # grad of the row that column j feeds, at j
-            idx = _bucket(x3, grid)
-            flat = _flat(idx, cf, k)
-            table = tables[d].reshape(-1)
-            if gx is not None:
-                gx.add_(table[flat] * g)
-            gv = g * x3
-            gtab[d].view(-1).index_add_(0, flat.reshape(-1), gv.reshape(-1))
-            if gbp is not None:
-                _relaxed_breakpoint_grad(gbp, gv, x3, idx, flat, table, grid, spec.inv_tau)
-        return gx, gtab, (gbp.to(bp.dtype) if gbp is not None else None), None
+        x64 = x3.double()
+        gx = None
+        for d, r in enumerate(spec.rows):
+            j0, j1 = columns(r, c)
+            table = tables[d]
+            idx = bucket(x3, grid.thresholds[d])
+            rows = feature_rows(table, idx)[:, j0:j1]  # [N, Cv, S]: the valid columns only
+            idx = idx[:, j0:j1]
+            g = grad[:, j0 + r:j1 + r]  # the gradient of the row that column j feeds
+            term = table.reshape(-1)[rows] * g
+            if d == 0:
+                gx = term
+            else:
+                gx[:, j0:j1] += term
+            gv = g.double() * x64[:, j0:j1]
+            sums.add(tab_slots, entries, j0, j1, d * cf * k + rows, gv)
+            if want_bp:
+                _breakpoint_terms(sums, bp_slots, bp.numel(), j0, j1, d, idx, rows, table, gv, x64, grid, spec)
+        gtab = sums.total(tab_slots, entries).to(tables.dtype).view(tables.shape)
+        gbp = sums.total(bp_slots, bp.numel()).to(bp.dtype).view(bp.shape) if want_bp else None
+        return gx, gtab, gbp, None, None
 
 
-def _relaxed_breakpoint_grad(gbp, gv, x3, idx, flat, table, grid, inv_tau) -> None:
-    """Add -sum gv * jump_q * bump(x - s_q) for the breakpoints q bounding each x (see tmaf.py)."""
-    m = grid.shape[1]
-    c = x3.shape[1]
-    per_feature = grid.shape[0] != 1
-    for side in (0, 1):  # 0: breakpoint left of x (q = idx - 1), 1: right of x (q = idx)
-        q = idx - 1 + side
-        ok = (q >= 0) & (q < m)
-        qc = q.clamp(0, m - 1)
-        fq = flat - idx + qc  # table index of the value left of breakpoint q
-        jump = table[(fq + 1).clamp(max=table.numel() - 1)] - table[fq]
-        if per_feature:
-            bflat = qc + torch.arange(c, device=x3.device).view(1, c, 1) * m
-            s = grid.reshape(-1)[bflat]
-        else:
-            bflat, s = qc, grid[0][qc]
-        u = (x3 - s).double().abs() * inv_tau
-        e = torch.exp(-u)
-        bump = e / (1 + e) ** 2 * inv_tau
-        contrib = torch.where(ok, -(gv.double() * jump.double() * bump), 0.0)
-        gbp.view(-1).index_add_(0, bflat.reshape(-1), contrib.reshape(-1))
+class OrderedSums:
+    """Float64 sums in the fixed order of spec.py: per (chunk, lane) slot, then lanes, then chunks."""
+
+    def __init__(self, n: int, c: int, s: int, chunk: int, device: torch.device):
+        self.chunks = -(-n // chunk)
+        chunk_of = torch.arange(n, device=device).div_(chunk, rounding_mode="floor").view(n, 1, 1)
+        lane_of = (torch.arange(c * s, device=device) % LANES).view(1, c, s)
+        self.slot = chunk_of * LANES + lane_of  # [N, C, S]
+
+    def slots(self, entries: int) -> torch.Tensor:
+        return torch.zeros(self.chunks * LANES * entries, dtype=torch.float64, device=self.slot.device)
+
+    def add(self, slots: torch.Tensor, entries: int, j0: int, j1: int, entry: torch.Tensor, values: torch.Tensor) -> None:
+        """Add values[..] at entry[..] (both [N, Cv, S, *extra], columns j0..j1-1), in row-major order."""
+        slot = self.slot[:, j0:j1]
+        while slot.dim() < entry.dim():
+            slot = slot.unsqueeze(-1)
+        slots.index_add_(0, (slot * entries + entry).reshape(-1), values.reshape(-1))
+
+    def total(self, slots: torch.Tensor, entries: int) -> torch.Tensor:
+        lanes = slots.view(self.chunks, LANES, entries)
+        per_chunk = ((lanes[:, 0] + lanes[:, 1]) + lanes[:, 2]) + lanes[:, 3]
+        total = torch.zeros(entries, dtype=torch.float64, device=slots.device)
+        for i in range(self.chunks):
+            total += per_chunk[i]
+        return total
+
+
+def _breakpoint_terms(sums, slots, entries, j0, j1, d, idx, rows, table, gv, x64, grid, spec) -> None:
+    """The relaxed gradient of the breakpoints on both sides of each input (tmaf.py):
+    -(g x) (t_{k+1} - t_k) kernel(x - position_k), for k = idx - 1 (left) and k = idx (right)."""
+    m = grid.positions.shape[2]
+    flat = table.reshape(-1)
+    per_feature = grid.positions.shape[1] != 1
+    inv_a, kc = bump_constants(spec)
+    terms, keys = [], []
+    for k in (idx - 1, idx):  # left, then right breakpoint of each input
+        ok = (k >= 0) & (k < m)
+        kk = k.clamp(0, m - 1)
+        left = rows - idx + kk  # table index of the value left of breakpoint kk
+        jump = (flat[left + 1] - flat[left]).double()
+        row = torch.arange(j0, j1, device=idx.device).view(1, -1, 1) * m if per_feature else 0
+        key = row + kk
+        z = (x64[:, j0:j1] - grid.positions[d].reshape(-1)[key]) * inv_a
+        w = 1 - z * z
+        bump = torch.where(z.abs() < 1, (kc * w) * w, 0.0)
+        terms.append(torch.where(ok, -((gv * jump) * bump), 0.0))
+        keys.append(torch.where(ok, key, -1))
+    term, key = torch.stack(terms, dim=-1), torch.stack(keys, dim=-1)  # [N, Cv, S, 2]
+    valid = key >= 0
+    slot = sums.slot[:, j0:j1].unsqueeze(-1).expand_as(key)
+    slots.index_add_(0, (slot * entries + key)[valid], term[valid])

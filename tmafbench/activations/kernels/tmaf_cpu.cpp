@@ -1,0 +1,599 @@
+// Fused CPU kernels for banded TMAF, registered as PyTorch operators (torch.ops.tmafbench.*).
+//
+// The operator schemas are inferred from the C++ signatures below, so the signature is declared
+// once: PyTorch checks every call's argument types, and the TORCH_CHECKs check shapes and dtypes.
+// The kernels allocate nothing large: outputs and the per-chunk partial sums come from the caller
+// (torch.empty, which raises when memory runs out); the small per-task scratch below is checked.
+//
+// Exact semantics (DESIGN.md section 3; reference.py implements the same in PyTorch):
+// - Interval index of v on diagonal d: q = #{k : thr[d][k] < v} (NaN: q = m). thr holds the
+//   shifted breakpoints fl64(s_k + shift_d) rounded down to the input dtype, which makes this
+//   comparison exact for real numbers: v <= thr exactly when v <= s_k + shift_d.
+// - Output row i = sum over diagonals d of D_d[j](v_j) v_j with j = i - rows[d], in diagonal order;
+//   the main diagonal comes first and maps a zero input to itself (like relu).
+// - grad_x[j] = sum over d (in order) of D_d[j](v_j) grad[j + rows[d]]; diagonals that point
+//   outside [0, C) contribute nothing.
+// - The values' gradient, and the relaxed breakpoint gradient, are sums in double of per-element
+//   terms, in a fixed order that does not depend on the thread count: the samples are cut into
+//   chunks of `chunk` samples; inside a chunk, element (n, c, s) goes to lane (c*S + s) % 4 and the
+//   lane sums run over the diagonals, then the samples, channels and positions in order; a
+//   chunk's sum is ((lane0 + lane1) + lane2) + lane3, and the chunks are added in order.
+//   Accumulators start at +0.0 and never become -0.0, so adding +0.0 for an absent lane is exact.
+//
+// Layouts: x, out, grad are contiguous [N, C, S]. "Plane" mode (S > 1) works on whole channel
+// planes; "rows" mode (S == 1) on runs of rows, where the column of element e is e mod C.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdint>
+#include <functional>
+#include <new>
+#include <vector>
+
+// Vectorised loops get an AVX-512 and an AVX2 clone on x86-64 (chosen at load time); elsewhere
+// (arm64: NEON is the baseline) the compiler's default vectorisation applies.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TMAF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#elif defined(__x86_64__) && defined(__clang__)
+#define TMAF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define TMAF_CLONES
+#endif
+#define TMAF_INLINE inline __attribute__((always_inline))
+
+using at::Tensor;
+
+namespace {
+
+constexpr int64_t BLOCK = 512;               // elements per inner block; its indices stay in L1
+constexpr int LANES = 4;                     // partial sums per histogram entry (see above)
+constexpr int64_t PARALLEL_MIN = 1 << 16;    // below this many elements one thread is faster
+
+// ---- interval index --------------------------------------------------------------------------
+
+// q = #{k < m : thr[k] < v}; NaN counts as above every breakpoint (as torch.bucketize does).
+template <typename T>
+TMAF_INLINE int32_t search(T v, const T* thr, int32_t m) {
+  if (v != v) return m;
+  int32_t lo = 0, n = m;
+  while (n > 0) {
+    int32_t half = n >> 1;
+    if (thr[lo + half] < v) {
+      lo += half + 1;
+      n -= half + 1;
+    } else {
+      n = half;
+    }
+  }
+  return lo;
+}
+
+// Uniform grids: the index estimate ceil((v - lo) / h), clamped to [0, m], checked against the
+// padded thresholds P = [-inf, thr_0 .. thr_{m-1}, +inf]. Entries whose check fails (rounding
+// next to a breakpoint, NaN) get q = -1 and the function returns false; the caller searches them.
+template <typename T>
+TMAF_INLINE bool estimate_body(const T* x, int32_t* q, int64_t L, const T* P, int32_t m, T lo, T inv_h) {
+  int32_t bad = 0;
+  const T top = (T)m;
+  for (int64_t e = 0; e < L; e++) {
+    T v = x[e];
+    T u = (v - lo) * inv_h;
+    u = u > T(0) ? u : T(0);
+    u = u < top ? u : top;
+    int32_t j = (int32_t)u;
+    j += (T)j < u;
+    bool good = (P[j] < v) & (v <= P[j + 1]);
+    q[e] = good ? j : -1;
+    bad |= !good;
+  }
+  return bad == 0;
+}
+
+// ---- elementwise passes over one block -------------------------------------------------------
+// col[e]: the column (feature) of element e in rows mode; all zeros in plane mode (the table
+// pointer is then the plane's own row). A column j is valid when 0 <= j < C.
+
+// Main diagonal: o = t[q] v, with +0 for 0 * negative and a zero input passed through.
+template <typename T>
+TMAF_INLINE void fwd_main_body(const T* x, T* o, const T* t, const int32_t* col, int64_t cstride,
+                               const int32_t* q, int64_t L) {
+  for (int64_t e = 0; e < L; e++) {
+    T v = x[e];
+    T y = t[col[e] * cstride + q[e]] * v + T(0);
+    o[e] = v == T(0) ? v : y;
+  }
+}
+
+// Off-diagonal, output-aligned: xa[e] is the input of column col[e] + shift, which feeds o[e].
+template <typename T>
+TMAF_INLINE void fwd_off_body(const T* xa, T* o, const T* t, const int32_t* col, int32_t shift, int32_t C,
+                              int64_t cstride, const int32_t* q, int64_t L) {
+  for (int64_t e = 0; e < L; e++) {
+    int32_t j = col[e] + shift;
+    bool ok = (uint32_t)j < (uint32_t)C;
+    T add = t[(ok ? j : 0) * cstride + q[e]] * xa[e];
+    o[e] = ok ? o[e] + add : o[e];
+  }
+}
+
+// grad_x, main diagonal: gx = t[q] g.
+template <typename T>
+TMAF_INLINE void gx_main_body(const T* g, T* gx, const T* t, const int32_t* col, int64_t cstride,
+                              const int32_t* q, int64_t L) {
+  for (int64_t e = 0; e < L; e++) gx[e] = t[col[e] * cstride + q[e]] * g[e];
+}
+
+// grad_x, off-diagonal, input-aligned: ga[e] is the gradient of row col[e] + r.
+template <typename T>
+TMAF_INLINE void gx_off_body(const T* ga, T* gx, const T* t, const int32_t* col, int32_t r, int32_t C,
+                             int64_t cstride, const int32_t* q, int64_t L) {
+  for (int64_t e = 0; e < L; e++) {
+    bool ok = (uint32_t)(col[e] + r) < (uint32_t)C;
+    T add = t[col[e] * cstride + q[e]] * ga[e];
+    gx[e] = ok ? gx[e] + add : gx[e];
+  }
+}
+
+}  // namespace
+
+// Non-template entry points, so that each can carry target_clones.
+#define TMAF_DEFINE_LOOPS(T, SUF)                                                                     \
+  TMAF_CLONES bool tmaf_estimate_##SUF(const T* x, int32_t* q, int64_t L, const T* P, int32_t m, T lo, \
+                                       T inv_h) {                                                     \
+    return estimate_body<T>(x, q, L, P, m, lo, inv_h);                                                \
+  }                                                                                                   \
+  TMAF_CLONES void tmaf_fwd_main_##SUF(const T* x, T* o, const T* t, const int32_t* col,              \
+                                       int64_t cstride, const int32_t* q, int64_t L) {                \
+    fwd_main_body<T>(x, o, t, col, cstride, q, L);                                                    \
+  }                                                                                                   \
+  TMAF_CLONES void tmaf_fwd_off_##SUF(const T* xa, T* o, const T* t, const int32_t* col,              \
+                                      int32_t shift, int32_t C, int64_t cstride, const int32_t* q,    \
+                                      int64_t L) {                                                    \
+    fwd_off_body<T>(xa, o, t, col, shift, C, cstride, q, L);                                          \
+  }                                                                                                   \
+  TMAF_CLONES void tmaf_gx_main_##SUF(const T* g, T* gx, const T* t, const int32_t* col,              \
+                                      int64_t cstride, const int32_t* q, int64_t L) {                 \
+    gx_main_body<T>(g, gx, t, col, cstride, q, L);                                                    \
+  }                                                                                                   \
+  TMAF_CLONES void tmaf_gx_off_##SUF(const T* ga, T* gx, const T* t, const int32_t* col, int32_t r,   \
+                                     int32_t C, int64_t cstride, const int32_t* q, int64_t L) {       \
+    gx_off_body<T>(ga, gx, t, col, r, C, cstride, q, L);                                              \
+  }
+
+TMAF_DEFINE_LOOPS(float, f32)
+TMAF_DEFINE_LOOPS(double, f64)
+
+namespace {
+
+template <typename T>
+struct Loops;
+template <>
+struct Loops<float> {
+  static constexpr auto estimate = tmaf_estimate_f32;
+  static constexpr auto fwd_main = tmaf_fwd_main_f32;
+  static constexpr auto fwd_off = tmaf_fwd_off_f32;
+  static constexpr auto gx_main = tmaf_gx_main_f32;
+  static constexpr auto gx_off = tmaf_gx_off_f32;
+};
+template <>
+struct Loops<double> {
+  static constexpr auto estimate = tmaf_estimate_f64;
+  static constexpr auto fwd_main = tmaf_fwd_main_f64;
+  static constexpr auto fwd_off = tmaf_fwd_off_f64;
+  static constexpr auto gx_main = tmaf_gx_main_f64;
+  static constexpr auto gx_off = tmaf_gx_off_f64;
+};
+
+// ---- the call's geometry and grids -------------------------------------------------------------
+
+template <typename T>
+struct Call {
+  int64_t N, C, S, D, Cf, K, Cb;
+  int32_t m;
+  const T* tab;          // [D, Cf, K]
+  const T* thr;          // [D, Cb, m + 2], padded with -inf and +inf
+  const int64_t* rows;   // [D]
+  std::vector<T> lows;   // [D] (uniform grids) or empty
+  T inv_h;
+  std::vector<int32_t> colpat;  // colpat[i] = i mod C (rows mode) or 0 (plane mode)
+
+  int64_t cstride() const { return Cf > 1 ? K : 0; }
+  const T* table(int64_t d) const { return tab + d * Cf * K; }
+  const T* padded(int64_t d, int64_t row) const { return thr + (d * Cb + row) * (m + 2); }
+  bool plane() const { return S > 1; }
+  // Column pattern for a block that starts at global element e (rows mode) or anywhere (plane).
+  const int32_t* col(int64_t e) const { return colpat.data() + (plane() ? 0 : e % C); }
+
+  // q for L inputs of diagonal d. bp_row: the breakpoint row for all of them, or -1 when it is
+  // each element's own column (per-feature breakpoints in rows mode).
+  void index(int64_t d, const T* x, int32_t* q, int64_t L, int64_t bp_row, const int32_t* colp) const {
+    if (!lows.empty()) {
+      const T* P = padded(d, 0);
+      if (Loops<T>::estimate(x, q, L, P, m, lows[d], inv_h)) return;
+      for (int64_t e = 0; e < L; e++)
+        if (q[e] < 0) q[e] = search(x[e], P + 1, m);
+      return;
+    }
+    for (int64_t e = 0; e < L; e++) q[e] = search(x[e], padded(d, bp_row >= 0 ? bp_row : colp[e]) + 1, m);
+  }
+};
+
+template <typename T>
+Call<T> make_call(const Tensor& x, const Tensor& tables, const Tensor& thresholds, c10::ArrayRef<double> lows,
+                  double inv_h, c10::ArrayRef<int64_t> rows) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "tmaf: x must be a contiguous CPU [N, C, S] tensor");
+  TORCH_CHECK(tables.dim() == 3 && tables.is_contiguous() && tables.scalar_type() == x.scalar_type(),
+              "tmaf: tables must be contiguous [D, Cf, K] in x's dtype");
+  TORCH_CHECK(thresholds.dim() == 3 && thresholds.is_contiguous() && thresholds.scalar_type() == x.scalar_type(),
+              "tmaf: thresholds must be contiguous [D, Cb, m + 2] in x's dtype");
+  Call<T> c;
+  c.N = x.size(0), c.C = x.size(1), c.S = x.size(2);
+  c.D = tables.size(0), c.Cf = tables.size(1), c.K = tables.size(2), c.Cb = thresholds.size(1);
+  c.m = (int32_t)(c.K - 1);
+  TORCH_CHECK(c.K >= 2 && c.K < (int64_t(1) << 30), "tmaf: tables need between 2 and 2^30 values per row");
+  TORCH_CHECK(thresholds.size(0) == c.D && thresholds.size(2) == c.m + 2, "tmaf: thresholds must be [D, Cb, K + 1]");
+  TORCH_CHECK(c.Cf == 1 || c.Cf == c.C, "tmaf: tables must have 1 or C rows");
+  TORCH_CHECK(c.Cb == 1 || c.Cb == c.C, "tmaf: thresholds must have 1 or C rows");
+  TORCH_CHECK(c.C < (int64_t(1) << 30), "tmaf: too many channels");
+  TORCH_CHECK((int64_t)rows.size() == c.D && c.D >= 1 && rows[0] == 0, "tmaf: rows must list D offsets, main diagonal first");
+  TORCH_CHECK(lows.empty() || ((int64_t)lows.size() == c.D && c.Cb == 1), "tmaf: lows must be empty or one per diagonal (shared grid)");
+  c.tab = tables.data_ptr<T>();
+  c.thr = thresholds.data_ptr<T>();
+  c.rows = rows.data();
+  for (double lo : lows) c.lows.push_back((T)lo);
+  c.inv_h = (T)inv_h;
+  c.colpat.resize(c.C + BLOCK);
+  for (int64_t i = 0; i < (int64_t)c.colpat.size(); i++) c.colpat[i] = c.S > 1 ? 0 : (int32_t)(i % c.C);
+  return c;
+}
+
+void run_tasks(int64_t ntasks, int64_t numel, const std::function<void(int64_t, int64_t)>& f) {
+  if (numel < PARALLEL_MIN || ntasks <= 1) {
+    f(0, ntasks);
+  } else {
+    at::parallel_for(0, ntasks, 1, f);
+  }
+}
+
+// Scratch of n doubles set to +0; an allocation failure raises a Python RuntimeError.
+std::vector<double> zeros(int64_t n) {
+  std::vector<double> v;
+  try {
+    v.assign((size_t)n, 0.0);
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK(false, "tmaf: out of memory allocating ", n * 8, " bytes of kernel scratch");
+  }
+  return v;
+}
+
+// ---- forward -----------------------------------------------------------------------------------
+
+template <typename T>
+void forward_impl(const Tensor& x, const Tensor& tables, const Tensor& thresholds, c10::ArrayRef<double> lows,
+                  double inv_h, c10::ArrayRef<int64_t> rows, Tensor& out) {
+  Call<T> c = make_call<T>(x, tables, thresholds, lows, inv_h, rows);
+  TORCH_CHECK(out.sizes() == x.sizes() && out.is_contiguous() && out.scalar_type() == x.scalar_type(),
+              "tmaf: out must be a contiguous tensor like x");
+  const T* xp = x.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const int64_t C = c.C, S = c.S, NC = c.N * c.C, cs = c.cstride();
+  if (c.plane()) {
+    // Task (n, i): output plane i of sample n, diagonal by diagonal.
+    run_tasks(NC, x.numel(), [&](int64_t t0, int64_t t1) {
+      int32_t q[BLOCK];
+      for (int64_t task = t0; task < t1; task++) {
+        const int64_t n = task / C, i = task % C;
+        for (int64_t d = 0; d < c.D; d++) {
+          const int64_t j = i - c.rows[d];
+          if (j < 0 || j >= C) continue;
+          const T* xs = xp + (n * C + j) * S;
+          T* os = op + task * S;
+          const T* t = c.table(d) + j * cs;
+          const int64_t bp_row = c.Cb > 1 ? j : 0;
+          for (int64_t s0 = 0; s0 < S; s0 += BLOCK) {
+            const int64_t L = std::min(BLOCK, S - s0);
+            c.index(d, xs + s0, q, L, bp_row, nullptr);
+            if (d == 0) Loops<T>::fwd_main(xs + s0, os + s0, t, c.col(0), 0, q, L);
+            else Loops<T>::fwd_off(xs + s0, os + s0, t, c.col(0), 0, 1, 0, q, L);
+          }
+        }
+      }
+    });
+    return;
+  }
+  // Rows mode: tasks are runs of whole rows; element e of the run is output e, column e mod C.
+  const int64_t rows_per_task = std::max<int64_t>(1, 8192 / C);
+  const int64_t ntasks = (c.N + rows_per_task - 1) / rows_per_task;
+  run_tasks(ntasks, x.numel(), [&](int64_t t0, int64_t t1) {
+    int32_t q[BLOCK];
+    for (int64_t task = t0; task < t1; task++) {
+      const int64_t a = task * rows_per_task * C, b = std::min(NC, a + rows_per_task * C);
+      for (int64_t d = 0; d < c.D; d++) {
+        const int64_t r = c.rows[d];
+        // Output e reads input e - r; outside [0, NC) every such output is an invalid column.
+        const int64_t lo = std::max(a, r), hi = std::min(b, NC + r);
+        for (int64_t e = lo; e < hi; e += BLOCK) {
+          const int64_t L = std::min(BLOCK, hi - e);
+          const int32_t* col = c.col(e);
+          if (d == 0) {
+            c.index(0, xp + e, q, L, c.Cb > 1 ? -1 : 0, col);
+            Loops<T>::fwd_main(xp + e, op + e, c.table(0), col, cs, q, L);
+          } else {
+            // Input e - r >= 0; with per-feature breakpoints its row is its own column.
+            c.index(d, xp + e - r, q, L, c.Cb > 1 ? -1 : 0, c.col(e - r));
+            Loops<T>::fwd_off(xp + e - r, op + e, c.table(d), col, (int32_t)-r, (int32_t)C, cs, q, L);
+          }
+        }
+      }
+    }
+  });
+}
+
+void tmaf_forward(const Tensor& x, const Tensor& tables, const Tensor& thresholds, c10::ArrayRef<double> lows,
+                  double inv_h, c10::ArrayRef<int64_t> rows, Tensor& out) {
+  if (x.scalar_type() == at::kFloat) return forward_impl<float>(x, tables, thresholds, lows, inv_h, rows, out);
+  TORCH_CHECK(x.scalar_type() == at::kDouble, "tmaf: x must be float32 or float64");
+  forward_impl<double>(x, tables, thresholds, lows, inv_h, rows, out);
+}
+
+// ---- backward ----------------------------------------------------------------------------------
+
+// The relaxed breakpoint gradient (tmaf.py): the term of one element for breakpoint k at
+// position pos: -(g x) (t_{k+1} - t_k) kernel(v - pos), kernel(u) = kc (1 - (u/a)^2)^2 on |u| < a.
+struct Bump {
+  double inv_a, kc;
+  TMAF_INLINE double operator()(double u) const {
+    double z = u * inv_a;
+    double w = 1.0 - z * z;
+    return std::fabs(z) < 1.0 ? (kc * w) * w : 0.0;
+  }
+};
+
+template <typename T>
+struct Backward {
+  const Call<T>& c;
+  const T* xp;
+  const T* gp;
+  T* gxp;
+  int64_t chunk;
+  double* partial;       // [nchunks, D * Cf * K]
+  const double* pos;     // [D, Cb, m] or null (no breakpoint gradient)
+  Bump bump;
+  double* partial_bp;    // [nchunks, Cb * m]
+
+  int64_t entries() const { return c.D * c.Cf * c.K; }
+
+  // One block of L inputs of diagonal d, input-aligned at global element e0 (plane: the plane's
+  // first element plus s0). acc(e, q) and bacc(e, k) give the accumulator of element e.
+  template <typename Acc, typename BAcc>
+  void block(int64_t d, int64_t e0, int64_t ga0, int64_t L, const int32_t* col, int64_t bp_row,
+             const T* t, int32_t r, int32_t Cv, int32_t* q, Acc acc, BAcc bacc) {
+    const T* x = xp + e0;
+    const T* ga = gp + ga0;
+    c.index(d, x, q, L, bp_row, col);
+    const int64_t cs = c.plane() ? 0 : c.cstride();
+    if (d == 0) Loops<T>::gx_main(ga, gxp + e0, t, col, cs, q, L);
+    else Loops<T>::gx_off(ga, gxp + e0, t, col, r, Cv, cs, q, L);
+    const int32_t m = c.m;
+    for (int64_t e = 0; e < L; e++) {
+      if ((uint32_t)(col[e] + r) >= (uint32_t)Cv) continue;
+      const double v = (double)x[e], p = (double)ga[e] * v;
+      const int32_t k = q[e];
+      acc(e, k) += p;
+      if (!pos) continue;
+      const T* tr = t + col[e] * cs;
+      const double* pr = pos + (d * c.Cb + (bp_row >= 0 ? bp_row : col[e])) * m;
+      if (k > 0) bacc(e, k - 1) -= (p * (double)(tr[k] - tr[k - 1])) * bump(v - pr[k - 1]);
+      if (k < m) bacc(e, k) -= (p * (double)(tr[k + 1] - tr[k])) * bump(v - pr[k]);
+    }
+  }
+
+  // Plane mode, task (chunk, column j) for per-feature tables, or (chunk) for a shared table.
+  void plane_task(int64_t ch, int64_t j0, int64_t j1) {
+    const int64_t C = c.C, S = c.S, K = c.K, m = c.m, per_feature = c.Cf > 1;
+    const int64_t n0 = ch * chunk, n1 = std::min(c.N, n0 + chunk);
+    const int64_t nb = pos ? m : 0;  // this task's breakpoint row
+    std::vector<double> lanes = zeros(c.D * LANES * K), blanes = zeros(LANES * nb);
+    int32_t q[BLOCK];
+    for (int64_t d = 0; d < c.D; d++) {
+      const int64_t r = c.rows[d];
+      double* ld = lanes.data() + d * LANES * K;
+      for (int64_t n = n0; n < n1; n++) {
+        for (int64_t j = j0; j < j1; j++) {
+          if (j + r < 0 || j + r >= C) continue;
+          const T* t = c.table(d) + (per_feature ? j : 0) * K;
+          const int64_t bp_row = c.Cb > 1 ? j : 0;
+          const int64_t base = (n * C + j) * S;
+          for (int64_t s0 = 0; s0 < S; s0 += BLOCK) {
+            const int64_t L = std::min(BLOCK, S - s0), lane0 = j * S + s0;
+            block(d, base + s0, base + r * S + s0, L, c.col(0), bp_row, t, 0, 1, q,
+                  [&](int64_t e, int32_t k) -> double& { return ld[((lane0 + e) & 3) * K + k]; },
+                  [&](int64_t e, int32_t k) -> double& { return blanes[((lane0 + e) & 3) * nb + k]; });
+          }
+        }
+      }
+    }
+    // Combine the lanes into this chunk's partial sums (entries of columns j0..j1-1 only).
+    double* out = partial + ch * entries();
+    for (int64_t d = 0; d < c.D; d++)
+      for (int64_t k = 0; k < K; k++) {
+        const double* l = lanes.data() + d * LANES * K + k;
+        out[(d * c.Cf + (per_feature ? j0 : 0)) * K + k] = ((l[0] + l[K]) + l[2 * K]) + l[3 * K];
+      }
+    if (pos) {
+      double* bo = partial_bp + ch * c.Cb * m + (c.Cb > 1 ? j0 : 0) * m;
+      for (int64_t k = 0; k < nb; k++)
+        bo[k] = ((blanes[k] + blanes[nb + k]) + blanes[2 * nb + k]) + blanes[3 * nb + k];
+    }
+  }
+
+  // Rows mode, per-feature tables: task (chunk, columns c0..c1-1). Each entry gets one lane
+  // (its column's, c % 4), so the sums go straight into the chunk's partial sums.
+  void rows_feature_task(int64_t ch, int64_t c0, int64_t c1) {
+    const int64_t C = c.C, K = c.K, m = c.m, NC = c.N * C;
+    const int64_t n0 = ch * chunk, n1 = std::min(c.N, n0 + chunk);
+    double* part = partial + ch * entries();
+    double* bpart = pos ? partial_bp + ch * c.Cb * m : nullptr;
+    for (int64_t d = 0; d < c.D; d++) std::fill(part + (d * C + c0) * K, part + (d * C + c1) * K, 0.0);
+    if (pos) std::fill(bpart + c0 * m, bpart + c1 * m, 0.0);
+    int32_t q[BLOCK];
+    const bool whole_rows = c0 == 0 && c1 == C;
+    for (int64_t d = 0; d < c.D; d++) {
+      const int64_t r = c.rows[d];
+      double* pd = part + d * C * K;
+      for (int64_t n = n0; n < n1; n += whole_rows ? n1 - n0 : 1) {
+        // Input e's gradient sits at e + r; keep e + r inside [0, NC).
+        const int64_t a = n * C + c0, b = whole_rows ? n1 * C : n * C + c1;
+        const int64_t lo = std::max(a, -r), hi = std::min(b, NC - r);
+        for (int64_t e = lo; e < hi; e += BLOCK) {
+          const int64_t L = std::min(BLOCK, hi - e);
+          const int32_t* col = c.col(e);
+          block(d, e, e + r, L, col, c.Cb > 1 ? -1 : 0, c.table(d), (int32_t)r, (int32_t)C, q,
+                [&](int64_t i, int32_t k) -> double& { return pd[col[i] * K + k]; },
+                [&](int64_t i, int32_t k) -> double& { return bpart[col[i] * m + k]; });
+        }
+      }
+    }
+  }
+
+  // Rows mode, shared table: task (chunk); lane of element e is its column mod 4.
+  void rows_shared_task(int64_t ch) {
+    const int64_t C = c.C, K = c.K, m = c.m, NC = c.N * C;
+    const int64_t n0 = ch * chunk, n1 = std::min(c.N, n0 + chunk);
+    const int64_t nb = pos ? c.Cb * m : 0;  // shared tables come with shared breakpoints
+    std::vector<double> lanes = zeros(c.D * LANES * K), blanes = zeros(LANES * nb);
+    int32_t q[BLOCK];
+    for (int64_t d = 0; d < c.D; d++) {
+      const int64_t r = c.rows[d];
+      double* ld = lanes.data() + d * LANES * K;
+      const int64_t lo = std::max(n0 * C, -r), hi = std::min(n1 * C, NC - r);
+      for (int64_t e = lo; e < hi; e += BLOCK) {
+        const int64_t L = std::min(BLOCK, hi - e);
+        const int32_t* col = c.col(e);
+        block(d, e, e + r, L, col, c.Cb > 1 ? -1 : 0, c.table(d), (int32_t)r, (int32_t)C, q,
+              [&](int64_t i, int32_t k) -> double& { return ld[(col[i] & 3) * K + k]; },
+              [&](int64_t i, int32_t k) -> double& { return blanes[(col[i] & 3) * nb + k]; });
+      }
+    }
+    double* out = partial + ch * entries();
+    for (int64_t d = 0; d < c.D; d++)
+      for (int64_t k = 0; k < K; k++) {
+        const double* l = lanes.data() + d * LANES * K + k;
+        out[d * K + k] = ((l[0] + l[K]) + l[2 * K]) + l[3 * K];
+      }
+    if (pos) {
+      double* bo = partial_bp + ch * nb;
+      for (int64_t k = 0; k < nb; k++)
+        bo[k] = ((blanes[k] + blanes[nb + k]) + blanes[2 * nb + k]) + blanes[3 * nb + k];
+    }
+  }
+};
+
+// out[e] = sum over chunks, in order, of partial[chunk, e], rounded to U.
+template <typename U>
+void reduce_chunks(const double* partial, int64_t nchunks, int64_t E, U* out) {
+  run_tasks(E, nchunks * E, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; e++) {
+      double s = 0.0;
+      for (int64_t i = 0; i < nchunks; i++) s += partial[i * E + e];
+      out[e] = (U)s;
+    }
+  });
+}
+
+template <typename T>
+void backward_impl(const Tensor& x, const Tensor& grad, const Tensor& tables, const Tensor& thresholds,
+                   c10::ArrayRef<double> lows, double inv_h, c10::ArrayRef<int64_t> rows, int64_t chunk,
+                   Tensor& grad_x, Tensor& grad_tables, Tensor& partial, const Tensor& positions, double inv_a,
+                   double kc, Tensor& grad_bp, Tensor& partial_bp) {
+  Call<T> c = make_call<T>(x, tables, thresholds, lows, inv_h, rows);
+  for (const Tensor* t : {&grad, static_cast<const Tensor*>(&grad_x)})
+    TORCH_CHECK(t->sizes() == x.sizes() && t->is_contiguous() && t->scalar_type() == x.scalar_type(),
+                "tmaf: grad and grad_x must be contiguous tensors like x");
+  TORCH_CHECK(grad_tables.sizes() == tables.sizes() && grad_tables.is_contiguous() &&
+                  grad_tables.scalar_type() == x.scalar_type(), "tmaf: grad_tables must be like tables");
+  TORCH_CHECK(chunk >= 1, "tmaf: chunk must be >= 1");
+  const int64_t nchunks = (c.N + chunk - 1) / chunk, E = c.D * c.Cf * c.K;
+  TORCH_CHECK(partial.is_contiguous() && partial.scalar_type() == at::kDouble && partial.dim() == 2 &&
+                  partial.size(0) == nchunks && partial.size(1) == E, "tmaf: partial must be [chunks, D * Cf * K] float64");
+  const bool want_bp = grad_bp.numel() > 0;
+  if (want_bp) {
+    TORCH_CHECK(c.lows.empty(), "tmaf: breakpoint gradients need the general (non-uniform) path");
+    TORCH_CHECK(c.Cb == c.Cf, "tmaf: trainable breakpoints must be shared exactly like the tables");
+    TORCH_CHECK(positions.is_contiguous() && positions.scalar_type() == at::kDouble && positions.dim() == 3 &&
+                    positions.size(0) == c.D && positions.size(1) == c.Cb && positions.size(2) == c.m,
+                "tmaf: positions must be [D, Cb, m] float64");
+    TORCH_CHECK(grad_bp.is_contiguous() && grad_bp.scalar_type() == at::kDouble && grad_bp.dim() == 2 &&
+                    grad_bp.size(0) == c.Cb && grad_bp.size(1) == c.m, "tmaf: grad_bp must be [Cb, m] float64");
+    TORCH_CHECK(partial_bp.is_contiguous() && partial_bp.scalar_type() == at::kDouble &&
+                    partial_bp.numel() == nchunks * c.Cb * c.m, "tmaf: partial_bp must hold [chunks, Cb * m] float64");
+  }
+  Backward<T> b{c, x.data_ptr<T>(), grad.data_ptr<T>(), grad_x.data_ptr<T>(), chunk, partial.data_ptr<double>(),
+                want_bp ? positions.data_ptr<double>() : nullptr, Bump{inv_a, kc},
+                want_bp ? partial_bp.data_ptr<double>() : nullptr};
+  if (c.plane()) {
+    const int64_t per = c.Cf > 1 ? c.C : 1;  // tasks per chunk: one per column, or the whole chunk
+    run_tasks(nchunks * per, x.numel(), [&](int64_t t0, int64_t t1) {
+      for (int64_t task = t0; task < t1; task++) {
+        const int64_t ch = task / per, j = task % per;
+        if (per > 1) b.plane_task(ch, j, j + 1);
+        else b.plane_task(ch, 0, c.C);
+      }
+    });
+  } else if (c.Cf > 1) {
+    // Column blocks change no sum (each entry belongs to one column); they only add parallelism.
+    const int64_t width = c.C >= 256 ? std::max<int64_t>(64, c.C / std::max<int64_t>(1, 64 / nchunks)) : c.C;
+    const int64_t per = (c.C + width - 1) / width;
+    run_tasks(nchunks * per, x.numel(), [&](int64_t t0, int64_t t1) {
+      for (int64_t task = t0; task < t1; task++) {
+        const int64_t ch = task / per, c0 = (task % per) * width;
+        b.rows_feature_task(ch, c0, std::min(c.C, c0 + width));
+      }
+    });
+  } else {
+    run_tasks(nchunks, x.numel(), [&](int64_t t0, int64_t t1) {
+      for (int64_t ch = t0; ch < t1; ch++) b.rows_shared_task(ch);
+    });
+  }
+  reduce_chunks<T>(b.partial, nchunks, E, grad_tables.data_ptr<T>());
+  if (want_bp) reduce_chunks<double>(b.partial_bp, nchunks, c.Cb * c.m, grad_bp.data_ptr<double>());
+}
+
+void tmaf_backward(const Tensor& x, const Tensor& grad, const Tensor& tables, const Tensor& thresholds,
+                   c10::ArrayRef<double> lows, double inv_h, c10::ArrayRef<int64_t> rows, int64_t chunk,
+                   Tensor& grad_x, Tensor& grad_tables, Tensor& partial, const Tensor& positions, double inv_a,
+                   double kc, Tensor& grad_bp, Tensor& partial_bp) {
+  if (x.scalar_type() == at::kFloat)
+    return backward_impl<float>(x, grad, tables, thresholds, lows, inv_h, rows, chunk, grad_x, grad_tables,
+                                partial, positions, inv_a, kc, grad_bp, partial_bp);
+  TORCH_CHECK(x.scalar_type() == at::kDouble, "tmaf: x must be float32 or float64");
+  backward_impl<double>(x, grad, tables, thresholds, lows, inv_h, rows, chunk, grad_x, grad_tables, partial,
+                        positions, inv_a, kc, grad_bp, partial_bp);
+}
+
+}  // namespace
+
+// Registration is an explicit call (not a static initialiser), so that a failure, such as a schema
+// that does not match the C++ signature (PyTorch checks them against each other), becomes an error
+// message for the Python loader instead of aborting the process. Returns 0 on success.
+extern "C" __attribute__((visibility("default"))) int tmafbench_register(char* error, int64_t size) {
+  try {
+    static torch::Library lib(torch::Library::DEF, "tmafbench", std::nullopt, __FILE__, __LINE__);
+    lib.def("tmaf_forward(Tensor x, Tensor tables, Tensor thresholds, float[] lows, float inv_h, int[] rows, "
+            "Tensor(a!) out) -> ()", &tmaf_forward);
+    lib.def("tmaf_backward(Tensor x, Tensor grad, Tensor tables, Tensor thresholds, float[] lows, float inv_h, "
+            "int[] rows, int chunk, Tensor(a!) grad_x, Tensor(b!) grad_tables, Tensor(c!) partial, "
+            "Tensor positions, float inv_a, float kc, Tensor(d!) grad_bp, Tensor(e!) partial_bp) -> ()",
+            &tmaf_backward);
+    return 0;
+  } catch (const std::exception& exc) {
+    std::snprintf(error, (size_t)size, "%s", exc.what());
+    return 1;
+  }
+}
