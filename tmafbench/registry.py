@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import ast
 import inspect
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -26,6 +27,9 @@ class ParamInfo:
     name: str
     default: Any  # inspect.Parameter.empty when required
     annotation: str
+    #: Every value the parameter can take, when its type says so: (False, True) for a bool,
+    #: the values of a `Literal[...]`; None otherwise.
+    choices: tuple[Any, ...] | None = None
 
     @property
     def required(self) -> bool:
@@ -76,12 +80,14 @@ class Registry(Generic[T]):
 
     def _params_of(self, factory: Callable[..., T]) -> tuple[ParamInfo, ...]:
         target = factory.__init__ if inspect.isclass(factory) else factory
+        hints = _type_hints(target)
         params = []
         for p in inspect.signature(target).parameters.values():
             if p.name in ("self",) + self.reserved or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 continue
             annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
-            params.append(ParamInfo(p.name, p.default, str(annotation) if annotation is not inspect.Parameter.empty else ""))
+            params.append(ParamInfo(p.name, p.default, str(annotation) if annotation is not inspect.Parameter.empty else "",
+                                    _choices(hints.get(p.name))))
         return tuple(params)
 
     def available(self) -> list[str]:
@@ -210,3 +216,19 @@ def _source_doc(node: ast.AST, defs: dict[str, tuple[ast.AST, dict]]) -> str:
         if doc:
             return doc.split("\n")[0]
     return ""
+
+def _type_hints(target: Callable[..., Any]) -> dict[str, Any]:
+    """Evaluated annotations of `target` ({} when they cannot be evaluated)."""
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # an annotation naming something unimportable only loses its choices
+        return {}
+
+
+def _choices(hint: Any) -> tuple[Any, ...] | None:
+    """(False, True) for bool, the values of Literal[...]; None for any other type."""
+    if hint is bool:
+        return (False, True)
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    return None

@@ -6,6 +6,8 @@ is taken only so that every activation has the same factory signature.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -71,7 +73,7 @@ class SELU(FixedActivation):
 class GELU(FixedActivation):
     """x * Phi(x); approximate='tanh' uses the tanh formula."""
 
-    def __init__(self, num_features: int, approximate: str = "none"):
+    def __init__(self, num_features: int, approximate: Literal["none", "tanh"] = "none"):
         super().__init__(num_features)
         if approximate not in ("none", "tanh"):
             raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")

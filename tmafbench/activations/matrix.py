@@ -21,7 +21,8 @@ from typing import Sequence
 
 from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.grid import Grid
-from tmafbench.activations.tmaf import BandedTMAFBase
+from tmafbench.activations.base import Share
+from tmafbench.activations.tmaf import BandedTMAFBase, Init
 
 
 def banded_shifts(bandwidth: int, h: float) -> list[float]:
@@ -52,9 +53,9 @@ class TridiagTMAF(BandedTMAFBase):
         hi: float | None = None,
         intervals: int | None = None,
         breakpoints: Sequence[float] | None = None,
-        init: str = "relu",
+        init: Init = "relu",
         slope: float = 0.01,
-        share: str = "feature",
+        share: Share = "feature",
         train_breakpoints: bool = False,
         offset_beta: float | None = None,
         offset_gamma: float | None = None,
@@ -77,9 +78,9 @@ class BandedTMAF(BandedTMAFBase):
         hi: float | None = None,
         intervals: int | None = None,
         breakpoints: Sequence[float] | None = None,
-        init: str = "relu",
+        init: Init = "relu",
         slope: float = 0.01,
-        share: str = "feature",
+        share: Share = "feature",
         train_breakpoints: bool = False,
     ):
         if isinstance(bandwidth, bool) or not isinstance(bandwidth, int) or bandwidth < 0:

@@ -26,19 +26,21 @@ init is exact only up to the rounding of the cumulative sum.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tmafbench.registries import ACTIVATIONS
-from tmafbench.activations.base import Activation
+from tmafbench.activations.base import Activation, Share
 from tmafbench.activations.grid import Grid
 from tmafbench.activations.kernels import BandSpec, GridTensors, banded_tmaf, grid_tensors
 
-INITS = ("relu", "leaky", "identity", "random")
-SHARES = ("feature", "layer")
+#: Starting values; Literal types let the registry (and the option-matrix test) list the choices.
+Init = Literal["relu", "leaky", "identity", "random"]
+INITS: tuple[str, ...] = get_args(Init)
+SHARES: tuple[str, ...] = get_args(Share)
 
 
 def check_share(share: str) -> str:
@@ -176,9 +178,9 @@ class TMAF(BandedTMAFBase):
         hi: float | None = None,
         intervals: int | None = None,
         breakpoints: Sequence[float] | None = None,
-        init: str = "relu",
+        init: Init = "relu",
         slope: float = 0.01,
-        share: str = "feature",
+        share: Share = "feature",
         train_breakpoints: bool = False,
     ):
         grid = Grid.from_params(lo, hi, intervals, breakpoints)

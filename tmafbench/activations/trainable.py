@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,8 @@ from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view, sum_over_samples
 from tmafbench.activations.tmaf import check_share
 
-#: sigma choices of `scaled`.
+#: sigma choices of `scaled` (the Literal lets the registry list them).
+Sigma = Literal["relu", "leaky_relu", "elu", "selu", "gelu", "softplus", "silu", "mish", "tanh", "sigmoid"]
 SIGMAS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "leaky_relu": F.leaky_relu,
@@ -33,7 +34,7 @@ class PReLU(Activation):
 
     trainable = True
 
-    def __init__(self, num_features: int, init: float = 0.25, share: str = "feature"):
+    def __init__(self, num_features: int, init: float = 0.25, share: Share = "feature"):
         super().__init__(num_features)
         self.share = check_share(share)
         self.weight = nn.Parameter(torch.full((self.num_features if share == "feature" else 1,), float(init)))
@@ -49,7 +50,7 @@ class Scaled(Activation):
 
     trainable = True
 
-    def __init__(self, num_features: int, sigma: str = "tanh", init: float = 1.0, share: str = "feature"):
+    def __init__(self, num_features: int, sigma: Sigma = "tanh", init: float = 1.0, share: Share = "feature"):
         super().__init__(num_features)
         if sigma not in SIGMAS:
             raise ValueError(f"unknown sigma {sigma!r}; choose one of: {', '.join(SIGMAS)}")
