@@ -5,19 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tmafbench.activations.kernels import native
-
-#: Kernel backends to run exactness tests on: the portable one always, the native one when it builds.
-BACKENDS = ["torch"] + (["native"] if native.load() is not None else [])
+from kernel_choice import KERNELS, select
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=KERNELS)
 def backend(request, monkeypatch) -> str:
-    """Force one TMAF kernel backend for the test (TMAFBENCH_KERNEL=torch selects the portable one)."""
-    if request.param == "torch":
-        monkeypatch.setenv("TMAFBENCH_KERNEL", "torch")
-    else:
-        monkeypatch.delenv("TMAFBENCH_KERNEL", raising=False)
+    """Run the test on each TMAF kernel (TMAFBENCH_KERNEL=torch selects the PyTorch reference)."""
+    select(monkeypatch, request.param)
     return request.param
 
 

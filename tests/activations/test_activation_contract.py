@@ -10,6 +10,7 @@ from tmafbench import activations
 from tmafbench.activations.base import Activation
 
 from conftest import randomize
+from kernel_choice import select, with_kernels
 
 ALL = activations.available()
 TRAINABLE = [n for n in ALL if activations.create(n, 2).trainable]
@@ -30,10 +31,11 @@ def test_the_documented_names_are_registered():
     assert all(isinstance(activations.create(n, 3), Activation) for n in ALL)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name, kernel", with_kernels(ALL))
 @pytest.mark.parametrize("shape", [(5, 6), (3, 6, 4, 5)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_shape_dtype_and_finite(name, shape, dtype):
+def test_shape_dtype_and_finite(name, kernel, shape, dtype, monkeypatch):
+    select(monkeypatch, kernel)
     act = randomize(activations.create(name, 6)).to(dtype)
     x = torch.randn(*shape, dtype=dtype) * 4
     x.view(-1)[:4] = torch.tensor([0.0, 5.0, -5.0, 1.0], dtype=dtype)  # exact breakpoints, too
@@ -46,9 +48,10 @@ def test_shape_dtype_and_finite(name, shape, dtype):
         assert p.grad is not None and torch.isfinite(p.grad).all()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name, kernel", with_kernels(ALL))
 @pytest.mark.parametrize("shape", [(4, 3), (2, 3, 2, 2)])
-def test_gradcheck_float64(name, shape):
+def test_gradcheck_float64(name, kernel, shape, monkeypatch):
+    select(monkeypatch, kernel)
     act = randomize(activations.create(name, 3)).double()
     names = [n for n, _ in act.named_parameters()]
     values = [p.detach().clone().requires_grad_(True) for _, p in act.named_parameters()]
@@ -60,8 +63,9 @@ def test_gradcheck_float64(name, shape):
     assert torch.autograd.gradcheck(fn, (x, *values), eps=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_state_dict_round_trip(name):
+@pytest.mark.parametrize("name, kernel", with_kernels(ALL))
+def test_state_dict_round_trip(name, kernel, monkeypatch):
+    select(monkeypatch, kernel)
     source = randomize(activations.create(name, 5), seed=3)
     target = activations.create(name, 5)
     target.load_state_dict(source.state_dict())
@@ -76,8 +80,9 @@ def test_feature_count_mismatch_is_a_clear_error(name):
         act(torch.randn(2, 3))
 
 
-@pytest.mark.parametrize("name", TRAINABLE)
-def test_share_layer_keeps_one_set_for_the_layer(name):
+@pytest.mark.parametrize("name, kernel", with_kernels(TRAINABLE))
+def test_share_layer_keeps_one_set_for_the_layer(name, kernel, monkeypatch):
+    select(monkeypatch, kernel)
     act = activations.create(name, 6, share="layer")
     assert all(p.shape[0] == 1 for p in act.parameters())
     per_feature = activations.create(name, 6)
@@ -133,3 +138,15 @@ def test_fixed_formulas():
         activations.create("scaled", 2, sigma="swish")
     prelu = activations.create("prelu", 3)
     assert torch.equal(prelu(z.new_ones(2, 3) * -2), torch.full((2, 3), -0.5))
+
+
+def test_literal_choices_are_the_implemented_ones():
+    """The registry's choices (Literal annotations) match what the activations accept."""
+    from tmafbench.activations import tmaf, trainable
+    from tmafbench.activations._registry import ACTIVATIONS
+
+    params = {p.name: p.choices for p in ACTIVATIONS.entry("scaled").params}
+    assert params["sigma"] == tuple(trainable.SIGMAS) and params["share"] == tmaf.SHARES
+    params = {p.name: p.choices for p in ACTIVATIONS.entry("tmaf").params}
+    assert params["init"] == tmaf.INITS and params["train_breakpoints"] == (False, True)
+    assert params["slope"] is None and params["intervals"] is None

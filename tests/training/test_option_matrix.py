@@ -7,7 +7,7 @@ The cases come from the activation registry, so a new activation joins by being 
 - combinations the constructor rejects with a ValueError are not options, and are left out.
 Each case trains one epoch, evaluation (under inference_mode) included, on a tiny function task
 (2-D activations) and on tiny generated MNIST with the small CNN (4-D activations), and, for the
-activations that run the TMAF kernel, on both kernels. It must end `completed` with finite metrics.
+activations that run the TMAF kernel, on both kernels (the native one when it builds here). It must end `completed` with finite metrics.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import pytest
 import torch
 
 from image_data import write_idx_set
+from kernel_choice import KERNELS, select, with_kernels
 from tmafbench import activations
 from tmafbench.activations._registry import ACTIVATIONS
-from tmafbench.activations.kernels import native
-from tmafbench.activations.tmaf import BandedTMAFBase
 from tmafbench.training import TrainingConfig, TrialConfig, train_trial
 
 
@@ -45,14 +44,10 @@ def _accepted(name: str, params: dict) -> bool:
     return True
 
 
-def kernels(name: str) -> list[str | None]:
-    """Both TMAF kernels for activations that run one; None (no choice) for the others."""
-    return ["native", "torch"] if issubclass(ACTIVATIONS.entry(name).factory, BandedTMAFBase) else [None]
-
-
 CASES = [
-    pytest.param(name, params, kernel, id=f"{name}-{kernel or 'any'}-" + ("-".join(f"{k}={v}" for k, v in params.items()) or "defaults"))
-    for name in activations.available() for params in option_sets(name) for kernel in kernels(name)
+    pytest.param(name, params, kernel, id=f"{case.id}-" + ("-".join(f"{k}={v}" for k, v in params.items()) or "defaults"))
+    for case in with_kernels(activations.available()) for name, kernel in [case.values]
+    for params in option_sets(name)
 ]
 
 
@@ -85,12 +80,7 @@ def trial_configs(name: str, params: dict, image_dir) -> list[TrialConfig]:
 
 @pytest.mark.parametrize("name, params, kernel", CASES)
 def test_option_trains_and_evaluates(name, params, kernel, image_dir, one_thread, monkeypatch):
-    if kernel == "torch":
-        monkeypatch.setenv("TMAFBENCH_KERNEL", "torch")
-    else:
-        monkeypatch.delenv("TMAFBENCH_KERNEL", raising=False)
-        if kernel == "native" and not native.load():
-            pytest.skip(f"native kernel unavailable: {native.unavailable_reason()}")
+    select(monkeypatch, kernel)
     for config in trial_configs(name, params, image_dir):
         result = train_trial(config)
         assert result.status == "completed", (config.task, result.error)
@@ -107,4 +97,4 @@ def test_the_matrix_covers_the_documented_options():
     assert len([s for s in sets if "init" in s]) == 4 * 2 * 2
     assert {s["sigma"] for s in option_sets("scaled")} == set(activations.trainable.SIGMAS)
     assert option_sets("relu") == [{}]
-    assert [kernel for _, _, kernel in (c.values for c in CASES if c.values[0] == "tmaf")][:2] == ["native", "torch"]
+    assert {kernel for name, _, kernel in (c.values for c in CASES) if name == "tmaf"} == set(KERNELS)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from kernel_choice import with_kernels
 from tmafbench import activations
 from tmafbench.training import TrainingConfig, TrialConfig, seed_everything, train_trial
 from tmafbench.training.optim import build_optimizer, split_parameters
@@ -57,6 +62,40 @@ def test_same_seed_is_bit_identical(activation):
     assert [e.train_loss for e in a.epochs] == [e.train_loss for e in b.epochs]
     assert a.artifacts == b.artifacts
     assert a.final_metrics != c.final_metrics
+
+
+THREADS_SCRIPT = """
+import json, sys, torch
+from tmafbench.training import TrainingConfig, TrialConfig, train_trial
+config = TrialConfig(task="sine-sum", model="mlp", activation=sys.argv[1], seed=3,
+                     task_params={"n": 2, "train_size": 2048, "test_size": 256}, model_params={"depth": 2, "width": 64},
+                     training=TrainingConfig(epochs=2, batch_size=2048, device="cpu", lr=1e-2))
+runs = []
+for threads in (1, 2, 4):
+    torch.set_num_threads(threads)
+    result = train_trial(config)
+    runs.append([result.final_metrics, [e.train_loss for e in result.epochs], result.artifacts])
+print(json.dumps(runs))
+"""
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="needs MKL (MKL_CBWR makes its products reproducible)")
+@pytest.mark.parametrize("activation, kernel", with_kernels(["tmaf", "tmaf-tridiag"]))
+def test_mlp_metrics_do_not_depend_on_the_thread_count(activation, kernel):
+    """An MLP cell gives the same bits on 1, 2 and 4 threads: the TMAF kernel sums its gradients in
+    an order fixed by the shape, and MKL_CBWR=AUTO,STRICT makes PyTorch's matrix products (MKL) do
+    the same (without it they change in the last bits; README, "Train one network"). Batches of
+    2048 x 64 are large enough for the kernel to run in parallel. A fresh process, because MKL reads
+    MKL_CBWR when it starts."""
+    env = {**os.environ, "MKL_CBWR": "AUTO,STRICT", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("TMAFBENCH_KERNEL", None)
+    if kernel == "torch":
+        env["TMAFBENCH_KERNEL"] = "torch"
+    done = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, activation], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(done.stdout)
+    assert runs[1] == runs[0] and runs[2] == runs[0]
 
 
 def test_huge_lr_diverges_as_a_result():

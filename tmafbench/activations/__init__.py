@@ -22,7 +22,7 @@ from tmafbench.activations.base import Activation
 from tmafbench.activations.grid import Grid
 from tmafbench.activations.tmaf import BandedTMAFBase
 
-__all__ = ["Activation", "available", "create", "describe", "factory", "grid_info"]
+__all__ = ["Activation", "available", "create", "describe", "factory", "grid_info", "uses_kernel"]
 
 
 def available() -> list[str]:
@@ -51,11 +51,16 @@ def describe() -> list[tuple[str, str, str]]:
     return ACTIVATIONS.describe()
 
 
+def uses_kernel(name: str) -> bool:
+    """True when activation `name` runs the TMAF kernel (native C++ or the PyTorch reference)."""
+    return issubclass(ACTIVATIONS.entry(name).factory, BandedTMAFBase)
+
+
 def grid_info(name: str, params: dict[str, Any] | None = None) -> tuple[str | None, int | None]:
     """(grid label, inner interval count) of a grid activation, e.g. ("[-5,5]/10", 10); (None, None) otherwise."""
     params = dict(params or {})
     ACTIVATIONS.check_params(name, params)
-    if not issubclass(ACTIVATIONS.entry(name).factory, BandedTMAFBase):
+    if not uses_kernel(name):
         return None, None
     grid = Grid.from_params(*(params.get(k) for k in ("lo", "hi", "intervals", "breakpoints")))
     return grid.label, grid.intervals
