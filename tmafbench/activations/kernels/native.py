@@ -56,13 +56,15 @@ def compiler() -> str:
 
 
 def compile_flags() -> list[str]:
-    """Everything but the compiler, source and output: exact IEEE arithmetic (no FMA contraction),
-    no -march=native (a cached object must run on any CPU of its architecture; x86-64 gets
+    """Everything but the compiler, source and output: exact IEEE arithmetic (no FMA contraction; not
+    trapping on FP exceptions changes no result but lets selects vectorise), no -march=native (a cached object must run on any CPU of its architecture; x86-64 gets
     AVX-512/AVX2 clones chosen at load time), and torch's headers, libraries and C++ ABI."""
     root = Path(torch.__file__).resolve().parent
-    flags = ["-O3", "-std=c++20", "-fPIC", "-shared", "-ffp-contract=off", "-DNDEBUG",
+    flags = ["-O3", "-std=c++20", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math", "-DNDEBUG",
              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
              f"-I{root / 'include'}", f"-L{root / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{root / 'lib'}"]
+    if platform.machine().lower() in ("x86_64", "amd64"):  # tuning only: no instruction set is assumed
+        flags.append("-mtune=haswell")
     if sys.platform != "darwin":  # Apple's clang has no OpenMP: the kernel then runs on one thread
         flags.append("-fopenmp")
     return flags

@@ -119,7 +119,9 @@ class OrderedSums:
 
     def total(self, slots: torch.Tensor, entries: int) -> torch.Tensor:
         lanes = slots.view(self.chunks, LANES, entries)
-        per_chunk = ((lanes[:, 0] + lanes[:, 1]) + lanes[:, 2]) + lanes[:, 3]
+        per_chunk = lanes[:, 0].clone()
+        for lane in range(1, LANES):
+            per_chunk += lanes[:, lane]
         total = torch.zeros(entries, dtype=torch.float64, device=slots.device)
         for i in range(self.chunks):
             total += per_chunk[i]

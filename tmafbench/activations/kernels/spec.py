@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 #: Partial sums per gradient entry inside a chunk: element (n, c, s) goes to lane (c*S + s) % LANES.
-LANES = 4
+LANES = 8
 #: A chunk holds at least this many elements, and at least 16 times the number of gradient
 #: entries, so that the per-chunk partial sums stay under an eighth of the input's size.
 CHUNK_MIN_ELEMENTS = 1 << 14

@@ -1,24 +1,25 @@
 // Fused CPU kernels for banded TMAF, registered as PyTorch operators (torch.ops.tmafbench.*).
 //
-// The operator schemas are inferred from the C++ signatures below, so the signature is declared
-// once: PyTorch checks every call's argument types, and the TORCH_CHECKs check shapes and dtypes.
-// The kernels allocate nothing large: outputs and the per-chunk partial sums come from the caller
-// (torch.empty, which raises when memory runs out); the small per-task scratch below is checked.
+// The operator schemas are declared once, in tmafbench_register() at the end; PyTorch checks them
+// against the C++ signatures when the library registers and against every call's arguments, and
+// the TORCH_CHECKs below check shapes and dtypes. The kernels allocate nothing large: outputs and
+// the per-chunk partial sums come from the caller (torch.empty, which raises when memory runs out);
+// the small per-thread scratch allocated here raises a Python error when it cannot be had.
 //
-// Exact semantics (DESIGN.md section 3; reference.py implements the same in PyTorch):
+// Exact semantics (DESIGN.md section 3; reference.py computes the same bits with PyTorch ops):
 // - Interval index of v on diagonal d: q = #{k : thr[d][k] < v} (NaN: q = m). thr holds the
 //   shifted breakpoints fl64(s_k + shift_d) rounded down to the input dtype, which makes this
 //   comparison exact for real numbers: v <= thr exactly when v <= s_k + shift_d.
-// - Output row i = sum over diagonals d of D_d[j](v_j) v_j with j = i - rows[d], in diagonal order;
-//   the main diagonal comes first and maps a zero input to itself (like relu).
+// - Output row i = sum over diagonals d of D_d[j](v_j) v_j with j = i - rows[d], in diagonal
+//   order; the main diagonal comes first and maps a zero input to itself (like relu).
 // - grad_x[j] = sum over d (in order) of D_d[j](v_j) grad[j + rows[d]]; diagonals that point
 //   outside [0, C) contribute nothing.
 // - The values' gradient, and the relaxed breakpoint gradient, are sums in double of per-element
-//   terms, in a fixed order that does not depend on the thread count: the samples are cut into
-//   chunks of `chunk` samples; inside a chunk, element (n, c, s) goes to lane (c*S + s) % 4 and the
-//   lane sums run over the diagonals, then the samples, channels and positions in order; a
-//   chunk's sum is ((lane0 + lane1) + lane2) + lane3, and the chunks are added in order.
-//   Accumulators start at +0.0 and never become -0.0, so adding +0.0 for an absent lane is exact.
+//   terms in a fixed order that does not depend on the thread count: the samples are cut into
+//   chunks of `chunk` samples; inside a chunk, element (n, c, s) goes to lane (c*S + s) % LANES,
+//   and each lane sums its terms over the diagonals, then the samples, channels and positions, in
+//   order; a chunk's sum is the lanes added in order, and the chunks are added in order.
+//   Accumulators start at +0.0 and never become -0.0, so adding an empty lane (+0.0) is exact.
 //
 // Layouts: x, out, grad are contiguous [N, C, S]. "Plane" mode (S > 1) works on whole channel
 // planes; "rows" mode (S == 1) on runs of rows, where the column of element e is e mod C.
@@ -30,14 +31,15 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <new>
 #include <vector>
 
-// Vectorised loops get an AVX-512 and an AVX2 clone on x86-64 (chosen at load time); elsewhere
-// (arm64: NEON is the baseline) the compiler's default vectorisation applies.
+// Vectorised loops get an AVX-512 and an AVX2 clone on x86-64, chosen at load time by the CPU's
+// features (native.py adds -mtune=haswell there: GCC's generic tuning emulates table gathers with
+// scalar loads); elsewhere (arm64: NEON is the baseline) the default vectorisation applies.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define TMAF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #elif defined(__x86_64__) && defined(__clang__)
@@ -51,9 +53,9 @@ using at::Tensor;
 
 namespace {
 
-constexpr int64_t BLOCK = 512;               // elements per inner block; its indices stay in L1
-constexpr int LANES = 4;                     // partial sums per histogram entry (see above)
-constexpr int64_t PARALLEL_MIN = 1 << 16;    // below this many elements one thread is faster
+constexpr int64_t BLOCK = 512;             // elements per inner block: its scratch stays in L1
+constexpr int32_t LANES = 8;               // partial sums per gradient entry (spec.LANES)
+constexpr int64_t PARALLEL_MIN = 1 << 16;  // below this many elements one thread is faster
 
 // ---- interval index --------------------------------------------------------------------------
 
@@ -74,11 +76,14 @@ TMAF_INLINE int32_t search(T v, const T* thr, int32_t m) {
   return lo;
 }
 
+// The loops below are written for the vectoriser: restrict pointers, int32 indices, selects.
+
 // Uniform grids: the index estimate ceil((v - lo) / h), clamped to [0, m], checked against the
 // padded thresholds P = [-inf, thr_0 .. thr_{m-1}, +inf]. Entries whose check fails (rounding
 // next to a breakpoint, NaN) get q = -1 and the function returns false; the caller searches them.
 template <typename T>
-TMAF_INLINE bool estimate_body(const T* x, int32_t* q, int64_t L, const T* P, int32_t m, T lo, T inv_h) {
+TMAF_INLINE bool estimate_body(const T* __restrict x, int32_t* __restrict q, int64_t L, const T* __restrict P,
+                               int32_t m, T lo, T inv_h) {
   int32_t bad = 0;
   const T top = (T)m;
   for (int64_t e = 0; e < L; e++) {
@@ -88,21 +93,22 @@ TMAF_INLINE bool estimate_body(const T* x, int32_t* q, int64_t L, const T* P, in
     u = u < top ? u : top;
     int32_t j = (int32_t)u;
     j += (T)j < u;
-    bool good = (P[j] < v) & (v <= P[j + 1]);
+    int32_t good = (P[j] < v) & (v <= P[j + 1]);
     q[e] = good ? j : -1;
-    bad |= !good;
+    bad |= good ^ 1;
   }
   return bad == 0;
 }
 
-// ---- elementwise passes over one block -------------------------------------------------------
+// ---- forward passes over one block ------------------------------------------------------------
 // col[e]: the column (feature) of element e in rows mode; all zeros in plane mode (the table
 // pointer is then the plane's own row). A column j is valid when 0 <= j < C.
 
 // Main diagonal: o = t[q] v, with +0 for 0 * negative and a zero input passed through.
 template <typename T>
-TMAF_INLINE void fwd_main_body(const T* x, T* o, const T* t, const int32_t* col, int64_t cstride,
-                               const int32_t* q, int64_t L) {
+TMAF_INLINE void fwd_main_body(const T* __restrict x, T* __restrict o, const T* __restrict t,
+                               const int32_t* __restrict col, int32_t cstride, const int32_t* __restrict q,
+                               int64_t L) {
   for (int64_t e = 0; e < L; e++) {
     T v = x[e];
     T y = t[col[e] * cstride + q[e]] * v + T(0);
@@ -112,58 +118,90 @@ TMAF_INLINE void fwd_main_body(const T* x, T* o, const T* t, const int32_t* col,
 
 // Off-diagonal, output-aligned: xa[e] is the input of column col[e] + shift, which feeds o[e].
 template <typename T>
-TMAF_INLINE void fwd_off_body(const T* xa, T* o, const T* t, const int32_t* col, int32_t shift, int32_t C,
-                              int64_t cstride, const int32_t* q, int64_t L) {
+TMAF_INLINE void fwd_off_body(const T* __restrict xa, T* __restrict o, const T* __restrict t,
+                              const int32_t* __restrict col, int32_t shift, int32_t C, int32_t cstride,
+                              const int32_t* __restrict q, int64_t L) {
   for (int64_t e = 0; e < L; e++) {
     int32_t j = col[e] + shift;
-    bool ok = (uint32_t)j < (uint32_t)C;
-    T add = t[(ok ? j : 0) * cstride + q[e]] * xa[e];
-    o[e] = ok ? o[e] + add : o[e];
+    int32_t ok = (j >= 0) & (j < C);
+    T add = t[(j & -ok) * cstride + q[e]] * xa[e];
+    T cur = o[e];
+    T sum = cur + add;
+    o[e] = ok ? sum : cur;
   }
 }
 
-// grad_x, main diagonal: gx = t[q] g.
-template <typename T>
-TMAF_INLINE void gx_main_body(const T* g, T* gx, const T* t, const int32_t* col, int64_t cstride,
-                              const int32_t* q, int64_t L) {
-  for (int64_t e = 0; e < L; e++) gx[e] = t[col[e] * cstride + q[e]] * g[e];
-}
+// ---- backward passes over one block -----------------------------------------------------------
+// One vectorised pass computes grad_x, the terms p = grad * x (double) and each element's
+// accumulator index (j - cbase) * astride + lane[e] * lstride + q, or `trash` when the element's
+// row does not exist; a scalar pass then adds the terms (acc[idx] += p).
 
-// grad_x, off-diagonal, input-aligned: ga[e] is the gradient of row col[e] + r.
 template <typename T>
-TMAF_INLINE void gx_off_body(const T* ga, T* gx, const T* t, const int32_t* col, int32_t r, int32_t C,
-                             int64_t cstride, const int32_t* q, int64_t L) {
+TMAF_INLINE void gx_main_body(const T* __restrict x, const T* __restrict g, T* __restrict gx,
+                              const T* __restrict t, const int32_t* __restrict col, int32_t cstride,
+                              const int32_t* __restrict q, const int32_t* __restrict lane, int32_t cbase,
+                              int32_t astride, int32_t lstride, double* __restrict p, int32_t* __restrict idx,
+                              int64_t L) {
   for (int64_t e = 0; e < L; e++) {
-    bool ok = (uint32_t)(col[e] + r) < (uint32_t)C;
-    T add = t[col[e] * cstride + q[e]] * ga[e];
-    gx[e] = ok ? gx[e] + add : gx[e];
+    T w = g[e];
+    int32_t j = col[e], k = q[e];
+    gx[e] = t[j * cstride + k] * w;
+    p[e] = (double)w * (double)x[e];
+    idx[e] = (j - cbase) * astride + lane[e] * lstride + k;
   }
+}
+
+// Off-diagonal, input-aligned: ga[e] is the gradient of row col[e] + r.
+template <typename T>
+TMAF_INLINE void gx_off_body(const T* __restrict x, const T* __restrict ga, T* __restrict gx,
+                             const T* __restrict t, const int32_t* __restrict col, int32_t cstride,
+                             const int32_t* __restrict q, const int32_t* __restrict lane, int32_t cbase,
+                             int32_t astride, int32_t lstride, double* __restrict p, int32_t* __restrict idx,
+                             int32_t r, int32_t C, int32_t trash, int64_t L) {
+  for (int64_t e = 0; e < L; e++) {
+    T w = ga[e];
+    int32_t j = col[e], k = q[e];
+    int32_t ok = (j + r >= 0) & (j + r < C);
+    T cur = gx[e];
+    T sum = cur + t[j * cstride + k] * w;
+    gx[e] = ok ? sum : cur;
+    p[e] = (double)w * (double)x[e];
+    idx[e] = ok ? (j - cbase) * astride + lane[e] * lstride + k : trash;
+  }
+}
+
+TMAF_INLINE void accumulate(double* __restrict acc, const int32_t* __restrict idx, const double* __restrict p,
+                            int64_t L) {
+  for (int64_t e = 0; e < L; e++) acc[idx[e]] += p[e];
 }
 
 }  // namespace
 
 // Non-template entry points, so that each can carry target_clones.
-#define TMAF_DEFINE_LOOPS(T, SUF)                                                                     \
-  TMAF_CLONES bool tmaf_estimate_##SUF(const T* x, int32_t* q, int64_t L, const T* P, int32_t m, T lo, \
-                                       T inv_h) {                                                     \
-    return estimate_body<T>(x, q, L, P, m, lo, inv_h);                                                \
-  }                                                                                                   \
-  TMAF_CLONES void tmaf_fwd_main_##SUF(const T* x, T* o, const T* t, const int32_t* col,              \
-                                       int64_t cstride, const int32_t* q, int64_t L) {                \
-    fwd_main_body<T>(x, o, t, col, cstride, q, L);                                                    \
-  }                                                                                                   \
-  TMAF_CLONES void tmaf_fwd_off_##SUF(const T* xa, T* o, const T* t, const int32_t* col,              \
-                                      int32_t shift, int32_t C, int64_t cstride, const int32_t* q,    \
-                                      int64_t L) {                                                    \
-    fwd_off_body<T>(xa, o, t, col, shift, C, cstride, q, L);                                          \
-  }                                                                                                   \
-  TMAF_CLONES void tmaf_gx_main_##SUF(const T* g, T* gx, const T* t, const int32_t* col,              \
-                                      int64_t cstride, const int32_t* q, int64_t L) {                 \
-    gx_main_body<T>(g, gx, t, col, cstride, q, L);                                                    \
-  }                                                                                                   \
-  TMAF_CLONES void tmaf_gx_off_##SUF(const T* ga, T* gx, const T* t, const int32_t* col, int32_t r,   \
-                                     int32_t C, int64_t cstride, const int32_t* q, int64_t L) {       \
-    gx_off_body<T>(ga, gx, t, col, r, C, cstride, q, L);                                              \
+#define TMAF_DEFINE_LOOPS(T, SUF)                                                                        \
+  TMAF_CLONES bool tmaf_estimate_##SUF(const T* x, int32_t* q, int64_t L, const T* P, int32_t m, T lo,   \
+                                       T inv_h) {                                                       \
+    return estimate_body<T>(x, q, L, P, m, lo, inv_h);                                                  \
+  }                                                                                                     \
+  TMAF_CLONES void tmaf_fwd_main_##SUF(const T* x, T* o, const T* t, const int32_t* col, int32_t cstride, \
+                                       const int32_t* q, int64_t L) {                                   \
+    fwd_main_body<T>(x, o, t, col, cstride, q, L);                                                      \
+  }                                                                                                     \
+  TMAF_CLONES void tmaf_fwd_off_##SUF(const T* xa, T* o, const T* t, const int32_t* col, int32_t shift,   \
+                                      int32_t C, int32_t cstride, const int32_t* q, int64_t L) {         \
+    fwd_off_body<T>(xa, o, t, col, shift, C, cstride, q, L);                                            \
+  }                                                                                                     \
+  TMAF_CLONES void tmaf_gx_main_##SUF(const T* x, const T* g, T* gx, const T* t, const int32_t* col,     \
+                                      int32_t cstride, const int32_t* q, const int32_t* lane,            \
+                                      int32_t cbase, int32_t astride, int32_t lstride, double* p,        \
+                                      int32_t* idx, int64_t L) {                                         \
+    gx_main_body<T>(x, g, gx, t, col, cstride, q, lane, cbase, astride, lstride, p, idx, L);             \
+  }                                                                                                     \
+  TMAF_CLONES void tmaf_gx_off_##SUF(const T* x, const T* ga, T* gx, const T* t, const int32_t* col,     \
+                                     int32_t cstride, const int32_t* q, const int32_t* lane, int32_t cbase, \
+                                     int32_t astride, int32_t lstride, double* p, int32_t* idx, int32_t r, \
+                                     int32_t C, int32_t trash, int64_t L) {                              \
+    gx_off_body<T>(x, ga, gx, t, col, cstride, q, lane, cbase, astride, lstride, p, idx, r, C, trash, L); \
   }
 
 TMAF_DEFINE_LOOPS(float, f32)
@@ -190,6 +228,25 @@ struct Loops<double> {
   static constexpr auto gx_off = tmaf_gx_off_f64;
 };
 
+// n doubles set to +0; an allocation failure raises a Python RuntimeError.
+std::vector<double> zeros(int64_t n) {
+  std::vector<double> v;
+  try {
+    v.assign((size_t)n, 0.0);
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK(false, "tmaf: out of memory allocating ", n * 8, " bytes of kernel scratch");
+  }
+  return v;
+}
+
+void run_tasks(int64_t ntasks, int64_t numel, const std::function<void(int64_t, int64_t)>& f) {
+  if (numel < PARALLEL_MIN || ntasks <= 1) {
+    f(0, ntasks);
+  } else {
+    at::parallel_for(0, ntasks, 1, f);
+  }
+}
+
 // ---- the call's geometry and grids -------------------------------------------------------------
 
 template <typename T>
@@ -201,14 +258,17 @@ struct Call {
   const int64_t* rows;   // [D]
   std::vector<T> lows;   // [D] (uniform grids) or empty
   T inv_h;
-  std::vector<int32_t> colpat;  // colpat[i] = i mod C (rows mode) or 0 (plane mode)
+  // Per-element patterns, read from an offset: rows mode: column e mod C and its lane (e mod C) %
+  // LANES; plane mode: columns all 0, lanes e % LANES.
+  std::vector<int32_t> colpat, lanepat;
 
-  int64_t cstride() const { return Cf > 1 ? K : 0; }
+  bool plane() const { return S > 1; }
+  int32_t cstride() const { return Cf > 1 && !plane() ? (int32_t)K : 0; }
   const T* table(int64_t d) const { return tab + d * Cf * K; }
   const T* padded(int64_t d, int64_t row) const { return thr + (d * Cb + row) * (m + 2); }
-  bool plane() const { return S > 1; }
-  // Column pattern for a block that starts at global element e (rows mode) or anywhere (plane).
+  // The patterns for a block starting at global element e (rows mode) or at plane position e.
   const int32_t* col(int64_t e) const { return colpat.data() + (plane() ? 0 : e % C); }
+  const int32_t* lane(int64_t e) const { return lanepat.data() + (plane() ? e % LANES : e % C); }
 
   // q for L inputs of diagonal d. bp_row: the breakpoint row for all of them, or -1 when it is
   // each element's own column (per-feature breakpoints in rows mode).
@@ -240,7 +300,8 @@ Call<T> make_call(const Tensor& x, const Tensor& tables, const Tensor& threshold
   TORCH_CHECK(thresholds.size(0) == c.D && thresholds.size(2) == c.m + 2, "tmaf: thresholds must be [D, Cb, K + 1]");
   TORCH_CHECK(c.Cf == 1 || c.Cf == c.C, "tmaf: tables must have 1 or C rows");
   TORCH_CHECK(c.Cb == 1 || c.Cb == c.C, "tmaf: thresholds must have 1 or C rows");
-  TORCH_CHECK(c.C < (int64_t(1) << 30), "tmaf: too many channels");
+  TORCH_CHECK(c.C * c.K * c.D * LANES < (int64_t(1) << 31) && c.Cb * (c.m + 2) < (int64_t(1) << 31),
+              "tmaf: too many channels times values (the kernel indexes tables with 32-bit integers)");
   TORCH_CHECK((int64_t)rows.size() == c.D && c.D >= 1 && rows[0] == 0, "tmaf: rows must list D offsets, main diagonal first");
   TORCH_CHECK(lows.empty() || ((int64_t)lows.size() == c.D && c.Cb == 1), "tmaf: lows must be empty or one per diagonal (shared grid)");
   c.tab = tables.data_ptr<T>();
@@ -248,28 +309,14 @@ Call<T> make_call(const Tensor& x, const Tensor& tables, const Tensor& threshold
   c.rows = rows.data();
   for (double lo : lows) c.lows.push_back((T)lo);
   c.inv_h = (T)inv_h;
-  c.colpat.resize(c.C + BLOCK);
-  for (int64_t i = 0; i < (int64_t)c.colpat.size(); i++) c.colpat[i] = c.S > 1 ? 0 : (int32_t)(i % c.C);
+  const int64_t span = (c.plane() ? LANES : c.C) + BLOCK;
+  c.colpat.resize(span);
+  c.lanepat.resize(span);
+  for (int64_t i = 0; i < span; i++) {
+    c.colpat[i] = c.plane() ? 0 : (int32_t)(i % c.C);
+    c.lanepat[i] = (int32_t)((c.plane() ? i : i % c.C) % LANES);
+  }
   return c;
-}
-
-void run_tasks(int64_t ntasks, int64_t numel, const std::function<void(int64_t, int64_t)>& f) {
-  if (numel < PARALLEL_MIN || ntasks <= 1) {
-    f(0, ntasks);
-  } else {
-    at::parallel_for(0, ntasks, 1, f);
-  }
-}
-
-// Scratch of n doubles set to +0; an allocation failure raises a Python RuntimeError.
-std::vector<double> zeros(int64_t n) {
-  std::vector<double> v;
-  try {
-    v.assign((size_t)n, 0.0);
-  } catch (const std::bad_alloc&) {
-    TORCH_CHECK(false, "tmaf: out of memory allocating ", n * 8, " bytes of kernel scratch");
-  }
-  return v;
 }
 
 // ---- forward -----------------------------------------------------------------------------------
@@ -282,7 +329,8 @@ void forward_impl(const Tensor& x, const Tensor& tables, const Tensor& threshold
               "tmaf: out must be a contiguous tensor like x");
   const T* xp = x.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  const int64_t C = c.C, S = c.S, NC = c.N * c.C, cs = c.cstride();
+  const int64_t C = c.C, S = c.S, NC = c.N * c.C;
+  const int32_t cs = c.cstride();
   if (c.plane()) {
     // Task (n, i): output plane i of sample n, diagonal by diagonal.
     run_tasks(NC, x.numel(), [&](int64_t t0, int64_t t1) {
@@ -294,7 +342,7 @@ void forward_impl(const Tensor& x, const Tensor& tables, const Tensor& threshold
           if (j < 0 || j >= C) continue;
           const T* xs = xp + (n * C + j) * S;
           T* os = op + task * S;
-          const T* t = c.table(d) + j * cs;
+          const T* t = c.table(d) + (c.Cf > 1 ? j * c.K : 0);
           const int64_t bp_row = c.Cb > 1 ? j : 0;
           for (int64_t s0 = 0; s0 < S; s0 += BLOCK) {
             const int64_t L = std::min(BLOCK, S - s0);
@@ -355,6 +403,13 @@ struct Bump {
   }
 };
 
+// Where a task keeps its sums: entry (column j, lane, interval k) of diagonal d is
+// d * per_d + (j - cbase) * astride + lane * lstride + k; the last element is the trash slot.
+struct Layout {
+  int32_t cbase, astride, lstride;
+  int64_t per_d, size;
+};
+
 template <typename T>
 struct Backward {
   const Call<T>& c;
@@ -369,128 +424,127 @@ struct Backward {
 
   int64_t entries() const { return c.D * c.Cf * c.K; }
 
-  // One block of L inputs of diagonal d, input-aligned at global element e0 (plane: the plane's
-  // first element plus s0). acc(e, q) and bacc(e, k) give the accumulator of element e.
-  template <typename Acc, typename BAcc>
-  void block(int64_t d, int64_t e0, int64_t ga0, int64_t L, const int32_t* col, int64_t bp_row,
-             const T* t, int32_t r, int32_t Cv, int32_t* q, Acc acc, BAcc bacc) {
+  // Per-thread scratch, reused by every task of a thread's range.
+  struct Scratch {
+    std::vector<double> acc, bacc;
+    int32_t q[BLOCK], idx[BLOCK];
+    double p[BLOCK];
+  };
+
+  // One block of L inputs of diagonal d, input-aligned at global element e0, whose gradients start
+  // at ga0; `lay` and `blay` place its sums in s.acc and s.bacc; r and Cv decide which rows exist.
+  void block(int64_t d, int64_t e0, int64_t ga0, int64_t L, const int32_t* col, const int32_t* lane, int64_t bp_row,
+             const T* t, int32_t r, int32_t Cv, const Layout& lay, const Layout& blay, Scratch& s) const {
     const T* x = xp + e0;
     const T* ga = gp + ga0;
-    c.index(d, x, q, L, bp_row, col);
-    const int64_t cs = c.plane() ? 0 : c.cstride();
-    if (d == 0) Loops<T>::gx_main(ga, gxp + e0, t, col, cs, q, L);
-    else Loops<T>::gx_off(ga, gxp + e0, t, col, r, Cv, cs, q, L);
-    const int32_t m = c.m;
+    c.index(d, x, s.q, L, bp_row, col);
+    const int32_t cs = c.cstride();
+    double* acc = s.acc.data() + d * lay.per_d;
+    const int32_t trash = (int32_t)(lay.size - 1 - d * lay.per_d);
+    if (d == 0)
+      Loops<T>::gx_main(x, ga, gxp + e0, t, col, cs, s.q, lane, lay.cbase, lay.astride, lay.lstride, s.p, s.idx, L);
+    else
+      Loops<T>::gx_off(x, ga, gxp + e0, t, col, cs, s.q, lane, lay.cbase, lay.astride, lay.lstride, s.p, s.idx,
+                       r, Cv, trash, L);
+    accumulate(acc, s.idx, s.p, L);
+    if (pos) breakpoint_terms(d, x, L, col, lane, bp_row, t, trash, blay, s);
+  }
+
+  // The relaxed gradient of the two breakpoints around each input (scalar; trainable grids only).
+  void breakpoint_terms(int64_t d, const T* x, int64_t L, const int32_t* col, const int32_t* lane, int64_t bp_row,
+                        const T* t, int32_t trash, const Layout& blay, Scratch& s) const {
+    const int32_t m = c.m, cs = c.cstride();
+    double* bacc = s.bacc.data();
     for (int64_t e = 0; e < L; e++) {
-      if ((uint32_t)(col[e] + r) >= (uint32_t)Cv) continue;
-      const double v = (double)x[e], p = (double)ga[e] * v;
-      const int32_t k = q[e];
-      acc(e, k) += p;
-      if (!pos) continue;
+      if (s.idx[e] == trash) continue;
+      const int32_t k = s.q[e], row = bp_row >= 0 ? (int32_t)bp_row : col[e];
+      const double v = (double)x[e], p = s.p[e];
       const T* tr = t + col[e] * cs;
-      const double* pr = pos + (d * c.Cb + (bp_row >= 0 ? bp_row : col[e])) * m;
-      if (k > 0) bacc(e, k - 1) -= (p * (double)(tr[k] - tr[k - 1])) * bump(v - pr[k - 1]);
-      if (k < m) bacc(e, k) -= (p * (double)(tr[k + 1] - tr[k])) * bump(v - pr[k]);
+      const double* pr = pos + (d * c.Cb + row) * m;
+      double* b = bacc + (row - blay.cbase) * blay.astride + lane[e] * blay.lstride;
+      if (k > 0) b[k - 1] -= (p * (double)(tr[k] - tr[k - 1])) * bump(v - pr[k - 1]);
+      if (k < m) b[k] -= (p * (double)(tr[k + 1] - tr[k])) * bump(v - pr[k]);
     }
   }
 
-  // Plane mode, task (chunk, column j) for per-feature tables, or (chunk) for a shared table.
-  void plane_task(int64_t ch, int64_t j0, int64_t j1) {
-    const int64_t C = c.C, S = c.S, K = c.K, m = c.m, per_feature = c.Cf > 1;
+  // this chunk's partial sums of `count` entries: the lanes of each added in order.
+  static void fold_lanes(const double* lanes, int64_t count, int64_t lstride, double* out) {
+    for (int64_t k = 0; k < count; k++) {
+      double sum = lanes[k];
+      for (int32_t l = 1; l < LANES; l++) sum += lanes[l * lstride + k];
+      out[k] = sum;
+    }
+  }
+
+  void prepare(Scratch& s, const Layout& lay, const Layout& blay) const {
+    if ((int64_t)s.acc.size() < lay.size) s.acc = zeros(lay.size);
+    std::fill(s.acc.begin(), s.acc.begin() + lay.size, 0.0);
+    if (pos) {
+      if ((int64_t)s.bacc.size() < blay.size) s.bacc = zeros(blay.size);
+      std::fill(s.bacc.begin(), s.bacc.begin() + blay.size, 0.0);
+    }
+  }
+
+  // Plane mode: task (chunk, column j) for per-feature tables, or (chunk, all columns) for a shared one.
+  void plane_task(int64_t ch, int64_t j0, int64_t j1, Scratch& s) const {
+    const int64_t C = c.C, S = c.S, K = c.K, m = c.m;
     const int64_t n0 = ch * chunk, n1 = std::min(c.N, n0 + chunk);
-    const int64_t nb = pos ? m : 0;  // this task's breakpoint row
-    std::vector<double> lanes = zeros(c.D * LANES * K), blanes = zeros(LANES * nb);
-    int32_t q[BLOCK];
+    const Layout lay{0, 0, (int32_t)K, LANES * K, c.D * LANES * K + 1};
+    const Layout blay{c.Cb > 1 ? (int32_t)j0 : 0, 0, (int32_t)m, 0, LANES * m + 1};
+    prepare(s, lay, blay);
     for (int64_t d = 0; d < c.D; d++) {
       const int64_t r = c.rows[d];
-      double* ld = lanes.data() + d * LANES * K;
       for (int64_t n = n0; n < n1; n++) {
         for (int64_t j = j0; j < j1; j++) {
           if (j + r < 0 || j + r >= C) continue;
-          const T* t = c.table(d) + (per_feature ? j : 0) * K;
-          const int64_t bp_row = c.Cb > 1 ? j : 0;
+          const T* t = c.table(d) + (c.Cf > 1 ? j * K : 0);
           const int64_t base = (n * C + j) * S;
           for (int64_t s0 = 0; s0 < S; s0 += BLOCK) {
-            const int64_t L = std::min(BLOCK, S - s0), lane0 = j * S + s0;
-            block(d, base + s0, base + r * S + s0, L, c.col(0), bp_row, t, 0, 1, q,
-                  [&](int64_t e, int32_t k) -> double& { return ld[((lane0 + e) & 3) * K + k]; },
-                  [&](int64_t e, int32_t k) -> double& { return blanes[((lane0 + e) & 3) * nb + k]; });
+            const int64_t L = std::min(BLOCK, S - s0);
+            block(d, base + s0, base + r * S + s0, L, c.col(0), c.lane(j * S + s0), c.Cb > 1 ? j : 0, t, 0, 1,
+                  lay, blay, s);
           }
         }
       }
     }
-    // Combine the lanes into this chunk's partial sums (entries of columns j0..j1-1 only).
-    double* out = partial + ch * entries();
-    for (int64_t d = 0; d < c.D; d++)
-      for (int64_t k = 0; k < K; k++) {
-        const double* l = lanes.data() + d * LANES * K + k;
-        out[(d * c.Cf + (per_feature ? j0 : 0)) * K + k] = ((l[0] + l[K]) + l[2 * K]) + l[3 * K];
-      }
-    if (pos) {
-      double* bo = partial_bp + ch * c.Cb * m + (c.Cb > 1 ? j0 : 0) * m;
-      for (int64_t k = 0; k < nb; k++)
-        bo[k] = ((blanes[k] + blanes[nb + k]) + blanes[2 * nb + k]) + blanes[3 * nb + k];
-    }
+    double* out = partial + ch * entries() + (c.Cf > 1 ? j0 * K : 0);
+    for (int64_t d = 0; d < c.D; d++) fold_lanes(s.acc.data() + d * LANES * K, K, K, out + d * c.Cf * K);
+    if (pos) fold_lanes(s.bacc.data(), m, m, partial_bp + ch * c.Cb * m + (c.Cb > 1 ? j0 * m : 0));
   }
 
-  // Rows mode, per-feature tables: task (chunk, columns c0..c1-1). Each entry gets one lane
-  // (its column's, c % 4), so the sums go straight into the chunk's partial sums.
-  void rows_feature_task(int64_t ch, int64_t c0, int64_t c1) {
-    const int64_t C = c.C, K = c.K, m = c.m, NC = c.N * C;
+  // Rows mode: task (chunk, columns c0..c1-1) for per-feature tables, whose entries each get one
+  // lane (their column's), or (chunk, all columns) for a shared table.
+  void rows_task(int64_t ch, int64_t c0, int64_t c1, Scratch& s) const {
+    const int64_t C = c.C, K = c.K, m = c.m, NC = c.N * C, W = c1 - c0;
     const int64_t n0 = ch * chunk, n1 = std::min(c.N, n0 + chunk);
-    double* part = partial + ch * entries();
-    double* bpart = pos ? partial_bp + ch * c.Cb * m : nullptr;
-    for (int64_t d = 0; d < c.D; d++) std::fill(part + (d * C + c0) * K, part + (d * C + c1) * K, 0.0);
-    if (pos) std::fill(bpart + c0 * m, bpart + c1 * m, 0.0);
-    int32_t q[BLOCK];
+    const bool per_feature = c.Cf > 1;
+    const Layout lay = per_feature ? Layout{(int32_t)c0, (int32_t)K, 0, W * K, c.D * W * K + 1}
+                                   : Layout{0, 0, (int32_t)K, LANES * K, c.D * LANES * K + 1};
+    const Layout blay = per_feature ? Layout{(int32_t)c0, (int32_t)m, 0, 0, W * m + 1}
+                                    : Layout{0, 0, (int32_t)m, 0, LANES * m + 1};
+    prepare(s, lay, blay);
     const bool whole_rows = c0 == 0 && c1 == C;
     for (int64_t d = 0; d < c.D; d++) {
       const int64_t r = c.rows[d];
-      double* pd = part + d * C * K;
       for (int64_t n = n0; n < n1; n += whole_rows ? n1 - n0 : 1) {
         // Input e's gradient sits at e + r; keep e + r inside [0, NC).
         const int64_t a = n * C + c0, b = whole_rows ? n1 * C : n * C + c1;
         const int64_t lo = std::max(a, -r), hi = std::min(b, NC - r);
         for (int64_t e = lo; e < hi; e += BLOCK) {
-          const int64_t L = std::min(BLOCK, hi - e);
-          const int32_t* col = c.col(e);
-          block(d, e, e + r, L, col, c.Cb > 1 ? -1 : 0, c.table(d), (int32_t)r, (int32_t)C, q,
-                [&](int64_t i, int32_t k) -> double& { return pd[col[i] * K + k]; },
-                [&](int64_t i, int32_t k) -> double& { return bpart[col[i] * m + k]; });
+          block(d, e, e + r, std::min(BLOCK, hi - e), c.col(e), c.lane(e), c.Cb > 1 ? -1 : 0, c.table(d),
+                (int32_t)r, (int32_t)C, lay, blay, s);
         }
       }
     }
-  }
-
-  // Rows mode, shared table: task (chunk); lane of element e is its column mod 4.
-  void rows_shared_task(int64_t ch) {
-    const int64_t C = c.C, K = c.K, m = c.m, NC = c.N * C;
-    const int64_t n0 = ch * chunk, n1 = std::min(c.N, n0 + chunk);
-    const int64_t nb = pos ? c.Cb * m : 0;  // shared tables come with shared breakpoints
-    std::vector<double> lanes = zeros(c.D * LANES * K), blanes = zeros(LANES * nb);
-    int32_t q[BLOCK];
-    for (int64_t d = 0; d < c.D; d++) {
-      const int64_t r = c.rows[d];
-      double* ld = lanes.data() + d * LANES * K;
-      const int64_t lo = std::max(n0 * C, -r), hi = std::min(n1 * C, NC - r);
-      for (int64_t e = lo; e < hi; e += BLOCK) {
-        const int64_t L = std::min(BLOCK, hi - e);
-        const int32_t* col = c.col(e);
-        block(d, e, e + r, L, col, c.Cb > 1 ? -1 : 0, c.table(d), (int32_t)r, (int32_t)C, q,
-              [&](int64_t i, int32_t k) -> double& { return ld[(col[i] & 3) * K + k]; },
-              [&](int64_t i, int32_t k) -> double& { return blanes[(col[i] & 3) * nb + k]; });
-      }
-    }
     double* out = partial + ch * entries();
-    for (int64_t d = 0; d < c.D; d++)
-      for (int64_t k = 0; k < K; k++) {
-        const double* l = lanes.data() + d * LANES * K + k;
-        out[d * K + k] = ((l[0] + l[K]) + l[2 * K]) + l[3 * K];
-      }
-    if (pos) {
-      double* bo = partial_bp + ch * nb;
-      for (int64_t k = 0; k < nb; k++)
-        bo[k] = ((blanes[k] + blanes[nb + k]) + blanes[2 * nb + k]) + blanes[3 * nb + k];
+    double* bout = pos ? partial_bp + ch * c.Cb * m : nullptr;
+    if (per_feature) {  // one lane per entry: the sums are the partial sums
+      for (int64_t d = 0; d < c.D; d++)
+        std::copy(s.acc.data() + d * W * K, s.acc.data() + (d + 1) * W * K, out + (d * C + c0) * K);
+      if (pos) std::copy(s.bacc.data(), s.bacc.data() + W * m, bout + c0 * m);
+    } else {
+      for (int64_t d = 0; d < c.D; d++) fold_lanes(s.acc.data() + d * LANES * K, K, K, out + d * K);
+      if (pos) fold_lanes(s.bacc.data(), m, m, bout);
     }
   }
 };
@@ -537,30 +591,21 @@ void backward_impl(const Tensor& x, const Tensor& grad, const Tensor& tables, co
   Backward<T> b{c, x.data_ptr<T>(), grad.data_ptr<T>(), grad_x.data_ptr<T>(), chunk, partial.data_ptr<double>(),
                 want_bp ? positions.data_ptr<double>() : nullptr, Bump{inv_a, kc},
                 want_bp ? partial_bp.data_ptr<double>() : nullptr};
-  if (c.plane()) {
-    const int64_t per = c.Cf > 1 ? c.C : 1;  // tasks per chunk: one per column, or the whole chunk
-    run_tasks(nchunks * per, x.numel(), [&](int64_t t0, int64_t t1) {
-      for (int64_t task = t0; task < t1; task++) {
-        const int64_t ch = task / per, j = task % per;
-        if (per > 1) b.plane_task(ch, j, j + 1);
-        else b.plane_task(ch, 0, c.C);
-      }
-    });
-  } else if (c.Cf > 1) {
-    // Column blocks change no sum (each entry belongs to one column); they only add parallelism.
-    const int64_t width = c.C >= 256 ? std::max<int64_t>(64, c.C / std::max<int64_t>(1, 64 / nchunks)) : c.C;
-    const int64_t per = (c.C + width - 1) / width;
-    run_tasks(nchunks * per, x.numel(), [&](int64_t t0, int64_t t1) {
-      for (int64_t task = t0; task < t1; task++) {
-        const int64_t ch = task / per, c0 = (task % per) * width;
-        b.rows_feature_task(ch, c0, std::min(c.C, c0 + width));
-      }
-    });
-  } else {
-    run_tasks(nchunks, x.numel(), [&](int64_t t0, int64_t t1) {
-      for (int64_t ch = t0; ch < t1; ch++) b.rows_shared_task(ch);
-    });
-  }
+  // Tasks per chunk: one per column (plane mode) or per block of columns (rows mode) when each
+  // entry belongs to one column; blocks change no sum, they only add parallelism. Shared tables:
+  // one task per chunk.
+  int64_t width = c.C;
+  if (c.Cf > 1)
+    width = c.plane() ? 1 : (c.C >= 256 ? std::max<int64_t>(64, c.C / std::max<int64_t>(1, 64 / nchunks)) : c.C);
+  const int64_t per = (c.C + width - 1) / width;
+  run_tasks(nchunks * per, x.numel(), [&](int64_t t0, int64_t t1) {
+    typename Backward<T>::Scratch s;
+    for (int64_t task = t0; task < t1; task++) {
+      const int64_t ch = task / per, c0 = (task % per) * width, c1 = std::min(c.C, c0 + width);
+      if (c.plane()) b.plane_task(ch, c0, c1, s);
+      else b.rows_task(ch, c0, c1, s);
+    }
+  });
   reduce_chunks<T>(b.partial, nchunks, E, grad_tables.data_ptr<T>());
   if (want_bp) reduce_chunks<double>(b.partial_bp, nchunks, c.Cb * c.m, grad_bp.data_ptr<double>());
 }
