@@ -140,6 +140,27 @@ def test_both_kernels_agree_bit_for_bit_on_large_random_inputs(name, params, sha
         assert torch.equal(bits(a), bits(b))
 
 
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("grid", [{}, {"intervals": 100}, {"lo": -2, "hi": 6, "intervals": 8},
+                                  {"lo": 0.1, "hi": 0.7, "intervals": 3}, {"lo": 100, "hi": 101, "intervals": 10}])
+def test_the_arithmetic_index_is_exact_next_to_every_breakpoint(grid, dtype):
+    """The native kernel computes uniform grids' intervals as ceil((v - lo) / h) where rounding cannot
+    matter: 40 representable numbers on each side of every (shifted) breakpoint land as the
+    thresholds say."""
+    act = make("tmaf-tridiag", {**grid, "init": "random"}, 3, dtype)
+    near = [special_values(act, dtype)]
+    for direction in (math.inf, -math.inf):
+        value = near[0]
+        for _ in range(40):
+            value = torch.nextafter(value, torch.full_like(value, direction))
+            near.append(value)
+    x = inputs(torch.cat(near), 3, ())
+    grad = torch.ones_like(x)
+    for a, b in zip(run(act, x, grad, "native"), run(act, x, grad, "torch")):
+        assert torch.equal(bits(a), bits(b))
+
+
 @pytest.mark.parametrize("name, params", [("tmaf-tridiag", {}), ("tmaf-banded", {"bandwidth": 2}),
                                           ("tmaf-tridiag", {"train_breakpoints": True, "share": "layer"})])
 @pytest.mark.parametrize("spatial", [(), (2, 3)], ids=["2d", "4d"])

@@ -123,7 +123,7 @@ def test_running_out_of_scratch_memory_raises(tmp_path):
         size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()
         resource.setrlimit(resource.RLIMIT_AS, (size + (256 << 20), resource.RLIM_INFINITY))
         try:
-            torch.ops.tmafbench.tmaf_backward(x, x, tables, thresholds, [], 0.0, [0], 1, gx, gtab, partial,
+            torch.ops.tmafbench.tmaf_backward(x, x, tables, thresholds, [], [], 0.0, [0], 1, gx, gtab, partial,
                                               none, 0.0, 0.0, none, none)
         except RuntimeError as exc:
             print('raised:', str(exc).splitlines()[0])
@@ -139,21 +139,21 @@ def test_wrong_arguments_raise_instead_of_corrupting_memory():
     thresholds = torch.linspace(-5, 5, 11).view(1, 1, 11)
     thresholds = torch.cat([torch.tensor([[[-float("inf")]]]), thresholds, torch.tensor([[[float("inf")]]])], dim=2)
     out = torch.empty_like(x)
-    ops.tmaf_forward(x, tables, thresholds, [], 0.0, [0], out)  # well formed
+    ops.tmaf_forward(x, tables, thresholds, [], [], 0.0, [0], out)  # well formed
     with pytest.raises(RuntimeError, match="tmaf: out must be"):
-        ops.tmaf_forward(x, tables, thresholds, [], 0.0, [0], torch.empty(4, 3, 2))
+        ops.tmaf_forward(x, tables, thresholds, [], [], 0.0, [0], torch.empty(4, 3, 2))
     with pytest.raises(RuntimeError, match="tmaf: tables must be"):
-        ops.tmaf_forward(x, tables.double(), thresholds, [], 0.0, [0], out)
+        ops.tmaf_forward(x, tables.double(), thresholds, [], [], 0.0, [0], out)
     with pytest.raises(RuntimeError, match="thresholds must be"):
-        ops.tmaf_forward(x, tables, thresholds[:, :, :-1], [], 0.0, [0], out)
+        ops.tmaf_forward(x, tables, thresholds[:, :, :-1], [], [], 0.0, [0], out)
     with pytest.raises(RuntimeError, match="tables must have 1 or C rows"):
-        ops.tmaf_forward(x, torch.randn(1, 2, 12), thresholds, [], 0.0, [0], out)
+        ops.tmaf_forward(x, torch.randn(1, 2, 12), thresholds, [], [], 0.0, [0], out)
     with pytest.raises(RuntimeError, match="rows must list D offsets"):
-        ops.tmaf_forward(x, tables, thresholds, [], 0.0, [1], out)
+        ops.tmaf_forward(x, tables, thresholds, [], [], 0.0, [1], out)
     with pytest.raises(RuntimeError, match="x must be a contiguous CPU"):
-        ops.tmaf_forward(x.transpose(0, 1), tables, thresholds, [], 0.0, [0], out)
+        ops.tmaf_forward(x.transpose(0, 1), tables, thresholds, [], [], 0.0, [0], out)
     with pytest.raises(RuntimeError):  # a type the schema does not allow: refused before the kernel runs
-        ops.tmaf_forward(x, tables, thresholds, [], "h", [0], out)
+        ops.tmaf_forward(x, tables, thresholds, [], [], "h", [0], out)
 
 
 def test_x86_only_attributes_are_guarded():

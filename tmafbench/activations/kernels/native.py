@@ -162,7 +162,7 @@ class NativeBandedTMAF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x3, tables, bp, grid: GridTensors, spec: BandSpec):  # x3 [N,C,S], tables [D,Cf,K]
         out = torch.empty_like(x3)
-        torch.ops.tmafbench.tmaf_forward(x3, tables, grid.thresholds, grid.lows, grid.inv_h, spec.rows, out)
+        torch.ops.tmafbench.tmaf_forward(x3, tables, grid.thresholds, grid.lows, grid.tols, grid.inv_h, spec.rows, out)
         ctx.save_for_backward(x3, tables, bp)
         ctx.grid, ctx.spec = grid, spec
         return out
@@ -186,7 +186,7 @@ class NativeBandedTMAF(torch.autograd.Function):
             gbp = partial_bp = _NO_TENSOR
         inv_a, kc = bump_constants(spec)
         torch.ops.tmafbench.tmaf_backward(
-            x3, grad.contiguous(), tables, grid.thresholds, grid.lows, grid.inv_h, spec.rows, chunk,
+            x3, grad.contiguous(), tables, grid.thresholds, grid.lows, grid.tols, grid.inv_h, spec.rows, chunk,
             gx, gtab, partial, grid.positions if want_bp else _NO_TENSOR, inv_a, kc, gbp, partial_bp,
         )
         return gx, gtab, (gbp.to(bp.dtype) if want_bp else None), None, None

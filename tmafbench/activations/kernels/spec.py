@@ -53,13 +53,17 @@ class GridTensors:
     the dtype, then +inf. For every value v of that dtype, `thr < v` holds exactly when
     `s_k + shift_d < v` holds for the float64 breakpoint, so the interval test is exact.
     positions: [D, Cb, m] float64: the shifted breakpoints themselves (the breakpoint gradient's kernel
-    is centred on them). lows, inv_h: the uniform grid's lo + shift_d and 1 / h, used only for an
-    index estimate that the thresholds then check; () and 0.0 for other grids.
+    is centred on them).
+    lows, tols, inv_h: for uniform grids, lo + shift_d, a tolerance and 1 / h: the native kernel then
+    takes ceil(u), u = (v - lo) / h evaluated in the input dtype and clamped to [-1/2, m + 1/2], as
+    the index wherever u is farther than tol0 + tol1 (u + 1/2) from an integer (tol0 here; tol1 = 8
+    units of rounding, in the kernel), and uses the thresholds for the rest. () and 0.0 otherwise.
     """
 
     thresholds: torch.Tensor
     positions: torch.Tensor
     lows: tuple[float, ...]
+    tols: tuple[float, ...]
     inv_h: float
 
 
@@ -80,10 +84,35 @@ def grid_tensors(breakpoints: torch.Tensor, spec: BandSpec, dtype: torch.dtype) 
     positions = (bp.unsqueeze(0) + shifts).contiguous()  # [D, Cb, m], each rounded to the nearest double
     inf = torch.full((*positions.shape[:2], 1), math.inf, dtype=dtype, device=bp.device)
     thresholds = torch.cat([-inf, round_down(positions, dtype), inf], dim=2).contiguous()
-    if spec.uniform is not None and bp.shape[0] == 1:
-        lo, h = spec.uniform
-        return GridTensors(thresholds, positions, tuple(lo + s for s in spec.shifts), 1.0 / h)
-    return GridTensors(thresholds, positions, (), 0.0)
+    uniform = _uniform_estimate(positions, spec, dtype) if spec.uniform is not None and bp.shape[0] == 1 else None
+    lows, tols, inv_h = uniform or ((), (), 0.0)
+    return GridTensors(thresholds, positions, lows, tols, inv_h)
+
+
+def _uniform_estimate(positions: torch.Tensor, spec: BandSpec, dtype: torch.dtype):
+    """(lows, tol0s, 1/h) for the kernel's index estimate, or None when rounding could exceed a
+    quarter interval (a grid far from 0 relative to h): the kernel then searches every input.
+
+    With u = fl(fl(v - fl(lo)) * fl(1/h)) and unit roundoff r of the dtype,
+    |u - (v - lo)/h| <= 1.01 r (|lo|/h + 3.01 |u| + 1); and the float64 breakpoints sit within eps of
+    lo + k h (eps measured below, with the float64 rounding of the measurement added). So
+    tol0 = 2 r (|lo|/h + 2) + 2 eps/h with tol1 = 8 r (in the kernel) bounds both for every u in
+    [-1/2, m + 1/2]; outside that range u is clamped and its index is 0 or m either way."""
+    lo, h = spec.uniform
+    r = torch.finfo(dtype).eps / 2
+    m = positions.shape[2]
+    k = torch.arange(m, dtype=torch.float64, device=positions.device)
+    lows, tols = [], []
+    for d, shift in enumerate(spec.shifts):
+        lo_d = lo + shift
+        pos = positions[d, 0]
+        eps = ((pos - (lo_d + k * h)).abs() + 4 * 2.0**-53 * (pos.abs() + abs(lo_d) + k * h)).max().item()
+        tol0 = 2 * r * (abs(lo_d) / h + 2) + 2 * eps / h
+        if tol0 + 8 * r * (m + 1) >= 0.25:
+            return None
+        lows.append(lo_d)
+        tols.append(tol0)
+    return tuple(lows), tuple(tols), 1.0 / h
 
 
 def chunk_samples(samples: int, per_sample: int, entries: int) -> int:

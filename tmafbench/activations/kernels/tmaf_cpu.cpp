@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <new>
 #include <vector>
 
@@ -78,24 +79,30 @@ TMAF_INLINE int32_t search(T v, const T* thr, int32_t m) {
 
 // The loops below are written for the vectoriser: restrict pointers, int32 indices, selects.
 
-// Uniform grids: the index estimate ceil((v - lo) / h), clamped to [0, m], checked against the
-// padded thresholds P = [-inf, thr_0 .. thr_{m-1}, +inf]. Entries whose check fails (rounding
-// next to a breakpoint, NaN) get q = -1 and the function returns false; the caller searches them.
+// Uniform grids: q = ceil(u) clamped to [0, m], with u = (v - lo) / h evaluated in T. Where u
+// lies within tol(u) = tol0 + tol1 (u + 1/2) of an integer, rounding could put v on the wrong side of a
+// breakpoint: those entries (and NaN) get q = -1, the function returns false and the caller
+// searches them. tol (spec.grid_tensors) bounds the rounding of u plus the distance of the float64
+// breakpoints from lo + k h, so every other entry is exact without reading the thresholds.
 template <typename T>
-TMAF_INLINE bool estimate_body(const T* __restrict x, int32_t* __restrict q, int64_t L, const T* __restrict P,
-                               int32_t m, T lo, T inv_h) {
+TMAF_INLINE bool estimate_body(const T* __restrict x, int32_t* __restrict q, int64_t L, int32_t m, T lo, T inv_h,
+                               T tol0, T tol1) {
+  // (Written so that GCC vectorises it: one comparison per condition, selects and bit tricks.)
   int32_t bad = 0;
-  const T top = (T)m;
+  const T top = T(m) + T(0.5);
   for (int64_t e = 0; e < L; e++) {
-    T v = x[e];
-    T u = (v - lo) * inv_h;
-    u = u > T(0) ? u : T(0);
-    u = u < top ? u : top;
-    int32_t j = (int32_t)u;
-    j += (T)j < u;
-    int32_t good = (P[j] < v) & (v <= P[j + 1]);
-    q[e] = good ? j : -1;
-    bad |= good ^ 1;
+    T u = (x[e] - lo) * inv_h;
+    u = u <= T(-0.5) ? T(-0.5) : u;  // clamp to [-0.5, m + 0.5]; NaN stays NaN
+    u = u >= top ? top : u;
+    T dist = u - (T)(int32_t)(u + T(0.5));  // to the nearest integer
+    T tol = tol0 + tol1 * (u + T(0.5));
+    int32_t far = dist * dist > tol * tol;  // false for NaN
+    T uf = far ? u : T(0);
+    uf = uf < T(m) ? uf : T(m);
+    int32_t j = (int32_t)uf;
+    j += (T)j < uf;               // ceil
+    q[e] = j | (far - 1);         // -1 where not far
+    bad |= far ^ 1;
   }
   return bad == 0;
 }
@@ -166,7 +173,8 @@ TMAF_INLINE void gx_off_body(const T* __restrict x, const T* __restrict ga, T* _
     T sum = cur + t[j * cstride + k] * w;
     gx[e] = ok ? sum : cur;
     p[e] = (double)w * (double)x[e];
-    idx[e] = ok ? (j - cbase) * astride + lane[e] * lstride + k : trash;
+    int32_t at = (j - cbase) * astride + lane[e] * lstride + k;
+    idx[e] = trash + ((at - trash) & -ok);
   }
 }
 
@@ -179,9 +187,9 @@ TMAF_INLINE void accumulate(double* __restrict acc, const int32_t* __restrict id
 
 // Non-template entry points, so that each can carry target_clones.
 #define TMAF_DEFINE_LOOPS(T, SUF)                                                                        \
-  TMAF_CLONES bool tmaf_estimate_##SUF(const T* x, int32_t* q, int64_t L, const T* P, int32_t m, T lo,   \
-                                       T inv_h) {                                                       \
-    return estimate_body<T>(x, q, L, P, m, lo, inv_h);                                                  \
+  TMAF_CLONES bool tmaf_estimate_##SUF(const T* x, int32_t* q, int64_t L, int32_t m, T lo, T inv_h,     \
+                                       T tol0, T tol1) {                                                \
+    return estimate_body<T>(x, q, L, m, lo, inv_h, tol0, tol1);                                         \
   }                                                                                                     \
   TMAF_CLONES void tmaf_fwd_main_##SUF(const T* x, T* o, const T* t, const int32_t* col, int32_t cstride, \
                                        const int32_t* q, int64_t L) {                                   \
@@ -256,7 +264,7 @@ struct Call {
   const T* tab;          // [D, Cf, K]
   const T* thr;          // [D, Cb, m + 2], padded with -inf and +inf
   const int64_t* rows;   // [D]
-  std::vector<T> lows;   // [D] (uniform grids) or empty
+  std::vector<T> lows, tols;  // [D] each (uniform grids: lo + shift_d and tol0) or empty
   T inv_h;
   // Per-element patterns, read from an offset: rows mode: column e mod C and its lane (e mod C) %
   // LANES; plane mode: columns all 0, lanes e % LANES.
@@ -274,10 +282,11 @@ struct Call {
   // each element's own column (per-feature breakpoints in rows mode).
   void index(int64_t d, const T* x, int32_t* q, int64_t L, int64_t bp_row, const int32_t* colp) const {
     if (!lows.empty()) {
-      const T* P = padded(d, 0);
-      if (Loops<T>::estimate(x, q, L, P, m, lows[d], inv_h)) return;
+      constexpr T tol1 = 4 * std::numeric_limits<T>::epsilon();  // 8 units of rounding
+      if (Loops<T>::estimate(x, q, L, m, lows[d], inv_h, tols[d], tol1)) return;
+      const T* thr = padded(d, 0) + 1;
       for (int64_t e = 0; e < L; e++)
-        if (q[e] < 0) q[e] = search(x[e], P + 1, m);
+        if (q[e] < 0) q[e] = search(x[e], thr, m);
       return;
     }
     for (int64_t e = 0; e < L; e++) q[e] = search(x[e], padded(d, bp_row >= 0 ? bp_row : colp[e]) + 1, m);
@@ -286,7 +295,7 @@ struct Call {
 
 template <typename T>
 Call<T> make_call(const Tensor& x, const Tensor& tables, const Tensor& thresholds, c10::ArrayRef<double> lows,
-                  double inv_h, c10::ArrayRef<int64_t> rows) {
+                  c10::ArrayRef<double> tols, double inv_h, c10::ArrayRef<int64_t> rows) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "tmaf: x must be a contiguous CPU [N, C, S] tensor");
   TORCH_CHECK(tables.dim() == 3 && tables.is_contiguous() && tables.scalar_type() == x.scalar_type(),
               "tmaf: tables must be contiguous [D, Cf, K] in x's dtype");
@@ -303,11 +312,13 @@ Call<T> make_call(const Tensor& x, const Tensor& tables, const Tensor& threshold
   TORCH_CHECK(c.C * c.K * c.D * LANES < (int64_t(1) << 31) && c.Cb * (c.m + 2) < (int64_t(1) << 31),
               "tmaf: too many channels times values (the kernel indexes tables with 32-bit integers)");
   TORCH_CHECK((int64_t)rows.size() == c.D && c.D >= 1 && rows[0] == 0, "tmaf: rows must list D offsets, main diagonal first");
-  TORCH_CHECK(lows.empty() || ((int64_t)lows.size() == c.D && c.Cb == 1), "tmaf: lows must be empty or one per diagonal (shared grid)");
+  TORCH_CHECK(lows.empty() || ((int64_t)lows.size() == c.D && tols.size() == lows.size() && c.Cb == 1),
+              "tmaf: lows and tols must be empty or one per diagonal (shared grid)");
   c.tab = tables.data_ptr<T>();
   c.thr = thresholds.data_ptr<T>();
   c.rows = rows.data();
   for (double lo : lows) c.lows.push_back((T)lo);
+  for (double tol : tols) c.tols.push_back((T)tol);
   c.inv_h = (T)inv_h;
   const int64_t span = (c.plane() ? LANES : c.C) + BLOCK;
   c.colpat.resize(span);
@@ -323,8 +334,8 @@ Call<T> make_call(const Tensor& x, const Tensor& tables, const Tensor& threshold
 
 template <typename T>
 void forward_impl(const Tensor& x, const Tensor& tables, const Tensor& thresholds, c10::ArrayRef<double> lows,
-                  double inv_h, c10::ArrayRef<int64_t> rows, Tensor& out) {
-  Call<T> c = make_call<T>(x, tables, thresholds, lows, inv_h, rows);
+                  c10::ArrayRef<double> tols, double inv_h, c10::ArrayRef<int64_t> rows, Tensor& out) {
+  Call<T> c = make_call<T>(x, tables, thresholds, lows, tols, inv_h, rows);
   TORCH_CHECK(out.sizes() == x.sizes() && out.is_contiguous() && out.scalar_type() == x.scalar_type(),
               "tmaf: out must be a contiguous tensor like x");
   const T* xp = x.data_ptr<T>();
@@ -384,10 +395,10 @@ void forward_impl(const Tensor& x, const Tensor& tables, const Tensor& threshold
 }
 
 void tmaf_forward(const Tensor& x, const Tensor& tables, const Tensor& thresholds, c10::ArrayRef<double> lows,
-                  double inv_h, c10::ArrayRef<int64_t> rows, Tensor& out) {
-  if (x.scalar_type() == at::kFloat) return forward_impl<float>(x, tables, thresholds, lows, inv_h, rows, out);
+                  c10::ArrayRef<double> tols, double inv_h, c10::ArrayRef<int64_t> rows, Tensor& out) {
+  if (x.scalar_type() == at::kFloat) return forward_impl<float>(x, tables, thresholds, lows, tols, inv_h, rows, out);
   TORCH_CHECK(x.scalar_type() == at::kDouble, "tmaf: x must be float32 or float64");
-  forward_impl<double>(x, tables, thresholds, lows, inv_h, rows, out);
+  forward_impl<double>(x, tables, thresholds, lows, tols, inv_h, rows, out);
 }
 
 // ---- backward ----------------------------------------------------------------------------------
@@ -563,10 +574,11 @@ void reduce_chunks(const double* partial, int64_t nchunks, int64_t E, U* out) {
 
 template <typename T>
 void backward_impl(const Tensor& x, const Tensor& grad, const Tensor& tables, const Tensor& thresholds,
-                   c10::ArrayRef<double> lows, double inv_h, c10::ArrayRef<int64_t> rows, int64_t chunk,
+                   c10::ArrayRef<double> lows, c10::ArrayRef<double> tols, double inv_h, c10::ArrayRef<int64_t> rows,
+                   int64_t chunk,
                    Tensor& grad_x, Tensor& grad_tables, Tensor& partial, const Tensor& positions, double inv_a,
                    double kc, Tensor& grad_bp, Tensor& partial_bp) {
-  Call<T> c = make_call<T>(x, tables, thresholds, lows, inv_h, rows);
+  Call<T> c = make_call<T>(x, tables, thresholds, lows, tols, inv_h, rows);
   for (const Tensor* t : {&grad, static_cast<const Tensor*>(&grad_x)})
     TORCH_CHECK(t->sizes() == x.sizes() && t->is_contiguous() && t->scalar_type() == x.scalar_type(),
                 "tmaf: grad and grad_x must be contiguous tensors like x");
@@ -611,14 +623,15 @@ void backward_impl(const Tensor& x, const Tensor& grad, const Tensor& tables, co
 }
 
 void tmaf_backward(const Tensor& x, const Tensor& grad, const Tensor& tables, const Tensor& thresholds,
-                   c10::ArrayRef<double> lows, double inv_h, c10::ArrayRef<int64_t> rows, int64_t chunk,
+                   c10::ArrayRef<double> lows, c10::ArrayRef<double> tols, double inv_h, c10::ArrayRef<int64_t> rows,
+                   int64_t chunk,
                    Tensor& grad_x, Tensor& grad_tables, Tensor& partial, const Tensor& positions, double inv_a,
                    double kc, Tensor& grad_bp, Tensor& partial_bp) {
   if (x.scalar_type() == at::kFloat)
-    return backward_impl<float>(x, grad, tables, thresholds, lows, inv_h, rows, chunk, grad_x, grad_tables,
+    return backward_impl<float>(x, grad, tables, thresholds, lows, tols, inv_h, rows, chunk, grad_x, grad_tables,
                                 partial, positions, inv_a, kc, grad_bp, partial_bp);
   TORCH_CHECK(x.scalar_type() == at::kDouble, "tmaf: x must be float32 or float64");
-  backward_impl<double>(x, grad, tables, thresholds, lows, inv_h, rows, chunk, grad_x, grad_tables, partial,
+  backward_impl<double>(x, grad, tables, thresholds, lows, tols, inv_h, rows, chunk, grad_x, grad_tables, partial,
                         positions, inv_a, kc, grad_bp, partial_bp);
 }
 
@@ -630,9 +643,9 @@ void tmaf_backward(const Tensor& x, const Tensor& grad, const Tensor& tables, co
 extern "C" __attribute__((visibility("default"))) int tmafbench_register(char* error, int64_t size) {
   try {
     static torch::Library lib(torch::Library::DEF, "tmafbench", std::nullopt, __FILE__, __LINE__);
-    lib.def("tmaf_forward(Tensor x, Tensor tables, Tensor thresholds, float[] lows, float inv_h, int[] rows, "
+    lib.def("tmaf_forward(Tensor x, Tensor tables, Tensor thresholds, float[] lows, float[] tols, float inv_h, int[] rows, "
             "Tensor(a!) out) -> ()", &tmaf_forward);
-    lib.def("tmaf_backward(Tensor x, Tensor grad, Tensor tables, Tensor thresholds, float[] lows, float inv_h, "
+    lib.def("tmaf_backward(Tensor x, Tensor grad, Tensor tables, Tensor thresholds, float[] lows, float[] tols, float inv_h, "
             "int[] rows, int chunk, Tensor(a!) grad_x, Tensor(b!) grad_tables, Tensor(c!) partial, "
             "Tensor positions, float inv_a, float kc, Tensor(d!) grad_bp, Tensor(e!) partial_bp) -> ()",
             &tmaf_backward);
