@@ -134,16 +134,14 @@ class BandedTMAFBase(Activation):
         if self.train_breakpoints:
             gaps = F.softplus(self.breakpoint_gaps) + self._gap_floor
             return torch.cat([self.breakpoint_first, self.breakpoint_first + gaps.cumsum(dim=1)], dim=1)
-        device = self.values.device
+        device = self._parameters["values"].device
         if device not in self._fixed_bp:  # float64 so that comparisons with the input are exact
             self._fixed_bp[device] = torch.tensor([self.grid.breakpoints], dtype=torch.float64, device=device)
         return self._fixed_bp[device]
 
-    def tables(self) -> torch.Tensor:
-        """All diagonals' values stacked, [D, Cf, K], in the order values, upper, lower, upper_2, ..."""
-        if len(self._names) == 1:
-            return self.values.unsqueeze(0)
-        return torch.stack([getattr(self, name) for name in self._names])
+    def tables(self) -> list[torch.Tensor]:
+        """Each diagonal's values, [Cf, K], in the order values, upper, lower, upper_2, ... (spec.rows)."""
+        return [self._parameters[name] for name in self._names]  # (not getattr: this runs on every call)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_features(x, per_feature=self.share == "feature")

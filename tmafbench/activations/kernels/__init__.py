@@ -8,7 +8,7 @@ count; both save only the input for backward. The shared definitions are in spec
 
 from __future__ import annotations
 
-import os
+from typing import Sequence
 
 import torch
 
@@ -21,27 +21,24 @@ __all__ = ["BandSpec", "GridTensors", "backend_for", "banded_tmaf", "grid_tensor
 
 def backend_for(x: torch.Tensor) -> str:
     """"native" or "torch": the implementation `banded_tmaf` uses for x."""
-    if os.environ.get("TMAFBENCH_KERNEL", "").lower() != "torch" and native.supports(x):
-        return "native"
-    return "torch"
+    return "native" if native.supports(x) else "torch"
 
 
 def banded_tmaf(
     x: torch.Tensor,
-    tables: torch.Tensor,
+    tables: Sequence[torch.Tensor],
     breakpoints: torch.Tensor,
     spec: BandSpec,
     backend: str | None = None,
     grid: GridTensors | None = None,
 ) -> torch.Tensor:
-    """Apply a banded TMAF. x: [N, C, *S]; tables: [D, Cf, K]; breakpoints: [Cb, K-1]. Returns x's shape.
+    """Apply a banded TMAF to x [N, C, *S]: `tables` holds each diagonal's [Cf, K] values, in the
+    order of spec.rows; breakpoints are [Cb, K-1]. Returns x's shape.
 
     `grid` is `grid_tensors(breakpoints, spec, x.dtype)`; callers with a fixed grid pass it cached.
     """
-    shape = x.shape
-    x3 = x.reshape(shape[0], shape[1], -1).contiguous()  # [N, C, S]
-    tables = tables.to(x.dtype).contiguous()
     if grid is None:
         grid = grid_tensors(breakpoints, spec, x.dtype)
-    fn = native.NativeBandedTMAF if (backend or backend_for(x)) == "native" else ReferenceBandedTMAF
-    return fn.apply(x3, tables, breakpoints, grid, spec).view(shape)
+    if (backend or backend_for(x)) == "native":
+        return native.banded_tmaf(x, list(tables), breakpoints, grid, spec)
+    return ReferenceBandedTMAF.apply(x, breakpoints, grid, spec, *tables)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from tmafbench.activations.kernels.spec import BandSpec, GridTensors, bump_constants, chunk_samples
+from tmafbench.activations.kernels.spec import BandSpec, GridTensors, chunk_samples
 
 SOURCE = Path(__file__).with_name("tmaf_cpu.cpp")
 COMPILE_TIMEOUT_S = 900  # a waiting worker gives up (and falls back) after this long
@@ -39,7 +38,6 @@ DTYPES = (torch.float32, torch.float64)
 
 _LOCK = threading.Lock()
 _STATE: dict = {"tried": False, "ok": False, "reason": None, "library": None}
-_NO_TENSOR = torch.empty(0, dtype=torch.float64)  # stands for "no breakpoint gradient"
 
 
 def cache_dir() -> Path:
@@ -62,7 +60,8 @@ def compile_flags() -> list[str]:
     root = Path(torch.__file__).resolve().parent
     flags = ["-O3", "-std=c++20", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math", "-DNDEBUG",
              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-             f"-I{root / 'include'}", f"-L{root / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{root / 'lib'}"]
+             f"-I{root / 'include'}", f"-I{root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+             f"-L{root / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{root / 'lib'}"]
     if platform.machine().lower() in ("x86_64", "amd64"):  # tuning only: no instruction set is assumed
         flags.append("-mtune=haswell")
     if sys.platform != "darwin":  # Apple's clang has no OpenMP: the kernel then runs on one thread
@@ -124,10 +123,10 @@ def _register(path: Path) -> ctypes.CDLL:
 
 def load() -> bool:
     """True when torch.ops.tmafbench is ready; False when TMAFBENCH_KERNEL=torch or it cannot be built."""
-    if _STATE["ok"]:
-        return os.environ.get("TMAFBENCH_KERNEL", "").lower() != "torch"
     if os.environ.get("TMAFBENCH_KERNEL", "").lower() == "torch":
         return False
+    if _STATE["ok"]:
+        return True
     with _LOCK:
         if not _STATE["tried"]:
             _STATE["tried"] = True
@@ -153,40 +152,14 @@ def unavailable_reason() -> str | None:
 
 def supports(x: torch.Tensor) -> bool:
     """True when the native kernel can run on x (CPU, float32/float64, kernel built)."""
-    return x.device.type == "cpu" and x.dtype in DTYPES and load()
+    return x.is_cpu and x.dtype in DTYPES and load()
 
 
-class NativeBandedTMAF(torch.autograd.Function):
-    """Same contract and the same bits as ReferenceBandedTMAF; saves only x (and the small tables)."""
-
-    @staticmethod
-    def forward(ctx, x3, tables, bp, grid: GridTensors, spec: BandSpec):  # x3 [N,C,S], tables [D,Cf,K]
-        out = torch.empty_like(x3)
-        torch.ops.tmafbench.tmaf_forward(x3, tables, grid.thresholds, grid.lows, grid.tols, grid.inv_h, spec.rows, out)
-        ctx.save_for_backward(x3, tables, bp)
-        ctx.grid, ctx.spec = grid, spec
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        x3, tables, bp = ctx.saved_tensors
-        grid: GridTensors = ctx.grid
-        spec: BandSpec = ctx.spec
-        n, c, s = x3.shape
-        entries = tables.numel()
-        chunk = chunk_samples(n, c * s, entries)
-        chunks = math.ceil(n / chunk)
-        gx, gtab = torch.empty_like(x3), torch.empty_like(tables)
-        partial = torch.empty((chunks, entries), dtype=torch.float64)
-        want_bp = ctx.needs_input_grad[2] and spec.bump_width > 0
-        if want_bp:
-            gbp = torch.empty(bp.shape, dtype=torch.float64)
-            partial_bp = torch.empty((chunks, bp.numel()), dtype=torch.float64)
-        else:
-            gbp = partial_bp = _NO_TENSOR
-        inv_a, kc = bump_constants(spec)
-        torch.ops.tmafbench.tmaf_backward(
-            x3, grad.contiguous(), tables, grid.thresholds, grid.lows, grid.tols, grid.inv_h, spec.rows, chunk,
-            gx, gtab, partial, grid.positions if want_bp else _NO_TENSOR, inv_a, kc, gbp, partial_bp,
-        )
-        return gx, gtab, (gbp.to(bp.dtype) if want_bp else None), None, None
+def banded_tmaf(x: torch.Tensor, tables: list[torch.Tensor], breakpoints: torch.Tensor, grid: GridTensors,
+                spec: BandSpec) -> torch.Tensor:
+    """torch.ops.tmafbench.tmaf: the same contract and the same bits as the reference, with its
+    backward registered in C++ (no Python runs per call). Saves only x and the small tables."""
+    n = x.shape[0]
+    chunk = chunk_samples(n, x.numel() // n if n else 1, len(tables) * tables[0].numel())
+    return torch.ops.tmafbench.tmaf(x, tables, breakpoints, grid.thresholds, grid.positions, grid.lows, grid.tols,
+                                    grid.inv_h, spec.rows, chunk, *spec.bump)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from tmafbench.activations.kernels.spec import LANES, BandSpec, GridTensors, bump_constants, chunk_samples
+from tmafbench.activations.kernels.spec import LANES, BandSpec, GridTensors, chunk_samples
 
 
 def bucket(x3: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
@@ -44,23 +44,27 @@ def feature_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 class ReferenceBandedTMAF(torch.autograd.Function):
-    """out[:, j + r_d] += tables[d][j, idx_d(x_j)] * x_j for each diagonal d, in order."""
+    """out[:, j + r_d] += tables[d][j, idx_d(x_j)] * x_j for each diagonal d, in order.
+
+    apply(x [N, C, *S], breakpoints [Cb, m], grid, spec, *tables): one [Cf, K] table per diagonal."""
 
     @staticmethod
-    def forward(ctx, x3, tables, bp, grid: GridTensors, spec: BandSpec):  # x3 [N,C,S], tables [D,Cf,K]
+    def forward(ctx, x, bp, grid: GridTensors, spec: BandSpec, *tables):
+        x3 = x.reshape(x.shape[0], x.shape[1], -1).contiguous()  # [N, C, S]
+        tab = torch.stack(tables).to(x.dtype)  # [D, Cf, K]
         c = x3.shape[1]
         out = None
         for d, r in enumerate(spec.rows):
-            table = tables[d]
+            table = tab[d]
             term = table.reshape(-1)[feature_rows(table, bucket(x3, grid.thresholds[d]))].mul_(x3)
             if d == 0:  # like relu: +0 for 0 * (x < 0); a zero x passes as is
                 out = torch.where(x3 == 0, x3, term.add_(0.0))
             else:
                 j0, j1 = columns(r, c)
                 out[:, j0 + r:j1 + r] += term[:, j0:j1]
-        ctx.save_for_backward(x3, tables, bp)
-        ctx.grid, ctx.spec = grid, spec
-        return out
+        ctx.save_for_backward(x3, tab, bp)
+        ctx.grid, ctx.spec, ctx.shape, ctx.dtypes = grid, spec, x.shape, [t.dtype for t in tables]
+        return out.view(x.shape)
 
     @staticmethod
     def backward(ctx, grad):
@@ -71,10 +75,10 @@ class ReferenceBandedTMAF(torch.autograd.Function):
         d_count, cf, k = tables.shape
         entries = tables.numel()
         sums = OrderedSums(n, c, s, chunk_samples(n, c * s, entries), x3.device)
-        want_bp = ctx.needs_input_grad[2] and spec.bump_width > 0
+        want_bp = ctx.needs_input_grad[1] and spec.bump_width > 0
         tab_slots = sums.slots(entries)
         bp_slots = sums.slots(bp.numel()) if want_bp else None
-        grad = grad.contiguous()
+        grad = grad.reshape(x3.shape).contiguous()
         x64 = x3.double()
         gx = None
         for d, r in enumerate(spec.rows):
@@ -95,7 +99,7 @@ class ReferenceBandedTMAF(torch.autograd.Function):
                 _breakpoint_terms(sums, bp_slots, bp.numel(), j0, j1, d, idx, rows, table, gv, x64, grid, spec)
         gtab = sums.total(tab_slots, entries).to(tables.dtype).view(tables.shape)
         gbp = sums.total(bp_slots, bp.numel()).to(bp.dtype).view(bp.shape) if want_bp else None
-        return gx, gtab, gbp, None, None
+        return (gx.view(ctx.shape), gbp, None, None, *(gtab[d].to(dtype) for d, dtype in enumerate(ctx.dtypes)))
 
 
 class OrderedSums:
@@ -134,7 +138,7 @@ def _breakpoint_terms(sums, slots, entries, j0, j1, d, idx, rows, table, gv, x64
     m = grid.positions.shape[2]
     flat = table.reshape(-1)
     per_feature = grid.positions.shape[1] != 1
-    inv_a, kc = bump_constants(spec)
+    inv_a, kc = spec.bump
     terms, keys = [], []
     for k in (idx - 1, idx):  # left, then right breakpoint of each input
         ok = (k >= 0) & (k < m)

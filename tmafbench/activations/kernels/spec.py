@@ -6,7 +6,7 @@ definition that are data rather than code live here, so that they are written on
   thresholds in the input dtype that make the interval test exact;
 - `chunk_samples` and `LANES`: the fixed order in which the values' (and breakpoints') gradient
   is summed, which depends on the shape only, never on the thread count;
-- `BandSpec.bump_width` and `bump_constants`: the kernel of the relaxed breakpoint gradient.
+- `BandSpec.bump_width` and `BandSpec.bump`: the kernel of the relaxed breakpoint gradient.
 """
 
 from __future__ import annotations
@@ -43,6 +43,13 @@ class BandSpec:
     def __post_init__(self) -> None:
         if not self.rows or self.rows[0] != 0 or len(self.rows) != len(self.shifts):
             raise ValueError("BandSpec: rows must start with the main diagonal (0) and match shifts")
+
+    @property
+    def bump(self) -> tuple[float, float]:
+        """(1 / a, 15 / (16 a)) of the breakpoint kernel k(u) = 15/(16 a) (1 - (u/a)^2)^2 on |u| < a,
+        with a = bump_width; (0, 0) without a breakpoint gradient."""
+        a = self.bump_width
+        return (1.0 / a, 15.0 / (16.0 * a)) if a > 0 else (0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -119,9 +126,3 @@ def chunk_samples(samples: int, per_sample: int, entries: int) -> int:
     """Samples per chunk of the gradient sums: a function of the shape alone (never the thread count)."""
     target = max(CHUNK_MIN_ELEMENTS, CHUNK_ENTRY_FACTOR * entries)
     return max(1, min(samples, -(-target // max(1, per_sample))))
-
-
-def bump_constants(spec: BandSpec) -> tuple[float, float]:
-    """(1 / a, 15 / (16 a)) of the breakpoint kernel k(u) = 15/(16 a) (1 - (u/a)^2)^2 on |u| < a."""
-    a = spec.bump_width
-    return (1.0 / a, 15.0 / (16.0 * a)) if a > 0 else (0.0, 0.0)

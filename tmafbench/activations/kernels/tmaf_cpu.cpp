@@ -1,10 +1,11 @@
 // Fused CPU kernels for banded TMAF, registered as PyTorch operators (torch.ops.tmafbench.*).
 //
-// The operator schemas are declared once, in tmafbench_register() at the end; PyTorch checks them
-// against the C++ signatures when the library registers and against every call's arguments, and
-// the TORCH_CHECKs below check shapes and dtypes. The kernels allocate nothing large: outputs and
-// the per-chunk partial sums come from the caller (torch.empty, which raises when memory runs out);
-// the small per-thread scratch allocated here raises a Python error when it cannot be had.
+// Operators: tmaf (forward with its backward registered in C++, so that a call costs no Python),
+// and its two halves tmaf_forward / tmaf_backward, which write into tensors the caller provides.
+// Their schemas are declared once, in tmafbench_register() at the end; PyTorch checks them against
+// the C++ signatures when the library registers and against every call's arguments, and the
+// TORCH_CHECKs below check shapes and dtypes. Every allocation raises a Python error when memory
+// runs out: tensors through PyTorch's allocator, the small per-thread scratch through zeros().
 //
 // Exact semantics (DESIGN.md section 3; reference.py computes the same bits with PyTorch ops):
 // - Interval index of v on diagonal d: q = #{k : thr[d][k] < v} (NaN: q = m). thr holds the
@@ -26,7 +27,11 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/stack.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -178,8 +183,10 @@ TMAF_INLINE void gx_off_body(const T* __restrict x, const T* __restrict ga, T* _
   }
 }
 
-TMAF_INLINE void accumulate(double* __restrict acc, const int32_t* __restrict idx, const double* __restrict p,
-                            int64_t L) {
+// Not inlined: as a function of its own the pointers stay in registers (inlined, GCC reloaded them
+// from the stack on every element for fear of aliasing).
+__attribute__((noinline)) void accumulate(double* __restrict acc, const int32_t* __restrict idx,
+                                          const double* __restrict p, int64_t L) {
   for (int64_t e = 0; e < L; e++) acc[idx[e]] += p[e];
 }
 
@@ -321,11 +328,12 @@ Call<T> make_call(const Tensor& x, const Tensor& tables, const Tensor& threshold
   for (double tol : tols) c.tols.push_back((T)tol);
   c.inv_h = (T)inv_h;
   const int64_t span = (c.plane() ? LANES : c.C) + BLOCK;
-  c.colpat.resize(span);
+  c.colpat.assign(span, 0);
   c.lanepat.resize(span);
-  for (int64_t i = 0; i < span; i++) {
-    c.colpat[i] = c.plane() ? 0 : (int32_t)(i % c.C);
-    c.lanepat[i] = (int32_t)((c.plane() ? i : i % c.C) % LANES);
+  for (int64_t i = 0, col = 0; i < span; i++) {  // (no division: this runs on every call)
+    if (!c.plane()) c.colpat[i] = (int32_t)col;
+    c.lanepat[i] = (int32_t)((c.plane() ? i : col) & (LANES - 1));
+    if (++col == c.C) col = 0;
   }
   return c;
 }
@@ -635,6 +643,85 @@ void tmaf_backward(const Tensor& x, const Tensor& grad, const Tensor& tables, co
                         positions, inv_a, kc, grad_bp, partial_bp);
 }
 
+// ---- the autograd operator -----------------------------------------------------------------------
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// x [N, C, *S] -> (x as contiguous [N, C, S], the tables stacked as [D, Cf, K] in x's dtype).
+std::pair<at::Tensor, at::Tensor> flatten(const at::Tensor& x, at::TensorList tables) {
+  TORCH_CHECK(x.dim() >= 2 && !tables.empty(), "tmaf: x must be [N, C, ...] and there must be tables");
+  at::Tensor x3 = x.reshape({x.size(0), x.size(1), -1}).contiguous();
+  at::Tensor tab = tables.size() == 1 ? tables[0].unsqueeze(0) : at::stack(tables);
+  return {x3, tab.to(x.scalar_type()).contiguous()};
+}
+
+// Inputs, in order: x, the D tables, breakpoints, thresholds, positions, then the non-tensor
+// arguments; backward returns one gradient (or an undefined tensor) for each.
+struct TmafFunction : public torch::autograd::Function<TmafFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList tables,
+                            const at::Tensor& breakpoints, const at::Tensor& thresholds, const at::Tensor& positions,
+                            c10::ArrayRef<double> lows, c10::ArrayRef<double> tols, double inv_h,
+                            c10::ArrayRef<int64_t> rows, int64_t chunk, double inv_a, double kc) {
+    auto [x3, tab] = flatten(x, tables);
+    at::Tensor out = at::empty_like(x3);
+    tmaf_forward(x3, tab, thresholds, lows, tols, inv_h, rows, out);
+    ctx->save_for_backward({x3, tab, breakpoints, thresholds, positions});
+    // Two saved entries (each costs a map insertion): the floats, then the integers.
+    std::vector<double> floats{inv_h, inv_a, kc};
+    floats.insert(floats.end(), lows.begin(), lows.end());
+    floats.insert(floats.end(), tols.begin(), tols.end());
+    std::vector<int64_t> ints{chunk, x.dim()};
+    ints.insert(ints.end(), x.sizes().begin(), x.sizes().end());
+    for (const at::Tensor& t : tables) ints.push_back(static_cast<int64_t>(t.scalar_type()));  // gradient dtypes
+    ints.insert(ints.end(), rows.begin(), rows.end());
+    ctx->saved_data["floats"] = std::move(floats);
+    ctx->saved_data["ints"] = std::move(ints);
+    return out.view(x.sizes());
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x3 = saved[0], &tab = saved[1], &bp = saved[2], &thresholds = saved[3], &positions = saved[4];
+    const int64_t D = tab.size(0), E = tab.numel();
+    const std::vector<double> floats = ctx->saved_data["floats"].toDoubleVector();
+    const std::vector<int64_t> ints = ctx->saved_data["ints"].toIntVector();
+    const double inv_h = floats[0], inv_a = floats[1], kc = floats[2];
+    const c10::ArrayRef<double> lows(floats.data() + 3, (floats.size() - 3) / 2), tols(lows.end(), lows.size());
+    const int64_t chunk = ints[0], ndim = ints[1];
+    const c10::IntArrayRef shape(ints.data() + 2, ndim), dtypes(shape.end(), D), rows(dtypes.end(), D);
+    const int64_t nchunks = (x3.size(0) + chunk - 1) / chunk;
+    at::Tensor grad = grads[0].reshape(x3.sizes()).contiguous();
+    at::Tensor gx = at::empty_like(x3), gtab = at::empty_like(tab);
+    at::Tensor partial = at::empty({nchunks, E}, x3.options().dtype(at::kDouble));
+    const bool want_bp = ctx->needs_input_grad(1 + D) && inv_a > 0;
+    at::Tensor none = at::empty({0}, x3.options().dtype(at::kDouble));
+    at::Tensor gbp = want_bp ? at::empty(bp.sizes(), none.options()) : none;
+    at::Tensor partial_bp = want_bp ? at::empty({nchunks, bp.numel()}, none.options()) : none;
+    tmaf_backward(x3, grad, tab, thresholds, lows, tols, inv_h, rows, chunk, gx, gtab, partial,
+                  want_bp ? positions : none, inv_a, kc, gbp, partial_bp);
+    variable_list out{gx.view(shape)};
+    for (int64_t d = 0; d < D; d++) out.push_back(gtab[d].to(static_cast<at::ScalarType>(dtypes[d])));
+    out.push_back(want_bp ? gbp.to(bp.scalar_type()) : at::Tensor());
+    out.resize(out.size() + 2 + 7);  // thresholds, positions and the 7 non-tensor arguments: no gradient
+    return out;
+  }
+};
+
+at::Tensor tmaf(const at::Tensor& x, at::TensorList tables, const at::Tensor& breakpoints, const at::Tensor& thresholds,
+                const at::Tensor& positions, c10::ArrayRef<double> lows, c10::ArrayRef<double> tols, double inv_h,
+                c10::ArrayRef<int64_t> rows, int64_t chunk, double inv_a, double kc) {
+  bool graph = at::GradMode::is_enabled() && (x.requires_grad() || breakpoints.requires_grad());
+  for (const at::Tensor& t : tables) graph = graph || (at::GradMode::is_enabled() && t.requires_grad());
+  if (!graph) {  // evaluation (no_grad, inference_mode): no autograd node, nothing saved
+    auto [x3, tab] = flatten(x, tables);
+    at::Tensor out = at::empty_like(x3);
+    tmaf_forward(x3, tab, thresholds, lows, tols, inv_h, rows, out);
+    return out.view(x.sizes());
+  }
+  return TmafFunction::apply(x, tables, breakpoints, thresholds, positions, lows, tols, inv_h, rows, chunk, inv_a, kc);
+}
+
 }  // namespace
 
 // Registration is an explicit call (not a static initialiser), so that a failure, such as a schema
@@ -643,6 +730,8 @@ void tmaf_backward(const Tensor& x, const Tensor& grad, const Tensor& tables, co
 extern "C" __attribute__((visibility("default"))) int tmafbench_register(char* error, int64_t size) {
   try {
     static torch::Library lib(torch::Library::DEF, "tmafbench", std::nullopt, __FILE__, __LINE__);
+    lib.def("tmaf(Tensor x, Tensor[] tables, Tensor breakpoints, Tensor thresholds, Tensor positions, float[] lows, "
+            "float[] tols, float inv_h, int[] rows, int chunk, float inv_a, float kc) -> Tensor", &tmaf);
     lib.def("tmaf_forward(Tensor x, Tensor tables, Tensor thresholds, float[] lows, float[] tols, float inv_h, int[] rows, "
             "Tensor(a!) out) -> ()", &tmaf_forward);
     lib.def("tmaf_backward(Tensor x, Tensor grad, Tensor tables, Tensor thresholds, float[] lows, float[] tols, float inv_h, "
