@@ -612,11 +612,14 @@ void backward_impl(const Tensor& x, const Tensor& grad, const Tensor& tables, co
                 want_bp ? positions.data_ptr<double>() : nullptr, Bump{inv_a, kc},
                 want_bp ? partial_bp.data_ptr<double>() : nullptr};
   // Tasks per chunk: one per column (plane mode) or per block of columns (rows mode) when each
-  // entry belongs to one column; blocks change no sum, they only add parallelism. Shared tables:
-  // one task per chunk.
+  // entry belongs to one column; blocks change no sum (so they may depend on the thread count),
+  // they only add parallelism where there are few chunks. Shared tables: one task per chunk.
   int64_t width = c.C;
-  if (c.Cf > 1)
-    width = c.plane() ? 1 : (c.C >= 256 ? std::max<int64_t>(64, c.C / std::max<int64_t>(1, 64 / nchunks)) : c.C);
+  if (c.Cf > 1 && c.plane()) width = 1;
+  if (c.Cf > 1 && !c.plane() && x.numel() >= PARALLEL_MIN) {
+    const int64_t wanted = (4 * at::get_num_threads() + nchunks - 1) / nchunks;  // blocks per chunk
+    width = std::max<int64_t>(std::min<int64_t>(c.C, 256), (c.C + wanted - 1) / wanted);
+  }
   const int64_t per = (c.C + width - 1) / width;
   run_tasks(nchunks * per, x.numel(), [&](int64_t t0, int64_t t1) {
     typename Backward<T>::Scratch s;
