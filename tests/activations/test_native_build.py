@@ -163,3 +163,13 @@ def test_x86_only_attributes_are_guarded():
     attribute = "__attribute__((target_clones"
     assert source.count(attribute) == guarded.count(attribute) == 2
     assert "-march=native" not in " ".join(native.compile_flags())
+
+
+@pytest.mark.slow  # about 20 s; runs where an arm64 cross compiler is installed (g++-aarch64-linux-gnu)
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None, reason="no arm64 cross compiler")
+def test_the_source_compiles_for_arm64(tmp_path):
+    """arm64 gets no x86 attribute and still compiles (to an object: linking needs an arm64 torch)."""
+    flags = [f for f in native.compile_flags() if f.startswith(("-I", "-D", "-O", "-std", "-f"))]
+    done = subprocess.run(["aarch64-linux-gnu-g++", *flags, "-c", str(native.SOURCE), "-o", str(tmp_path / "k.o")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -2,7 +2,7 @@
 
 For each activation (grid activations once per interval count) and shape, after `warmup`
 untimed calls, `repeats` timed calls of `y = act(x); y.backward(g)` (x of std 3, so inputs cover
-the default [-5, 5] grid). We report the median and interquartile range in milliseconds and each
+the default [-5, 5] grid), interleaved across the activations of a shape. We report the median and interquartile range in milliseconds and each
 row's median as a ratio to relu and to prelu on the same shape, measured in the same run.
 
 Memory, per call:
@@ -128,16 +128,21 @@ def peak_bytes(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> 
     return peak
 
 
-def time_ms(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, repeats: int, warmup: int) -> list[float]:
-    """Wall-clock milliseconds of `repeats` forward+backward calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        _fwd_bwd(module, x, grad)
-    times = []
+def time_ms(modules: Sequence[torch.nn.Module], x: torch.Tensor, grad: torch.Tensor, repeats: int,
+            warmup: int) -> list[list[float]]:
+    """Wall-clock milliseconds of `repeats` forward+backward calls of each module, after `warmup`
+    untimed ones. Interleaved: each round times every module once, so a change in the machine's load
+    during the run hits all of them alike and the ratios between them stay fair."""
+    for module in modules:
+        for _ in range(warmup):
+            _fwd_bwd(module, x, grad)
+    times: list[list[float]] = [[] for _ in modules]
     for _ in range(repeats):
-        module.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        _fwd_bwd(module, x, grad)
-        times.append((time.perf_counter() - start) * 1e3)
+        for module, series in zip(modules, times):
+            module.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            _fwd_bwd(module, x, grad)
+            series.append((time.perf_counter() - start) * 1e3)
     return times
 
 
@@ -148,25 +153,28 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def bench_one(name: str, params: dict, shape: Sequence[int], repeats: int, warmup: int, seed: int = 0) -> BenchRow:
-    """Time and measure one activation configuration on one input shape (float32)."""
+def bench_shape(configs: Sequence[tuple[str, dict]], shape: Sequence[int], repeats: int, warmup: int,
+                seed: int = 0) -> list[BenchRow]:
+    """Time and measure every configuration on one input shape (float32), interleaved (time_ms)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape, generator=gen) * 3.0
     grad = torch.randn(*shape, generator=gen)
-    module = activations.create(name, shape[1], **params)
-    q1, median, q3 = _quartiles(time_ms(module, x, grad, repeats, warmup))
-    backend = backend_for(x) if isinstance(module, BandedTMAFBase) else "torch"
-    return BenchRow(
-        name=name,
-        grid=activations.grid_info(name, params)[0],
-        shape="x".join(map(str, shape)),
-        backend=backend,
-        median_ms=median,
-        q1_ms=q1,
-        q3_ms=q3,
-        saved_bytes=saved_bytes(module, x),
-        peak_bytes=peak_bytes(module, x, grad),
-    )
+    modules = [activations.create(name, shape[1], **params) for name, params in configs]
+    rows = []
+    for (name, params), module, series in zip(configs, modules, time_ms(modules, x, grad, repeats, warmup)):
+        q1, median, q3 = _quartiles(series)
+        rows.append(BenchRow(
+            name=name,
+            grid=activations.grid_info(name, params)[0],
+            shape="x".join(map(str, shape)),
+            backend=backend_for(x) if isinstance(module, BandedTMAFBase) else "torch",
+            median_ms=median,
+            q1_ms=q1,
+            q3_ms=q3,
+            saved_bytes=saved_bytes(module, x),
+            peak_bytes=peak_bytes(module, x, grad),
+        ))
+    return rows
 
 
 def bench_activations(
@@ -199,7 +207,7 @@ def _bench_all(configs: list[tuple[str, dict]], shapes: list[Sequence[int]], rep
     baselines = [(b, {}) for b in BASELINES if (b, {}) not in configs]
     rows: list[BenchRow] = []
     for shape in shapes:
-        measured = [bench_one(n, p, shape, repeats, warmup) for n, p in baselines + configs]
+        measured = bench_shape(baselines + configs, shape, repeats, warmup)
         base = {r.name: r.median_ms for r in measured if r.name in BASELINES}
         for row in measured:
             row.vs_relu = row.median_ms / base["relu"]
