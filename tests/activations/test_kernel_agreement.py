@@ -76,6 +76,9 @@ def run(act, x: torch.Tensor, grad: torch.Tensor, backend: str) -> list[torch.Te
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bits, in x's memory layout: a gradient laid out differently would make PyTorch's own
+    ops downstream (convolutions) sum in another order, so layouts must agree too."""
+    assert t.is_contiguous()
     return t.view(torch.int32 if t.dtype == torch.float32 else torch.int64)
 
 

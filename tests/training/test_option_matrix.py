@@ -98,3 +98,18 @@ def test_the_matrix_covers_the_documented_options():
     assert {s["sigma"] for s in option_sets("scaled")} == set(activations.trainable.SIGMAS)
     assert option_sets("relu") == [{}]
     assert {kernel for name, _, kernel in (c.values for c in CASES) if name == "tmaf"} == set(KERNELS)
+
+
+@pytest.mark.skipif("native" not in KERNELS, reason="native kernel unavailable")
+@pytest.mark.parametrize("name, params", [("tmaf", {"train_breakpoints": True}),
+                                          ("tmaf-tridiag", {"train_breakpoints": True, "share": "layer"}),
+                                          ("tmaf-banded", {"init": "random"})])
+def test_both_kernels_train_to_the_same_bits(name, params, image_dir, one_thread, monkeypatch):
+    """One semantics, end to end: a whole trial, evaluation included, gives the same metrics and
+    learned parameters on the native kernel and on the PyTorch one."""
+    results = {}
+    for kernel in ("native", "torch"):
+        select(monkeypatch, kernel)
+        results[kernel] = [train_trial(config) for config in trial_configs(name, params, image_dir)]
+    for a, b in zip(results["native"], results["torch"]):
+        assert a.final_metrics == b.final_metrics and a.artifacts == b.artifacts

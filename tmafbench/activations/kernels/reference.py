@@ -27,7 +27,9 @@ def bucket(x3: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
         return torch.bucketize(x3, thr[0].contiguous(), right=False)
     # Per-feature thresholds [C, m]: searchsorted wants the feature axis first.
     rows = x3.transpose(0, 1).reshape(c, n * s).contiguous()
-    return torch.searchsorted(thr.contiguous(), rows, right=False).view(c, n, s).transpose(0, 1)
+    # Back to [N, C, S], contiguous: the gradients computed from it must have x's memory layout
+    # (PyTorch's convolutions sum in another order for other strides).
+    return torch.searchsorted(thr.contiguous(), rows, right=False).view(c, n, s).transpose(0, 1).contiguous()
 
 
 def columns(r: int, c: int) -> tuple[int, int]:
