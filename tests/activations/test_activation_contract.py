@@ -143,7 +143,7 @@ def test_fixed_formulas():
 def test_literal_choices_are_the_implemented_ones():
     """The registry's choices (Literal annotations) match what the activations accept."""
     from tmafbench.activations import tmaf, trainable
-    from tmafbench.activations._registry import ACTIVATIONS
+    from tmafbench.registries import ACTIVATIONS
 
     params = {p.name: p.choices for p in ACTIVATIONS.entry("scaled").params}
     assert params["sigma"] == tuple(trainable.SIGMAS) and params["share"] == tmaf.SHARES

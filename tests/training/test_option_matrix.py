@@ -18,10 +18,10 @@ import math
 import pytest
 import torch
 
-from image_data import write_idx_set
+from fake_data import write_idx_set
 from kernel_choice import KERNELS, select, with_kernels
 from tmafbench import activations
-from tmafbench.activations._registry import ACTIVATIONS
+from tmafbench.registries import ACTIVATIONS
 from tmafbench.training import TrainingConfig, TrialConfig, train_trial
 
 
