@@ -2,8 +2,9 @@
 
 For each activation (grid activations once per interval count) and shape, after `warmup`
 untimed calls, `repeats` timed calls of `y = act(x); y.backward(g)` (x of std 3, so inputs cover
-the default [-5, 5] grid), interleaved across the activations of a shape. We report the median and interquartile range in milliseconds and each
-row's median as a ratio to relu and to prelu on the same shape, measured in the same run.
+the default [-5, 5] grid), interleaved across the activations of a shape. We report the median and
+interquartile range in milliseconds and each row's median as a ratio to relu and to prelu on the
+same shape, measured in the same run.
 
 Memory, per call:
 - saved: bytes of the distinct tensors autograd keeps for backward (saved_tensors_hooks);

@@ -192,7 +192,12 @@ __attribute__((noinline)) void accumulate(double* __restrict acc, const int32_t*
 
 }  // namespace
 
-// Non-template entry points, so that each can carry target_clones.
+// Non-template entry points, so that each can carry target_clones, and Loops<T> naming them.
+namespace {
+template <typename T>
+struct Loops;
+}  // namespace
+
 #define TMAF_DEFINE_LOOPS(T, SUF)                                                                        \
   TMAF_CLONES bool tmaf_estimate_##SUF(const T* x, int32_t* q, int64_t L, int32_t m, T lo, T inv_h,     \
                                        T tol0, T tol1) {                                                \
@@ -217,31 +222,22 @@ __attribute__((noinline)) void accumulate(double* __restrict acc, const int32_t*
                                      int32_t astride, int32_t lstride, double* p, int32_t* idx, int32_t r, \
                                      int32_t C, int32_t trash, int64_t L) {                              \
     gx_off_body<T>(x, ga, gx, t, col, cstride, q, lane, cbase, astride, lstride, p, idx, r, C, trash, L); \
-  }
+  } \
+  namespace {                                                                                           \
+  template <>                                                                                           \
+  struct Loops<T> {                                                                                     \
+    static constexpr auto estimate = tmaf_estimate_##SUF;                                               \
+    static constexpr auto fwd_main = tmaf_fwd_main_##SUF;                                               \
+    static constexpr auto fwd_off = tmaf_fwd_off_##SUF;                                                 \
+    static constexpr auto gx_main = tmaf_gx_main_##SUF;                                                 \
+    static constexpr auto gx_off = tmaf_gx_off_##SUF;                                                   \
+  };                                                                                                    \
+  }  // namespace
 
 TMAF_DEFINE_LOOPS(float, f32)
 TMAF_DEFINE_LOOPS(double, f64)
 
 namespace {
-
-template <typename T>
-struct Loops;
-template <>
-struct Loops<float> {
-  static constexpr auto estimate = tmaf_estimate_f32;
-  static constexpr auto fwd_main = tmaf_fwd_main_f32;
-  static constexpr auto fwd_off = tmaf_fwd_off_f32;
-  static constexpr auto gx_main = tmaf_gx_main_f32;
-  static constexpr auto gx_off = tmaf_gx_off_f32;
-};
-template <>
-struct Loops<double> {
-  static constexpr auto estimate = tmaf_estimate_f64;
-  static constexpr auto fwd_main = tmaf_fwd_main_f64;
-  static constexpr auto fwd_off = tmaf_fwd_off_f64;
-  static constexpr auto gx_main = tmaf_gx_main_f64;
-  static constexpr auto gx_off = tmaf_gx_off_f64;
-};
 
 // n doubles set to +0; an allocation failure raises a Python RuntimeError.
 std::vector<double> zeros(int64_t n) {
