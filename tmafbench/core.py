@@ -72,9 +72,27 @@ Direction = Literal["minimize", "maximize"]
 Interval = Literal["auto", "bootstrap", "t"]
 
 
+# Prefixes of a task metric measured on another set than the test set: the validation split
+# ("val_rel_l2") and, with TrainingConfig.evaluate_train, the training set ("train_rel_l2").
+SET_PREFIXES = ("val_", "train_")
+
+
+def base_metric(metric: str) -> str:
+    """The task metric behind a name: "val_accuracy" and "train_accuracy" -> "accuracy".
+
+    "train_loss" is the training loss itself, not a task metric, and stays as it is.
+    """
+    for prefix in SET_PREFIXES:
+        rest = metric.removeprefix(prefix)
+        if rest != metric and rest in REGRESSION_METRICS + CLASSIFICATION_METRICS:
+            return rest
+    return metric
+
+
 def metric_direction(metric: str) -> Direction:
-    """"accuracy" and "val_accuracy" are maximised; every other metric (errors, losses) is minimised."""
-    return "maximize" if metric.removeprefix("val_") in MAXIMIZED else "minimize"
+    """"accuracy", "val_accuracy" and "train_accuracy" are maximised; every other metric (errors,
+    losses) is minimised."""
+    return "maximize" if base_metric(metric) in MAXIMIZED else "minimize"
 
 
 def metric_names(kind: str) -> tuple[str, ...]:
@@ -108,6 +126,7 @@ NonNegative = Annotated[Number, Field(ge=0)]
 FIXED_TRAINING = {
     "val_fraction": "set by tune.val_fraction",
     "evaluate_test": "the test set is never read while tuning",
+    "evaluate_train": "not a setting",
     "device": "chosen per worker",
     "epochs": "the epoch budget is fixed; set it in defaults.training",
     "keep_predictions": "not a setting",
@@ -116,7 +135,10 @@ FIXED_TRAINING = {
 
 # Options added after studies were stored: at these values they are left out of the config hash,
 # so cells stored before the option existed keep their identity.
-HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"breakpoint_lr": None}
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"breakpoint_lr": None, "loss_reduction": "mean", "evaluate_train": False}
+
+# How the training loss combines the samples of a batch (TrainingConfig.loss_reduction).
+LossReduction = Literal["mean", "sum"]
 
 
 class _Config(BaseModel):
@@ -151,8 +173,12 @@ class TrainingConfig(_Config):
     grad_clip: Positive | None = None
     device: str = "auto"  # cpu, cuda, cuda:N or auto
     init_scale: Positive = 1.0  # multiplies the default weight init of Linear/Conv layers
+    # "mean" over the batch, or "sum": the paper's eq. 1.2 (summed squared error; summed cross-entropy
+    # for classification). With "sum", SGD at lr/B moves the weights as "mean" at lr, batch B.
+    loss_reduction: LossReduction = "mean"
     val_fraction: Annotated[Number, Field(ge=0, lt=1)] = 0.0  # share of the training set held out (tuning)
     evaluate_test: StrictBool = True  # False while tuning: the test set is never touched
+    evaluate_train: StrictBool = False  # also the task's metrics on the training set, as "train_"-prefixed
     keep_predictions: StrictBool = True  # 1-D tasks: store predictions on a fixed grid
     keep_activation_params: StrictBool = True  # store learned activation parameters
 
@@ -274,8 +300,10 @@ class EpochRecord:
     """One epoch: train loss, evaluation metrics and timings."""
 
     epoch: int  # 1-based
-    train_loss: float
-    metrics: dict[str, float]  # test metrics ("rel_l2", "accuracy", ...); "val_"-prefixed when validating
+    train_loss: float  # the epoch's loss per sample (mean over the samples, whatever loss_reduction is)
+    # test metrics ("rel_l2", "accuracy", ...); "val_"-prefixed on the validation split, "train_"-prefixed
+    # on the training set (evaluate_train)
+    metrics: dict[str, float]
     epoch_time_s: float  # training only; evaluation timed apart
     eval_time_s: float
     samples_per_s: float

@@ -221,3 +221,29 @@ def test_resume_checks_data_only_for_cells_that_will_run(tmp_path, monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert out.startswith("0 False"), out  # finished: nothing validated that needs torch, no worker started
     assert "is finished: every cell is final, nothing to run" in out
+
+
+@pytest.mark.slow
+def test_loss_reduction_from_the_study_file_and_set_is_stored_and_reported(spec_file, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    spec_file.write_text(TINY.replace("training = {", "training = { loss_reduction = \"sum\", evaluate_train = true,"))
+    result = invoke("study", "run", str(spec_file), "--workers", "1", "--devices", "cpu", "--storage", url)
+    assert result.exit_code == 0, result.output
+    result = invoke("study", "run", str(spec_file), "--new-name", "cli-mean", "--set",
+                    "defaults.training.loss_reduction=mean", "--workers", "1", "--devices", "cpu", "--storage", url)
+    assert result.exit_code == 0, result.output
+    stored = invoke("results", "query", "select s.name, c.config from tmaf_cell c join tmaf_study s on s.id = c.study_id",
+                    "--format", "json", "--storage", url)
+    reductions = {(row["name"], json.loads(row["config"])["training"]["loss_reduction"]) for row in json.loads(stored.output)}
+    assert reductions == {("cli", "sum"), ("cli-mean", "mean")}
+    finals = invoke("results", "export", "--study", "cli", "--storage", url).output
+    assert "train_rel_l2" in finals.splitlines()[0]
+    out = tmp_path / "report"
+    result = invoke("report", "build", "cli", "--storage", url, "--out", str(out), "--format", "md")
+    assert result.exit_code == 0, result.output
+    text = (out / "index.md").read_text()
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| task |") and "loss reduction" in line)
+    columns = [c.strip() for c in lines[header].split("|")]
+    assert [c.strip() for c in lines[header + 2].split("|")][columns.index("loss reduction")] == "sum"
+    assert "Final train_rel_l2 per group" in text  # the training-set error beside the test error

@@ -52,7 +52,19 @@ def test_activation_params_are_passed():
     assert data["config"]["act_params"] == {"intervals": 4} and data["num_act_params"] > 0
 
 
+def test_loss_reduction_and_training_set_metrics_from_the_command_line():
+    result = runner.invoke(app, ["train", *SMALL, "--json", "--optimizer", "sgd", "--momentum", "0", "--lr", "1e-4",
+                                 "--loss-reduction", "sum", "--evaluate-train"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["config"]["training"]["loss_reduction"] == "sum" and data["config"]["training"]["evaluate_train"]
+    assert {"train_rel_l2", "rel_l2", "train_loss"} <= set(data["final_metrics"])
+    default = json.loads(runner.invoke(app, ["train", *SMALL, "--json"]).stdout)
+    assert default["config"]["training"]["loss_reduction"] == "mean" and "train_rel_l2" not in default["final_metrics"]
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--loss-reduction", "median"], "unknown loss_reduction 'median'; choose one of: mean, sum"),
     (["--activation", "nope"], "unknown activation 'nope'"),
     (["--batch-size", "big"], "--batch-size expects"),
     (["--act-param", "oops"], "--act-param expects key=value"),

@@ -21,7 +21,14 @@ def test_shared_settings_are_written_once_and_axes_are_left_out():
     settings = training_settings(_cells(_config(), _config(), n=[1, 2]))
     assert settings == {"optimizer": "adam", "lr": "0.001", "activation lr": "= lr", "weight decay": "0",
                         "schedule": "cosine", "epochs": "60", "batch": "256", "init scale": "1",
-                        "data": "test_size=5000, train_size=20000"}  # n is an axis: not repeated here
+                        "loss reduction": "mean", "data": "test_size=5000, train_size=20000"}  # n is an axis: not repeated here
+
+
+def test_loss_reduction_stored_or_not():
+    # Configs stored before the option existed have no key: they trained on the mean.
+    assert training_settings(_cells(_config()))["loss reduction"] == "mean"
+    assert training_settings(_cells(_config(loss_reduction="sum")))["loss reduction"] == "sum"
+    assert training_settings(_cells(_config(), _config(loss_reduction="sum")))["loss reduction"] == "mean | sum"
 
 
 def test_settings_that_differ_by_group_show_their_range():

@@ -287,3 +287,26 @@ def test_many_seeds_draw_the_middle_half_instead_of_every_line(tmp_path):
     write_synthetic_study(url, "many", activations=2, ns=1, seeds=12, epochs=3)
     report = build_report(url, ["many"], out=tmp_path / "out", formats=("svg",), figure_scale=0.5)
     assert "band = middle half of the seeds" in (report.folder / "figures" / "learning_curves.svg").read_text()
+
+
+def test_training_set_error_beside_the_test_error(tmp_path, new_db):
+    # Runs with training.evaluate_train store train_rel_l2: the report gives it its own table and
+    # a row of learning curves between the test metric and the train loss.
+    url, session = new_db
+    study = add_study(session, "both-sets")
+    for act, level in (("relu", 0.5), ("tmaf", 0.2)):
+        for seed in range(3):
+            cell = add_cell(session, study, {"activation": act, "seed": seed})
+            test, train = [level * (1 + seed / 10) * f for f in (2, 1.2)], [level * f for f in (1.8, 1.0)]
+            add_run(session, cell, finals={"rel_l2": test[-1], "train_rel_l2": train[-1], "train_loss": 0.1},
+                    epochs={"rel_l2": test, "train_rel_l2": train, "train_loss": [0.2, 0.1]})
+    session.commit()
+    report = build_report(url, ["both-sets"], out=tmp_path / "out", formats=parse_formats("md,svg"), figure_scale=0.5)
+    train = next(t for t in report.tables if t.name == "final_train_metric").raw
+    assert train["mean"].tolist() == pytest.approx([0.5, 0.2])
+    test = next(t for t in report.tables if t.name == "final_metric").raw
+    assert test["mean"].tolist() == pytest.approx([0.5 * 1.2 * 1.1, 0.2 * 1.2 * 1.1], rel=0.01)
+    curves = (report.folder / "figures" / "learning_curves.svg").read_text()
+    assert "training-set relative L2 error" in curves and "test relative L2 error" in curves
+    md = (report.folder / "index.md").read_text()
+    assert "## Final train_rel_l2 per group" in md

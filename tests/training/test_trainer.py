@@ -246,3 +246,62 @@ def test_cuda_run_matches_cpu_closely(activation):
     assert gpu.final_metrics["rel_l2"] == pytest.approx(cpu.final_metrics["rel_l2"], rel=1e-3)
     auto = train_trial(config(activation=activation, epochs=1, device="auto"))
     assert auto.device.startswith("cuda")
+
+
+def _weights_after(cfg: TrialConfig) -> list[torch.Tensor]:
+    """Every parameter after training `cfg` through the trainer's own loop (build_setup, run_epoch)."""
+    from tmafbench.training.trainer import build_setup, run_epoch
+
+    setup = build_setup(cfg)
+    for epoch in range(1, cfg.training.epochs + 1):
+        run_epoch(setup, epoch)
+    return [p.detach().clone() for p in setup.model.parameters()]
+
+
+@pytest.mark.parametrize("activation", ["relu"] + (["tmaf"] if HAS_TMAF else []))
+def test_summed_loss_is_the_mean_loss_times_the_batch_size(activation):
+    # SGD without momentum at lr / B on the summed loss takes the same steps as lr on the mean loss
+    # (256 samples, batches of 64: every batch is full), for the weights and the activation values.
+    common = dict(activation=activation, optimizer="sgd", momentum=0.0, epochs=3, batch_size=64, schedule="step-half")
+    mean = config(lr=0.05, **common)
+    summed = config(lr=0.05 / 64, loss_reduction="sum", **common)
+    initial = _weights_after(mean.replace(training=mean.training.replace(lr=1e-30)))
+    trained = _weights_after(mean)
+    assert all(not torch.allclose(a, b) for a, b in zip(initial, trained))  # the test means something
+    for a, b in zip(trained, _weights_after(summed)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # The stored results agree too, and train_loss stays a loss per sample with either reduction.
+    r_mean, r_sum = train_trial(mean), train_trial(summed)
+    assert r_sum.final_metrics["rel_l2"] == pytest.approx(r_mean.final_metrics["rel_l2"], rel=1e-4)
+    assert [e.train_loss for e in r_sum.epochs] == pytest.approx([e.train_loss for e in r_mean.epochs], rel=1e-4)
+    # At the same lr the summed loss takes 64x larger steps (here it diverges): a different network.
+    same_lr = train_trial(config(lr=0.05, loss_reduction="sum", **common))
+    assert same_lr.epochs[-1].train_loss != pytest.approx(r_mean.epochs[-1].train_loss, rel=1e-3)
+
+
+def test_loss_reduction_on_both_kinds_of_task():
+    from tmafbench.tasks.base import Task
+
+    pred, target = torch.randn(5, 1), torch.randn(5)
+    regression = Task()
+    assert regression.loss(pred, target, "sum") == pytest.approx(float(((pred[:, 0] - target) ** 2).sum()))
+    assert regression.loss(pred, target) == pytest.approx(float(regression.loss(pred, target, "sum")) / 5)
+    classification = Task()
+    classification.kind = "classification"
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    assert classification.loss(logits, labels, "sum") == pytest.approx(5 * float(classification.loss(logits, labels)))
+    with pytest.raises(ValueError, match="choose one of: mean, sum"):
+        regression.loss(pred, target, "median")
+
+
+def test_evaluate_train_measures_the_training_set_and_changes_nothing_else():
+    result = train_trial(config(evaluate_train=True))
+    assert {"train_rel_l2", "train_mse", "train_max_abs", "rel_l2", "train_loss"} <= set(result.final_metrics)
+    assert all({"train_rel_l2", "rel_l2"} <= set(e.metrics) for e in result.epochs)
+    off = train_trial(config())
+    assert not any(k.startswith("train_") and k != "train_loss" for k in off.final_metrics)
+    assert off.final_metrics == {k: v for k, v in result.final_metrics.items() if k in off.final_metrics}
+    # Measured on the training points, not the test points.
+    assert result.final_metrics["train_mse"] != result.final_metrics["mse"]
+    with_val = train_trial(config(evaluate_train=True, val_fraction=0.25))
+    assert {"train_rel_l2", "val_rel_l2", "rel_l2"} <= set(with_val.final_metrics)

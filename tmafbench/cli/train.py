@@ -55,6 +55,10 @@ def train(
     batch_size: str = typer.Option("128", "--batch-size", "-b", help="batch size; 0 or 'full' for full batch"),
     grad_clip: Optional[float] = typer.Option(None, help="clip the gradient norm to this value"),
     init_scale: float = typer.Option(1.0, help="multiply the default Linear/Conv init by this"),
+    loss_reduction: str = typer.Option("mean", "--loss-reduction",
+                                       help="mean or sum over the batch; sum is the paper's eq. 1.2"),
+    evaluate_train: bool = typer.Option(False, "--evaluate-train",
+                                        help="also measure the task's metrics on the training set (train_rel_l2, ...)"),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto"),
     as_json: bool = typer.Option(False, "--json", help="print the whole result as JSON on stdout"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a per-epoch progress bar"),
@@ -71,6 +75,7 @@ def train(
             optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, act_lr=act_lr,
             act_weight_decay=act_weight_decay, schedule=schedule, epochs=epochs,
             batch_size=parse_batch_size(batch_size), grad_clip=grad_clip, device=device, init_scale=init_scale,
+            loss_reduction=loss_reduction, evaluate_train=evaluate_train,
         )),
     ))
     with EpochProgress(progress and not as_json, epochs) as on_epoch:

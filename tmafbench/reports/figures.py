@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from tmafbench.core import RunStatus  # noqa: E402
+from tmafbench.core import RunStatus, base_metric  # noqa: E402
 from tmafbench.reports import stats  # noqa: E402
 from tmafbench.reports.frames import SEED_AXIS, ReportData  # noqa: E402
 
@@ -80,12 +80,17 @@ class FigureContext:
         return (w * self.scale, h * self.scale)
 
 
+# The set a metric was measured on, by its prefix (core.SET_PREFIXES); no prefix: the test set.
+SET_WORDS = {"val_": "validation", "train_": "training-set", "": "test"}
+
+
 def metric_label(metric: str, direction: str) -> str:
     units = {"rel_l2": "relative L2 error", "mse": "mean squared error", "max_abs": "max abs error",
              "accuracy": "accuracy", "cross_entropy": "cross-entropy (nats)", "train_loss": "train loss"}
-    base = metric.removeprefix("val_")
+    base = base_metric(metric)
     text = units.get(base, base)
-    text = f"validation {text}" if metric.startswith("val_") else f"test {text}" if base != "train_loss" else text
+    if base != "train_loss":
+        text = f"{SET_WORDS.get(metric.removesuffix(base), 'test')} {text}"
     return f"{text} ({'lower' if direction == 'minimize' else 'higher'} is better)"
 
 
@@ -130,11 +135,13 @@ def _palette(series: list[str]) -> dict[str, tuple]:
 
 
 def learning_curves(ctx: FigureContext) -> list[Figure]:
-    """Test metric (top) and train loss (bottom) against epoch: the mean over seeds, with every seed
-    as a thin line under it (or, above MAX_SEED_LINES seeds, a band over the middle half of them)."""
+    """Test metric (top), the same metric on the training set when the runs measured it
+    (evaluate_train), and train loss (bottom) against epoch: the mean over seeds, with every seed as
+    a thin line under it (or, above MAX_SEED_LINES seeds, a band over the middle half of them)."""
     data = ctx.data
     done = _completed(data)
-    names = [m for m in (ctx.metric, "train_loss") if m in set(data.epochs["name"])]
+    on_train = f"train_{base_metric(ctx.metric)}"
+    names = [m for m in dict.fromkeys((ctx.metric, on_train, "train_loss")) if m in set(data.epochs["name"])]
     if not names or done.empty:
         return []
     ep = data.epochs[data.epochs["name"].isin(names)].dropna(subset=["value"])
@@ -148,7 +155,7 @@ def learning_curves(ctx: FigureContext) -> list[Figure]:
     fig, axes = plt.subplots(len(names), len(facets), figsize=ctx.figsize(max(4 * len(facets), 6.5), 3.2 * len(names)),
                              squeeze=False, sharex=True, sharey="row")
     for row, name in enumerate(names):
-        direction = ctx.direction if name == ctx.metric else "minimize"
+        direction = ctx.direction if name in (ctx.metric, on_train) else "minimize"
         for col, value in enumerate(facets):
             ax = axes[row][col]
             sub = ep[(ep["name"] == name) & _in_facet(ep, data, value)]

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 
-from tmafbench.core import RunStatus, SlotState
+from tmafbench.core import HASH_NEUTRAL_DEFAULTS, RunStatus, SlotState, base_metric
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import read_only_engine
 from tmafbench.store.schema import Artifact, Cell, Environment, EpochMetric, FinalMetric, Run, Study, Timing
@@ -175,7 +175,8 @@ def _add_series(data: ReportData) -> None:
 # Training settings shown in a report's "Training" table, in this order, with their column names.
 TRAINING_COLUMNS = {"optimizer": "optimizer", "lr": "lr", "act_lr": "activation lr", "momentum": "momentum",
                     "weight_decay": "weight decay", "schedule": "schedule", "epochs": "epochs",
-                    "batch_size": "batch", "grad_clip": "grad clip", "init_scale": "init scale"}
+                    "batch_size": "batch", "grad_clip": "grad clip", "init_scale": "init scale",
+                    "loss_reduction": "loss reduction"}
 
 
 def training_settings(cells: pd.DataFrame) -> dict[str, str]:
@@ -193,7 +194,9 @@ def training_settings(cells: pd.DataFrame) -> dict[str, str]:
     for key, column in TRAINING_COLUMNS.items():
         if key == "momentum" and not uses_sgd:
             continue
-        values = [c.get("training", {}).get(key) for c in configs]
+        # A key missing from a stored training table predates its option: it means the option's default.
+        values = [c["training"].get(key, HASH_NEUTRAL_DEFAULTS.get(key)) if c.get("training") else None
+                  for c in configs]
         if key == "act_lr":  # a recorded None means "the weight lr"
             values = ["= lr" if v is None and key in c.get("training", {}) else v for v, c in zip(values, configs)]
         text = _values_text(values)
@@ -387,7 +390,7 @@ def primary_metric(data: ReportData, override: str | None = None) -> tuple[str, 
         named = named[named["status"] == RunStatus.COMPLETED]
     direction_of = named.groupby("metric_name")["metric_direction"].first()
     if override:
-        base = override.removeprefix("val_")
+        base = base_metric(override)
         direction = direction_of.get(base) or _guess_direction(base)
         if override not in data.finals:
             raise TmafbenchError(
@@ -401,6 +404,12 @@ def primary_metric(data: ReportData, override: str | None = None) -> tuple[str, 
     if name not in data.finals and f"val_{name}" in data.finals:
         name = f"val_{name}"
     return name, direction
+
+
+def training_set_metric(data: ReportData, metric: str) -> str | None:
+    """"train_rel_l2" for "rel_l2" when the runs stored it (training.evaluate_train), else None."""
+    name = f"train_{base_metric(metric)}"
+    return name if name != metric and name in data.finals else None
 
 
 def _guess_direction(name: str) -> str:

@@ -198,6 +198,11 @@ def _slug(text: str) -> str:
 def _tables(data, summary: pd.DataFrame, report: Section) -> list[Table]:
     metric, direction, baseline = report.metric, report.direction, report.baseline
     out = [tables.summary_table(summary, data, metric, direction)]
+    on_train = frames.training_set_metric(data, metric)
+    if on_train is not None:  # the runs also measured the training set (evaluate_train): the paper's figures
+        train_table = tables.summary_table(stats.group_summary(data, on_train, direction), data, on_train, direction)
+        train_table.name = "final_train_metric"
+        out.append(train_table)
     wide = tables.wide_table(summary, data, metric, direction)
     if wide is not None:
         out.insert(0, wide)

@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import special as sps_special
 from scipy import stats as sps
 
-from tmafbench.core import FIXED_TRAINING, Interval, RunStatus, TrainingConfig
+from tmafbench.core import FIXED_TRAINING, Interval, RunStatus, TrainingConfig, base_metric
 from tmafbench.errors import TmafbenchError
 from tmafbench.reports.frames import ACTIVATION_AXIS, SEED_AXIS, ReportData
 
@@ -68,7 +68,7 @@ def choose_interval(metric: str, values: Sequence[float], requested: str = "auto
             raise TmafbenchError(f"unknown interval {requested!r}; choose one of: {', '.join(INTERVAL_CHOICES)}")
         return requested
     x = _finite(values)
-    base = metric.removeprefix("val_")
+    base = base_metric(metric)
     if base in POSITIVE_METRICS and np.all(x > 0):
         return "log-t"
     if base in UNIT_METRICS and np.all((x > 0) & (x < 1)):

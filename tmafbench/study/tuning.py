@@ -98,9 +98,10 @@ def groups_of(tuned: StudyDesign, name: str) -> list[Group]:
 
 
 def tuning_config(tuned: StudyDesign, group: Group) -> Any:
-    """The group's base config for tuning: validation split on, test set off, no artifacts."""
+    """The group's base config for tuning: validation split on, test set off, no training-set
+    metrics (tuning reads the validation metric only), no artifacts."""
     base = group.base.config
-    training = base.training.replace(val_fraction=tuned.tune.val_fraction, evaluate_test=False,
+    training = base.training.replace(val_fraction=tuned.tune.val_fraction, evaluate_test=False, evaluate_train=False,
                                      keep_predictions=False, keep_activation_params=False)
     return base.replace(training=training, seed=tuned.tune.tune_seed_list()[0])
 

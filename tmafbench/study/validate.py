@@ -116,8 +116,9 @@ def _check_report(spec: StudySpec, err: MakeError) -> None:
 
     measures = {}
     for task in spec.tasks():
-        bases = (*metric_names(tasks.REGISTRY.entry(task.name).factory.kind), "train_loss")
-        measures[task.key] = {m for base in bases for m in (base, f"val_{base}")}
+        task_metrics = metric_names(tasks.REGISTRY.entry(task.name).factory.kind)
+        measures[task.key] = ({m for base in (*task_metrics, "train_loss") for m in (base, f"val_{base}")}
+                              | {f"train_{m}" for m in task_metrics})  # with training.evaluate_train
     seen: set[tuple[str, str]] = set()
     for i, rule in enumerate((spec.report or ReportSpec()).success):
         loc = ("report", "success", i)

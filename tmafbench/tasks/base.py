@@ -94,11 +94,15 @@ class Task:
         """Turn a staged batch (on the device) into model inputs. Identity by default."""
         return x
 
-    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """MSE for regression (pred [N, 1], target [N]); cross-entropy for classification."""
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Squared error for regression (pred [N, 1], target [N]); cross-entropy for classification
+        (pred [N, K] logits, target [N]). A scalar: the mean over the N samples, or with
+        `reduction="sum"` their sum (the paper's eq. 1.2: the sum of squared errors)."""
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"unknown loss reduction {reduction!r}; choose one of: mean, sum")
         if self.kind == "regression":
-            return F.mse_loss(pred.reshape(-1), target)
-        return F.cross_entropy(pred, target)
+            return F.mse_loss(pred.reshape(-1), target, reduction=reduction)
+        return F.cross_entropy(pred, target, reduction=reduction)
 
     def metrics(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """Test metrics of predictions on a whole evaluation set."""

@@ -113,7 +113,12 @@ def split_validation(data: TaskData, fraction: float, seed: int) -> tuple[Pair, 
 
 
 def train_epoch(setup: Setup) -> float:
-    """One pass over the training set; returns the sample-weighted mean loss (may be NaN/inf)."""
+    """One pass over the training set; returns the loss per sample over the epoch (may be NaN/inf).
+
+    The gradient follows `loss_reduction` (the batch's mean, or its sum: the paper's eq. 1.2), but
+    the returned value is always the mean over the epoch's samples of each sample's loss, so that
+    runs with either reduction and any batch size report comparable numbers.
+    """
     model, task, opt, cfg = setup.model, setup.task, setup.optimizer, setup.config.training
     x, y = setup.train
     n, bs = x.shape[0], setup.batch_size
@@ -124,14 +129,15 @@ def train_epoch(setup: Setup) -> float:
     for start in range(0, n, bs):
         index = perm[start:start + bs] if perm is not None else None
         xb, yb = (x[index], y[index]) if index is not None else (x, y)
-        loss = task.loss(model(task.prepare(xb, train=True, generator=setup.order)), yb)
+        loss = task.loss(model(task.prepare(xb, train=True, generator=setup.order)), yb, cfg.loss_reduction)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         setup.scheduler.step()
-        total += loss.detach() * yb.shape[0]  # stays on the device: no sync per batch
+        # The batch's summed loss; stays on the device: no sync per batch.
+        total += loss.detach() * (1 if cfg.loss_reduction == "sum" else yb.shape[0])
     return float(total) / n
 
 
@@ -146,10 +152,14 @@ def evaluate(setup: Setup, pair: Pair) -> dict[str, float]:
 
 
 def evaluate_all(setup: Setup) -> dict[str, float]:
-    """Test metrics (unless evaluate_test is off) and "val_"-prefixed validation metrics."""
+    """Test metrics (unless evaluate_test is off), "val_"-prefixed validation metrics and, with
+    evaluate_train, "train_"-prefixed metrics on the whole training set (the weights at the epoch's
+    end, evaluation mode: no augmentation)."""
     metrics = evaluate(setup, setup.test) if setup.test is not None else {}
     if setup.val is not None:
         metrics.update({f"val_{k}": v for k, v in evaluate(setup, setup.val).items()})
+    if setup.config.training.evaluate_train:
+        metrics.update({f"train_{k}": v for k, v in evaluate(setup, setup.train).items()})
     return metrics
 
 
