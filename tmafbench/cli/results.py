@@ -58,7 +58,18 @@ def export_cmd(study: str = typer.Option(..., "--study", help="Study name."),
         typer.echo(f"wrote {len(frame)} runs to {out}", err=True)
 
 
+def ship_cmd(studies: list[str] = typer.Argument(..., help="Study names (those a report shows together)."),
+             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default: reports/<study names joined by +>)."),
+             storage: Optional[str] = StorageOpt) -> None:
+    """Write the raw record beside a report: results.db.gz (the studies' rows a report draws) and runs.csv."""
+    from tmafbench.store.ship import ship_studies
+
+    shipment = ship_studies(resolve_storage(storage), studies, out or Path("reports") / "+".join(studies))
+    typer.echo(f"wrote {shipment.summary()}")
+
+
 def register(app: Any) -> None:
     results_app.command("query")(query_cmd)
     results_app.command("export")(export_cmd)
+    results_app.command("ship")(ship_cmd)
     app.add_typer(results_app, name="results")

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from tmafbench.core import HASH_NEUTRAL_DEFAULTS, RunStatus, SlotState, base_metric
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import read_only_engine
+from tmafbench.store.gzipped import readable_copy
 from tmafbench.store.schema import Artifact, Cell, Environment, EpochMetric, FinalMetric, Run, Study, Timing
 from tmafbench.core import ReportSpec
 
@@ -107,8 +108,9 @@ class ReportData:
 
 
 def open_readonly(url: str) -> Engine:
-    """An engine that cannot write (store.database.read_only_engine), with the report's message."""
-    return read_only_engine(url, missing="no results database at {path} (pass --storage or set TMAFBENCH_STORAGE)")
+    """An engine that cannot write (store.database.read_only_engine), with the report's message; a
+    shipped `results.db.gz` is read as it is (store.gzipped)."""
+    return read_only_engine(readable_copy(url), missing="no results database at {path} (pass --storage or set TMAFBENCH_STORAGE)")
 
 
 def load(engine: Engine, study_names: list[str]) -> ReportData:

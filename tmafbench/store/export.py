@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import Database, read_only_engine, redact
+from tmafbench.store.gzipped import readable_copy
 from tmafbench.store.schema import Cell, FinalMetric, Run, Study, Timing
 
 RUN_COLUMNS = ["attempt", "status", "host", "device", "started_at", "ended_at", "error", "num_params",
@@ -20,8 +21,9 @@ CELL_COLUMNS = ["config_hash", "group_hash", "label", "task", "model", "activati
 
 
 def query(url: str, sql: str) -> pd.DataFrame:
-    """Run one SQL statement on a read-only connection; a statement that writes is refused."""
-    engine = read_only_engine(url)
+    """Run one SQL statement on a read-only connection; a statement that writes is refused. A shipped
+    `results.db.gz` is read as it is."""
+    engine = read_only_engine(readable_copy(url))
     try:
         with engine.connect() as conn:
             result = conn.execute(text(sql))
@@ -47,7 +49,7 @@ def export_runs(url: str, study: str, fmt: str = "csv", out: Path | None = None)
         raise ValueError(f"--format must be csv, json or parquet, got {fmt!r}")
     if fmt == "parquet" and out is None:
         raise ValueError("--format parquet needs --out FILE")
-    db = Database(url, must_exist=True)
+    db = Database(readable_copy(url), must_exist=True)
     try:
         db.check_schema()
         frame = runs_frame(db, study)
