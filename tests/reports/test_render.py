@@ -310,3 +310,23 @@ def test_training_set_error_beside_the_test_error(tmp_path, new_db):
     assert "training-set relative L2 error" in curves and "test relative L2 error" in curves
     md = (report.folder / "index.md").read_text()
     assert "## Final train_rel_l2 per group" in md
+
+
+def test_reference_rows_go_to_their_own_task_section(tmp_path, new_db):
+    # Table 3.1's layout: one task label per depth; each published value shows in its task's section
+    # only, and a row whose task has no such group still says so.
+    url, session = new_db
+    rows = [{"task": "shallow", "activation": "relu", "n": 1, "value": 0.089},
+            {"task": "deep", "activation": "relu", "n": 5, "value": 0.14},
+            {"task": "deep", "activation": "relu", "n": 6, "value": 0.21}]
+    study = add_study(session, "two-tasks", reference={"source": "paper Table 3.1", "metric": "rel_l2", "rows": rows})
+    for task, n in (("shallow", 1), ("deep", 5)):
+        for seed, value in enumerate((0.1, 0.2)):
+            cell = add_cell(session, study, {"task": task, "activation": "relu", "n": n, "seed": seed})
+            add_run(session, cell, finals={"rel_l2": value})
+    session.commit()
+    report = build_report(url, ["two-tasks"], out=tmp_path / "out", formats=("csv",))
+    refs = {s.task: next(t.raw for t in s.tables if t.name.endswith("reference")) for s in report.sections}
+    assert refs["shallow"]["reference"].tolist() == [0.089]
+    assert refs["deep"]["reference"].tolist() == [0.14, 0.21]
+    assert refs["deep"]["verdict"].tolist()[1] == "no matching group in the study"

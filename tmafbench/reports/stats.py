@@ -464,6 +464,8 @@ def reference_comparison(data: ReportData, fallback_metric: str, direction: str)
         method = choose_interval(metric, values["value"], data.interval())
         for ref in reference.get("rows", []):
             where = {k: v for k, v in ref.items() if k not in ("value", "note")}
+            if "task" in where and str(where["task"]) not in data.tasks():
+                continue  # a row of another task: that task's section of the report shows it
             cells = data.cells[(data.cells["study"] == study) & _matches(data.cells, where)]
             if cells.empty:  # say so rather than dropping the published number
                 rows.append({"study": study, "source": reference.get("source", ""), "metric": metric, "series": "–",
