@@ -258,8 +258,9 @@ def test_success_rate_intervals_and_training_in_the_documents(tmp_path, new_db):
     assert "4/5 [0.28, 0.99]" in md and "0/5 [0, 0.52]" in md and "5/5 [0.48, 1]" in md
     assert "Student t on the values: symmetric, so it may leave the metric's range" in md
     # the training settings: a table with a row per task, "1" under epochs (never "1 epochs")
-    assert "| task | optimizer | lr | activation lr | weight decay | schedule | epochs | batch | init scale | data |" in md
-    assert "| sine-sum | adam | 0.003 | = lr | 0 | constant | 1 | 100 | 1 | train_size=1000 |" in md
+    assert ("| task | optimizer | lr | activation lr | weight decay | schedule | epochs | batch | init scale | "
+            "loss reduction | data |") in md
+    assert "| sine-sum | adam | 0.003 | = lr | 0 | constant | 1 | 100 | 1 | mean | train_size=1000 |" in md
     assert "1 epochs" not in md and "- **Training:** see the table below" in md
     html = (report.folder / "index.html").read_text()
     assert "<th></th>" not in html and '<th class="text">label</th><th>cells</th>' in html
@@ -313,11 +314,11 @@ def test_training_set_error_beside_the_test_error(tmp_path, new_db):
 
 
 def test_reference_rows_go_to_their_own_task_section(tmp_path, new_db):
-    # Table 3.1's layout: one task label per depth; each published value shows in its task's section
-    # only, and a row whose task has no such group still says so.
+    # Table 3.1's layout: one task label per depth; each published value shows in the section of the
+    # task that has its group, and a row that no task has still says so.
     url, session = new_db
     rows = [{"task": "shallow", "activation": "relu", "n": 1, "value": 0.089},
-            {"task": "deep", "activation": "relu", "n": 5, "value": 0.14},
+            {"activation": "relu", "n": 5, "value": 0.14},  # matched by its n alone
             {"task": "deep", "activation": "relu", "n": 6, "value": 0.21}]
     study = add_study(session, "two-tasks", reference={"source": "paper Table 3.1", "metric": "rel_l2", "rows": rows})
     for task, n in (("shallow", 1), ("deep", 5)):

@@ -56,6 +56,7 @@ class ReportData:
     engine: Engine | None = None  # kept to load artifacts lazily
     sweep: str | None = None  # the axis spread over columns / x (see `sweep_axis`)
     settings: dict[str, ReportSpec] = field(default_factory=dict)  # study -> its [report] table
+    all_cells: pd.DataFrame | None = None  # for one task's section (`subset`): the cells of every task
 
     def interval(self) -> str:
         """The interval method the studies' [report] tables ask for (one report shows one method)."""
@@ -90,7 +91,8 @@ class ReportData:
         ids = set(cells["cell_id"])
         sub = ReportData(self.studies, cells.reset_index(drop=True), self.finals[self.finals.index.isin(ids)],
                          self.epochs[self.epochs["cell_id"].isin(ids)], self.timings[self.timings.index.isin(ids)],
-                         self.axes, self.references, self.engine, settings=self.settings)
+                         self.axes, self.references, self.engine, settings=self.settings,
+                         all_cells=self.cells if self.all_cells is None else self.all_cells)
         _add_series(sub)
         return sub
 

@@ -464,9 +464,9 @@ def reference_comparison(data: ReportData, fallback_metric: str, direction: str)
         method = choose_interval(metric, values["value"], data.interval())
         for ref in reference.get("rows", []):
             where = {k: v for k, v in ref.items() if k not in ("value", "note")}
-            if "task" in where and str(where["task"]) not in data.tasks():
-                continue  # a row of another task: that task's section of the report shows it
             cells = data.cells[(data.cells["study"] == study) & _matches(data.cells, where)]
+            if cells.empty and _belongs_to_another_section(data, study, where):
+                continue
             if cells.empty:  # say so rather than dropping the published number
                 rows.append({"study": study, "source": reference.get("source", ""), "metric": metric, "series": "–",
                              "where": " ".join(f"{k}={v}" for k, v in where.items()), "reference": float(ref["value"]),
@@ -481,6 +481,18 @@ def reference_comparison(data: ReportData, fallback_metric: str, direction: str)
                              **{k: stats[k] for k in ("n", "mean", "ci_low", "ci_high")},
                              **_verdict(float(ref["value"]), stats, direction)})
     return pd.DataFrame(rows)
+
+
+def _belongs_to_another_section(data: ReportData, study: str, where: dict[str, Any]) -> bool:
+    """In one task's section of a report (`data.all_cells` set): a reference row that names another
+    task, or that another task's cells match (Table 3.1's n = 5 under the two-layer task). That
+    task's section shows it; a row that matches nowhere is said so where it belongs."""
+    if data.all_cells is None:
+        return False
+    if "task" in where and str(where["task"]) not in data.tasks():
+        return True
+    cells = data.all_cells
+    return bool(((cells["study"] == study) & _matches(cells, where)).any())
 
 
 def _matches(cells: pd.DataFrame, where: dict[str, Any]) -> pd.Series:
