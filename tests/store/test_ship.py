@@ -26,13 +26,14 @@ TUNED = study_toml("shipped", model="mlp", train_size=96, epochs=2, seeds=None, 
                    tail='[tune]\ntrials = 2\nseeds = 1\neval_seeds = 2\n[tune.space]\n'
                         '"training.lr" = { low = 1e-3, high = 3e-2, log = true }\n')
 OTHER = study_toml("other", seeds=1, activations=("relu",))
+LONG = study_toml("long", seeds=2, epochs=7, activations=("relu", "tanh"))
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('ship') / 'results.db'}"
-    for text in (TUNED, OTHER):
+    for text in (TUNED, OTHER, LONG):
         design = parse_design(text)
         prepare(design, url)
         worker_loop(design.name, url, options=WorkerOptions(poll_s=0.05))
@@ -126,7 +127,7 @@ def test_the_command_and_the_read_commands_on_the_gzip(source, tmp_path):
 
 
 def test_errors_are_one_line(source, tmp_path):
-    with pytest.raises(TmafbenchError, match="unknown study nope; studies in this database: other, shipped"):
+    with pytest.raises(TmafbenchError, match="unknown study nope; studies in this database: long, other, shipped"):
         ship_studies(source, ["nope"], tmp_path / "x")
     bad = tmp_path / "bad.db.gz"
     bad.write_bytes(b"not gzip")
@@ -134,3 +135,21 @@ def test_errors_are_one_line(source, tmp_path):
     assert result.exit_code == 2 and "is not a gzip-compressed database" in result.output
     result = runner.invoke(app, ["results", "ship", "x", "--storage", f"sqlite:///{tmp_path / 'none.db.gz'}"])
     assert result.exit_code == 2 and "no results database at" in result.output
+
+
+def test_long_runs_keep_an_even_sample_of_their_epochs(source, tmp_path):
+    # 7 epochs, at most 3 kept: every 3rd, with the first and the last.
+    shipment = ship_studies(source, ["long"], tmp_path / "out", max_epochs=3)
+    raw = tmp_path / "results.db"
+    raw.write_bytes(gzip.decompress(shipment.database.read_bytes()))
+    kept = _rows(raw, "select distinct name, epoch from tmaf_epoch_metric order by name, epoch")
+    assert {epoch for _, epoch in kept} == {1, 3, 6, 7} and len(kept) == 4 * 4  # rel_l2, train_loss, times, samples/s
+    original = _tables(build_report(source, ["long"], out=tmp_path / "a", formats=("csv",)))
+    rebuilt = _tables(build_report(f"sqlite:///{shipment.database}", ["long"], out=tmp_path / "b", formats=("csv",)))
+    for name in original:  # the timing table summarises the kept epochs' times; every other table is the same
+        if name != "timing":
+            pd.testing.assert_frame_equal(original[name], rebuilt[name], check_exact=True, obj=name)
+    every = ship_studies(source, ["long"], tmp_path / "all", max_epochs=0)
+    assert every.rows["tmaf_epoch_metric"] == 4 * 7 * 4
+    with pytest.raises(TmafbenchError, match="--max-epochs must be 0"):
+        ship_studies(source, ["long"], tmp_path / "x", max_epochs=1)

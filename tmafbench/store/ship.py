@@ -7,7 +7,10 @@
   name, every final metric and timing, and of the bulky rows only what a report draws:
   - epoch metrics of completed runs, for the names a report plots (the run's primary metric,
     on the test, validation and training sets; train_loss; epoch_time_s and samples_per_s for
-    the timing table); other per-epoch names (mse, max_abs, eval_time_s, lr) are left out;
+    the timing table); other per-epoch names (mse, max_abs, eval_time_s, lr) are left out. A run
+    of more than 200 epochs (`max_epochs`) keeps its first and last epoch and every k-th between:
+    its curves look the same, and the timing table's median and quartiles of its epoch times come
+    from that even sample instead of every epoch;
   - the artifacts the figures draw: "predictions" and "activation_curves" of the lowest completed
     seed of each group (the run the report shows), and every tuning slot's "tuning" record.
     "activation_params" (every learned value, the largest artifact) is left out.
@@ -20,13 +23,14 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
-from sqlalchemy import Table, create_engine, insert, select, text, true
+from sqlalchemy import Table, create_engine, func, insert, select, text, true
 from sqlalchemy.engine import Connection
 
 from tmafbench.core import SET_PREFIXES, RunStatus
@@ -55,6 +59,7 @@ DRAWN_EPOCH_NAMES = ("train_loss", "epoch_time_s", "samples_per_s")
 # Artifacts the figures draw from the lowest completed seed of each group, and the tuning record.
 DRAWN_ARTIFACTS = ("predictions", "activation_curves")
 TUNING_ARTIFACT = "tuning"
+MAX_EPOCHS = 200  # epochs kept per run: a learning curve drawn from 200 points looks like one from 2,000
 CHUNK = 900  # SQLite's limit on bound parameters per statement, with room to spare
 
 
@@ -76,10 +81,15 @@ class Shipment:
                 f"and {self.csv} ({self.runs} runs)")
 
 
-def ship_studies(url: str, studies: list[str], folder: Path) -> Shipment:
-    """Write `results.db.gz` and `runs.csv` for `studies` into `folder` (see the module docstring)."""
+def ship_studies(url: str, studies: list[str], folder: Path, max_epochs: int = MAX_EPOCHS) -> Shipment:
+    """Write `results.db.gz` and `runs.csv` for `studies` into `folder` (see the module docstring).
+
+    `max_epochs` bounds the epochs kept per run (`kept_epochs`); 0 keeps every epoch.
+    """
     if not studies:
         raise TmafbenchError("name at least one study")
+    if max_epochs < 0 or max_epochs == 1:
+        raise TmafbenchError(f"--max-epochs must be 0 (every epoch) or at least 2, got {max_epochs}")
     url = readable_copy(url)
     source = Database(url, must_exist=True)
     try:
@@ -88,7 +98,7 @@ def ship_studies(url: str, studies: list[str], folder: Path) -> Shipment:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="tmafbench-ship-") as tmp:
             raw = Path(tmp) / "results.db"
-            rows = _write_slim_copy(url, studies, raw)
+            rows = _write_slim_copy(url, studies, raw, max_epochs)
             shipment = Shipment(folder, folder / DATABASE_NAME, folder / CSV_NAME, rows, raw.stat().st_size)
             gzip_file(raw, shipment.database)
         shipment.gz_bytes = shipment.database.stat().st_size
@@ -100,7 +110,7 @@ def ship_studies(url: str, studies: list[str], folder: Path) -> Shipment:
     return shipment
 
 
-def _write_slim_copy(url: str, studies: list[str], path: Path) -> dict[str, int]:
+def _write_slim_copy(url: str, studies: list[str], path: Path, max_epochs: int) -> dict[str, int]:
     """Copy what the reports of `studies` draw into a new SQLite file at `path`; rows per table.
 
     The source is read on a read-only connection: shipping never locks a database that workers
@@ -126,8 +136,10 @@ def _write_slim_copy(url: str, studies: list[str], path: Path) -> dict[str, int]
             rows["tmaf_timing"] = _copy_in(src, dst, Timing, Timing.run_id, run_ids)
             study_cells = {c.id for c in cells if c.study_id in study_ids}
             completed = [r for r in runs if r.cell_id in study_cells and r.status == RunStatus.COMPLETED]
-            rows["tmaf_epoch_metric"] = _copy_in(src, dst, EpochMetric, EpochMetric.run_id, [r.id for r in completed],
-                                                 EpochMetric.name.in_(drawn_epoch_names(r.metric_name for r in completed)))
+            names = EpochMetric.name.in_(drawn_epoch_names(r.metric_name for r in completed))
+            rows["tmaf_epoch_metric"] = sum(
+                _copy_in(src, dst, EpochMetric, EpochMetric.run_id, ids, names & kept_epochs(last, max_epochs))
+                for last, ids in _runs_by_length(src, [r.id for r in completed]).items())
             shown = _shown_runs(cells, completed)
             tuning_runs = [r.id for r in runs if r.cell_id not in study_cells]
             rows["tmaf_artifact"] = (
@@ -139,6 +151,27 @@ def _write_slim_copy(url: str, studies: list[str], path: Path) -> dict[str, int]
         source.dispose()
         target.dispose()
     return rows
+
+
+def kept_epochs(last: int, max_epochs: int) -> Any:
+    """Which of a run's epochs 1..`last` to keep: all of them up to `max_epochs`, else the first, the
+    last and every k-th between (k = ceil(last / max_epochs)): at most max_epochs + 1 evenly spaced
+    points, enough to draw a learning curve. 0 keeps every epoch."""
+    if max_epochs == 0 or last <= max_epochs:
+        return true()
+    step = math.ceil(last / max_epochs)
+    return (EpochMetric.epoch % step == 0) | (EpochMetric.epoch == 1) | (EpochMetric.epoch == last)
+
+
+def _runs_by_length(src: Connection, run_ids: list[int]) -> dict[int, list[int]]:
+    """{last epoch: run ids}: runs grouped by how many epochs they stored."""
+    out: dict[int, list[int]] = {}
+    for chunk in _chunks(run_ids):
+        stmt = select(EpochMetric.run_id, func.max(EpochMetric.epoch)).where(EpochMetric.run_id.in_(chunk)) \
+            .group_by(EpochMetric.run_id)
+        for run_id, last in src.execute(stmt):
+            out.setdefault(int(last), []).append(int(run_id))
+    return out
 
 
 def drawn_epoch_names(metric_names: Iterable[str | None]) -> list[str]:
