@@ -51,3 +51,18 @@ def test_relative_links_resolve(doc):
         if re.match(r"[a-z]+:", target):
             continue  # http(s) and other absolute links
         assert (doc.parent / target).exists(), f"{doc.relative_to(ROOT)} links to missing {target}"
+
+
+PAPER_FILES = [p for p in STUDY_FILES if p.name.startswith("paper-table-")]
+
+
+@pytest.mark.parametrize("path", PAPER_FILES, ids=lambda p: p.name)
+def test_paper_study_files_carry_the_published_numbers(path):
+    # Every [reference] row names axes of the study's cells and matches at least one of them, so every
+    # report of the file sets that published value beside a measured one.
+    design = load_design(path)
+    reference = design.spec.reference
+    assert reference is not None and reference.source.startswith("Li, Liu and Zikatanov")
+    for row in reference.rows:
+        where = {k: v for k, v in row.items() if k not in ("value", "note")}
+        assert any(all(str(cell.axes.get(k)) == str(v) for k, v in where.items()) for cell in design.cells), row

@@ -7,7 +7,11 @@ import torch.nn.functional as F
 
 
 def regression_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """rel_l2 = ||f - eta|| / ||f|| (the paper's approximation error), mse and max_abs."""
+    """rel_l2 = ||f - eta|| / ||f|| over the evaluation points, mse and max_abs.
+
+    rel_l2 is our reading of the paper's "approximation error" (Table 3.1) and "error" (Table 3.2):
+    the paper gives no formula for either, and a relative L2 error is the natural reading.
+    """
     pred = pred.reshape(-1).double()
     target = target.reshape(-1).double()
     error = pred - target
