@@ -140,3 +140,19 @@ def test_trainable_breakpoints_pack_with_their_own_lr(kernel):
     assert len({pack_key(c.to_dict()) for c in cells}) == 1
     for packed, alone in zip(train_many(cells), [train_trial(c) for c in cells]):
         assert_same(packed, alone)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tmaf"])
+def test_packed_cells_train_on_the_summed_loss_and_measure_the_training_set(activation):
+    # The paper's protocol packed: SGD on the summed loss, with the training-set metrics; each cell
+    # as alone, and the summed loss really used (a mean-loss pack ends elsewhere).
+    params = {"n": 2, "train_size": 256, "test_size": 128}
+    cells = configs("sine-sum", activation, params, optimizer="sgd", momentum=0.0, schedule="step-half",
+                    loss_reduction="sum", evaluate_train=True)
+    packed = train_many(cells)
+    for result, alone in zip(packed, [train_trial(c) for c in cells]):
+        assert_same(result, alone)
+        assert {"train_rel_l2", "train_mse", "rel_l2"} <= set(result.final_metrics)
+    mean = train_many(configs("sine-sum", activation, params, optimizer="sgd", momentum=0.0, schedule="step-half",
+                              evaluate_train=True))
+    assert mean[0].final_metrics["rel_l2"] != pytest.approx(packed[0].final_metrics["rel_l2"], rel=1e-3)

@@ -95,14 +95,20 @@ class Task:
         return x
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Squared error for regression (pred [N, 1], target [N]); cross-entropy for classification
-        (pred [N, K] logits, target [N]). A scalar: the mean over the N samples, or with
-        `reduction="sum"` their sum (the paper's eq. 1.2: the sum of squared errors)."""
+        """The training loss over the N samples of a batch: their mean, or with `reduction="sum"`
+        their sum (the paper's eq. 1.2: the sum of squared errors).
+
+        Squared error for regression (pred [..., N, 1], target [..., N]); cross-entropy for
+        classification (pred [..., N, C] logits, target [..., N]). Leading dimensions stay: one
+        network gives a scalar, K packed networks (pred [K, N, out]) give one loss per network [K].
+        """
         if reduction not in ("mean", "sum"):
             raise ValueError(f"unknown loss reduction {reduction!r}; choose one of: mean, sum")
         if self.kind == "regression":
-            return F.mse_loss(pred.reshape(-1), target, reduction=reduction)
-        return F.cross_entropy(pred, target, reduction=reduction)
+            per_sample = (pred.squeeze(-1) - target).pow(2)  # [..., N]
+        else:
+            per_sample = F.cross_entropy(pred.flatten(0, -2), target.flatten(), reduction="none").view(target.shape)
+        return per_sample.sum(dim=-1) if reduction == "sum" else per_sample.mean(dim=-1)
 
     def metrics(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """Test metrics of predictions on a whole evaluation set."""

@@ -409,8 +409,9 @@ class _PackedRun:
         self.n, self.batch = n, setups[0].batch_size
         self.total_steps = self.cfg.epochs * math.ceil(n / self.batch)
         self.x, self.y, self.shared = _stack_data([s.train for s in setups])
-        for s in setups:
-            s.train = None  # type: ignore[assignment]  # the packed copy is the one used now
+        if not self.cfg.evaluate_train:  # else each cell's own set is evaluated after every epoch
+            for s in setups:
+                s.train = None  # type: ignore[assignment]  # the packed copy is the one used now
 
     def run(self) -> list[Outcome]:
         for epoch in range(1, self.cfg.epochs + 1):
@@ -446,12 +447,12 @@ class _PackedRun:
             index = perms[:, start:start + bs]  # [K, B]
             xb, yb = _gather(self.x, self.y, index, self.shared)
             pred = self.model(self.task.prepare(xb.flatten(0, 1), train=True).unflatten(0, index.shape))
-            loss = cell_losses(self.task, pred, yb)  # [K]
+            loss = self.task.loss(pred, yb, self.cfg.loss_reduction)  # [K]: each cell's loss as alone
             self.optimizer.zero_grad()
             (loss * weights).sum().backward()
             clip_per_cell(self.params, clip)
             self.optimizer.step(schedule_factor(self.cfg.schedule, self.optimizer.step_count, self.total_steps))
-            total += loss.detach() * index.shape[1]
+            total += loss.detach() * (1 if self.cfg.loss_reduction == "sum" else index.shape[1])  # the batch's sum
         return (total / n).cpu()
 
     def _report(self, cell: Cell, epoch: int, loss: float, seconds: float, lr: float) -> None:
@@ -512,10 +513,3 @@ def _gather(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, shared: bool)
     rows = torch.arange(index.shape[0], device=index.device).unsqueeze(1)
     return x[rows, index], y[rows, index]
 
-
-def cell_losses(task: Task, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Each cell's loss as `task.loss` computes it alone: pred [K, B, out], target [K, B] -> [K]."""
-    if task.kind == "regression":
-        return (pred.squeeze(-1) - target).pow(2).mean(dim=1)
-    per_sample = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="none")
-    return per_sample.view(target.shape).mean(dim=1)
