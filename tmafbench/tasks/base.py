@@ -90,6 +90,10 @@ class Task:
         """
         return x
 
+    def stage_key(self) -> object:
+        """What `stage` depends on besides its input (None: nothing); equal keys may share staged sets."""
+        return None
+
     def prepare(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Turn a staged batch (on the device) into model inputs. Identity by default."""
         return x

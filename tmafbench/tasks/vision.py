@@ -60,6 +60,9 @@ class VisionTask(Task):
         """Normalise the whole set once when it is small enough (MNIST: 188 MB as float32)."""
         return self.normalise(x) if self.normalise_once else x
 
+    def stage_key(self) -> object:
+        return (tuple(self.mean), tuple(self.std), self.normalise_once)
+
     def prepare(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """A staged batch -> normalised float32 [B, C, H, W] (uint8 batches are normalised here)."""
         return self.normalise(x) if x.dtype == torch.uint8 else x

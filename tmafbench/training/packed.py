@@ -501,7 +501,7 @@ def _stack_data(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
     """The cells' training sets as one tensor: shared when every cell has the same set (one copy),
     else stacked [K, n, ...]."""
     x0, y0 = pairs[0]
-    if all(torch.equal(x, x0) and torch.equal(y, y0) for x, y in pairs[1:]):
+    if all((x is x0 or torch.equal(x, x0)) and (y is y0 or torch.equal(y, y0)) for x, y in pairs[1:]):
         return x0, y0, True
     return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs]), False
 
