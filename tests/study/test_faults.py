@@ -200,8 +200,17 @@ def test_an_outage_past_the_patience_limit_stops_with_one_line_then_resumes(prox
     assert completed(url, info) < 16
     proxy.restore()
     again = cli(*command)
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 0, (again.stderr, run_errors(url))
     assert_clean(url, info)
+
+
+def run_errors(url: str) -> list[tuple]:
+    """(attempt, status, error) of every run: what to look at when a test fails."""
+    db = Database(url)
+    with db.session() as s:
+        rows = [tuple(r) for r in s.execute(select(Run.cell_id, Run.attempt, Run.status, Run.error).order_by(Run.id))]
+    db.dispose()
+    return rows
 
 
 def _load(url: str, name: str) -> StudyInfo:

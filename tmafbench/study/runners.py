@@ -50,8 +50,11 @@ def reconcile_trials(repo: Repository, study: Any, study_id: int, grace_s: float
 
     A trial takes its run's stored outcome (a completed slot its state and value, a completed grid
     cell its primary metric); a lost, interrupted or failed run's trial, and a trial with no run
-    that is older than the grace period (its worker died before recording it), are failed.
+    that is older than the grace period (its worker died before recording it), are failed. Workers
+    that swept the same lost runs reconcile at the same moment: a trial another one closed first is
+    left as it is.
     """
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -64,13 +67,16 @@ def reconcile_trials(repo: Repository, study: Any, study_id: int, grace_s: float
         status, state, value = outcomes.get(trial.number, (None, None, None))
         if status == RunStatus.RUNNING or (status is None and trial.datetime_start and trial.datetime_start > cutoff):
             continue  # a live worker still owns it
-        if status in FINAL_OK and state is SlotState.PRUNED:
-            study.tell(trial.number, state=TrialState.PRUNED)
-        elif status == RunStatus.COMPLETED and state in (None, SlotState.COMPLETED) and _finite(value):
-            study.tell(trial.number, value)
-        else:
-            study._storage.set_trial_user_attr(trial._trial_id, "status", status or "lost")
-            study.tell(trial.number, state=TrialState.FAIL)
+        try:
+            if status in FINAL_OK and state is SlotState.PRUNED:
+                study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
+            elif status == RunStatus.COMPLETED and state in (None, SlotState.COMPLETED) and _finite(value):
+                study.tell(trial.number, value, skip_if_finished=True)
+            else:
+                study._storage.set_trial_user_attr(trial._trial_id, "status", status or "lost")
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        except UpdateFinishedTrialError:
+            continue
         closed += 1
     return closed
 
