@@ -258,6 +258,28 @@ def test_a_late_worker_abandons_its_taken_cell_and_goes_on(proxied):
 
 
 @pytest.mark.postgres
+def test_a_late_packed_worker_abandons_each_taken_cell_of_its_pack(proxied):
+    """The same with both cells trained as one packed model: each cell's run was taken, each stops."""
+    url, through, proxy = proxied
+    info = prepare(parse_design(SLOW), through)
+    options = "heartbeat_s=0.3, grace_s=1.5, poll_s=0.2"
+    late = worker_process(through, "slow", options + ", pack=2")
+    wait_for(lambda: training(url), what="the late worker's pack")
+    assert sorted(runs_by_cell(url).values()) == [[(1, "running")]] * 2
+    proxy.cut()
+    time.sleep(2.5)
+    other = worker_process(url, "slow", options)
+    wait_for(lambda: training(url, attempt=2), what="a cell to be taken over")
+    proxy.restore()
+    late_stats, late_err = finish(late)
+    other_stats, _ = finish(other)
+    assert late_stats["abandoned"] == 2 and other_stats["stale_marked"] == 2
+    assert late_stats["completed"] + other_stats["completed"] == 2  # the second cell: whoever came first
+    assert sorted(runs_by_cell(url).values()) == [[(1, "lost"), (2, "completed")]] * 2
+    assert_clean(url, info)
+
+
+@pytest.mark.postgres
 def test_a_late_result_for_a_cell_completed_elsewhere_is_recorded_as_redundant(proxied):
     url, through, proxy = proxied
     info = prepare(parse_design(SLOW, SHORT), through)
