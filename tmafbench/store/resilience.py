@@ -34,11 +34,11 @@ T = TypeVar("T")
 
 # PostgreSQL SQLSTATEs worth waiting for. Class 08 (connection exception) is matched by prefix.
 _PG_DISCONNECTED = {
-    "57P01": "the server is shutting down",  # admin_shutdown (pg_ctl restart/stop -m fast)
-    "57P02": "the server crashed",  # crash_shutdown
-    "57P03": "the server is not accepting connections yet",  # cannot_connect_now (starting up)
-    "53300": "too many connections",
-    "25006": "the server is read-only (a standby during a failover)",  # read_only_sql_transaction
+    "57P01",  # admin_shutdown: the server is shutting down (pg_ctl restart/stop -m fast)
+    "57P02",  # crash_shutdown: the server crashed
+    "57P03",  # cannot_connect_now: the server is starting up
+    "53300",  # too_many_connections
+    "25006",  # read_only_sql_transaction: a standby, during a failover
 }
 _PG_LOCKED = {"40001", "40P01"}  # serialization failure, deadlock: retry the transaction
 _PG_DISK_FULL = "53100"
@@ -169,7 +169,6 @@ class Patience:
     limit_s: float = DEFAULT_PATIENCE_S
     on_wait: Callable[[Transient, BaseException], None] | None = None
     on_back: Callable[[Transient, float], None] | None = None
-    sleep: Callable[[float], None] = time.sleep
     waited_s: float = 0.0
     retries: dict[str, int] = field(default_factory=lambda: {"locked": 0, "disconnected": 0})
 
@@ -198,7 +197,7 @@ class Patience:
                 if now - started >= self.limit_s:
                     self.waited_s += now - started
                     raise DatabaseUnavailable(self.unavailable_message(exc)) from exc
-                self.sleep(min(backoff_s(attempt), max(0.0, started + self.limit_s - now)))
+                time.sleep(min(backoff_s(attempt), max(0.0, started + self.limit_s - now)))
                 attempt += 1
                 continue
             if started is not None:
