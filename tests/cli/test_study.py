@@ -50,6 +50,42 @@ def test_bad_spec_exits_2_and_leaves_no_database(spec_file, tmp_path):
     assert result.exit_code == 2 and "--set expects key.path=value" in result.output
 
 
+def test_devices_this_machine_lacks_are_refused_before_anything_is_written(spec_file, tmp_path):
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    db = tmp_path / "r.db"
+    for command in (["study", "run", str(spec_file)], ["study", "worker", "cli"]):
+        result = invoke(*command, "--devices", f"cuda:{count},cuda:{count + 1}", "--storage", f"sqlite:///{db}")
+        assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
+        assert result.output.startswith("error: --devices: device 'cuda:") and "requested but" in result.output
+        assert not db.exists()
+
+
+@pytest.mark.slow
+def test_exit_status_says_whether_every_cell_is_done(spec_file, tmp_path):
+    """0 when every cell is done; 3 when the study is finished but a cell failed for good."""
+    from tmafbench.store.database import Database
+    from tmafbench.store.repository import Limits, Repository
+    from tmafbench.study.design import parse_design
+    from tmafbench.study.lifecycle import prepare
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    info = prepare(parse_design(spec_file.read_text()), url)
+    db = Database(url)
+    repo = Repository(db)
+    for _ in range(2):  # one cell failed max_retries times, as a cell whose training raises would
+        claim = repo.claim_cell(info.id, Limits(), host="h", worker="w", device="cpu")
+        repo.mark_failed(claim.run_id, "RuntimeError: boom")
+    db.dispose()
+    result = invoke("study", "run", str(spec_file), "--devices", "cpu", "--storage", url)
+    assert result.exit_code == 3, result.output
+    assert "1/2 cells done (0 diverged), 1 failed" in result.output and "failed for good" in result.output
+    assert invoke("study", "worker", "cli", "--devices", "cpu", "--storage", url).exit_code == 3
+    done = invoke("study", "run", str(spec_file), "--new-name", "cli-2", "--devices", "cpu", "--storage", url)
+    assert done.exit_code == 0, done.output
+
+
 @pytest.mark.slow
 def test_run_list_status_show_delete(spec_file, tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'r.db'}"

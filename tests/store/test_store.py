@@ -314,3 +314,36 @@ def test_packs_are_claimed_together_and_retried_one_by_one_after_a_crash(repo):
     assert [len(r) for r in retried] == [1, 1, 1, 1]  # one by one: the cell that crashed it runs alone
     assert sorted(r[0].cell_id for r in retried) == sorted(c.cell_id for c in pack)
     assert all(r[0].attempt == 2 for r in retried)
+
+
+def test_finishing_again_after_a_lost_answer_writes_nothing_twice(repo, study_id):
+    """A COMMIT can succeed while its answer is lost with the connection: the retried write finds its
+    own result and stores nothing more."""
+    c = claim(repo, study_id)
+    assert repo.finish_run(c.run_id, result()) == RunStatus.COMPLETED
+    assert repo.finish_run(c.run_id, result()) == RunStatus.COMPLETED
+    with repo.db.session() as s:
+        assert s.scalar(text("select count(*) from tmaf_final_metric")) == 2  # rel_l2, train_loss: once
+    assert repo.duplicate_completions(study_id) == 0
+
+
+def test_a_late_result_is_kept_unless_another_run_completed_the_cell(repo, study_id):
+    """A worker away past the grace period finds its run swept as lost. Its finished result is still
+    stored when nobody completed the cell meanwhile, and recorded as a redundant attempt otherwise."""
+    first, second = claim(repo, study_id), claim(repo, study_id)
+    for c in (first, second):
+        age(repo, c.run_id, 120)
+    assert len(repo.mark_stale_runs(study_id, grace_s=30)) == 2
+    assert repo.heartbeat(first.run_id) is False
+    assert repo.finish_run(first.run_id, result()) == RunStatus.COMPLETED  # nobody else has the cell
+    retry = claim(repo, study_id)  # the other cell, taken over as attempt 2 and completed there
+    assert (retry.cell_id, retry.attempt) == (second.cell_id, 2)
+    assert repo.finish_run(retry.run_id, result()) == RunStatus.COMPLETED
+    assert repo.finish_run(second.run_id, result(value=0.4)) == RunStatus.INTERRUPTED  # late and redundant
+    with repo.db.session() as s:
+        runs = {r.id: (r.status, r.error) for r in s.scalars(select(Run))}
+        kept = s.scalar(text(f"select count(*) from tmaf_final_metric where run_id = {second.run_id}"))
+    assert runs[first.run_id] == ("completed", None) and runs[retry.run_id] == ("completed", None)
+    assert runs[second.run_id][0] == "interrupted" and runs[second.run_id][1].startswith("redundant")
+    assert kept == 0 and repo.duplicate_completions(study_id) == 0
+    assert repo.counts(study_id, LIMITS).completed == 2

@@ -15,30 +15,33 @@ from tmafbench.store.repository import Repository
 from tmafbench.store.schema import Cell, Run
 from tmafbench.study.design import parse_design
 from tmafbench.study.lifecycle import SpecChangedError, prepare
-from tmafbench.study.scheduler import WorkerOptions, resolve_devices, run_local, worker_loop
+from tmafbench.study.scheduler import WorkerOptions, parse_devices, resolve_devices, run_local, worker_loop
 
+from run_records import runs_by_cell
 from tiny_specs import study_toml
-
-
-def runs_by_cell(url: str) -> dict[str, list[tuple[int, str]]]:
-    db = Database(url)
-    with db.session() as s:
-        rows = s.execute(select(Cell.config_hash, Run.attempt, Run.status).join(Run).order_by(Run.attempt)).all()
-    db.dispose()
-    out: dict[str, list[tuple[int, str]]] = {}
-    for h, attempt, status in rows:
-        out.setdefault(h, []).append((attempt, status))
-    return out
 
 
 def test_resolve_devices():
     assert resolve_devices("cpu", 3) == ["cpu"] * 3
-    assert resolve_devices("cuda:0,cuda:1", None) == ["cuda:0", "cuda:1"]
-    assert resolve_devices("cuda:0,cuda:1", 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert parse_devices("cuda:0,cuda:1", None) == ["cuda:0", "cuda:1"]
+    assert parse_devices("cuda:0,cuda:1", 3) == ["cuda:0", "cuda:1", "cuda:0"]
     with pytest.raises(ValueError, match="not cpu, auto or cuda:N"):
         resolve_devices("gpu0", None)
     with pytest.raises(ValueError, match="--workers must be >= 1"):
         resolve_devices("cpu", 0)
+
+
+def test_cuda_devices_this_machine_lacks_are_refused():
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count:
+        assert resolve_devices(",".join(f"cuda:{i}" for i in range(count)), None) == [f"cuda:{i}" for i in range(count)]
+        with pytest.raises(ValueError, match=f"'cuda:{count}' requested but this machine has {count} CUDA device"):
+            resolve_devices(f"cuda:0,cuda:{count}", None)
+    else:
+        with pytest.raises(ValueError, match="'cuda:0' requested but CUDA is not available on this machine"):
+            resolve_devices("cuda:0,cuda:1", None)
 
 
 @pytest.mark.slow

@@ -16,11 +16,23 @@ from tmafbench.errors import TmafbenchError
 DEFAULT_STORAGE = "sqlite:///tmafbench.db"
 STORAGE_ENV = "TMAFBENCH_STORAGE"
 
+# Exit status of `study run` and `study worker`, by how the run ended (scheduler.Ending). Kept in
+# step with README.md ("Exit status") and the commands' --help (EXIT_STATUS_HELP).
+EXIT_REFUSED = 2  # every one-line error before anything ran (`fail`)
+EXIT_CODES = {"done": 0, "cells failed": 3, "stopped": 4, "interrupted": 130}
+EXIT_STATUS_HELP = (
+    "Exit status: 0 every cell done (completed or diverged); 2 refused before anything ran (bad input, "
+    "missing data, devices this machine lacks, a database that cannot be reached or written); 3 every cell is "
+    "final but some failed for good (max_retries failures or max_crashes lost workers); 4 stopped early with "
+    "cells left (database away longer than --db-patience, disk full, a worker died): run the same command "
+    "again to resume; 130 interrupted (Ctrl-C, SIGTERM).")
+
+
 # Errors that are the user's input, not our bug: print one line, no traceback.
 USER_ERRORS = (TmafbenchError, ValueError, FileNotFoundError, KeyError, PermissionError)
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = EXIT_REFUSED) -> None:
     """Print `error: message` on stderr and exit with `code`."""
     first_line = str(message).strip().splitlines()[0] if str(message).strip() else "failed"
     typer.echo(f"error: {first_line}", err=True)
@@ -132,17 +144,21 @@ def phases_progress(console: Any) -> Iterator[Callable[[Any, float | None], None
             bars.stop()
 
 
-def exit_for_outcome(console: Any, exit_codes: list[int | None], interrupted: bool, done: bool,
-                     resume_hint: str = "run the same command again to resume") -> None:
-    """After local workers: name crashed workers; exit 130 when interrupted, 1 when cells are left."""
-    crashed = [code for code in exit_codes if code not in (0, None)]
-    if crashed and not interrupted:
+def exit_for_outcome(console: Any, outcome: Any, resume_hint: str = "run the same command again to resume") -> None:
+    """After local workers: say why the run ended unless every cell is done, and exit with its code."""
+    crashed = [code for code in outcome.exit_codes if code not in (0, None)]
+    if crashed and not outcome.interrupted:
         console.print(f"{len(crashed)} worker process(es) exited with an error (codes {crashed}); see the messages above")
-    if interrupted:
+    ending = str(outcome.ending)
+    if ending == "interrupted":
         console.print(f"interrupted: {resume_hint}")
-        raise typer.Exit(130)
-    if not done:
-        raise typer.Exit(1)
+    elif ending == "stopped":
+        console.print(f"stopped early: {outcome.stopped or 'cells are left'}; {resume_hint}", markup=False)
+    elif ending == "cells failed":
+        console.print(f"some cells failed for good; `tmafbench study status {outcome.name}` counts them and "
+                      "`tmafbench results export` gives their errors", markup=False)
+    if EXIT_CODES[ending]:
+        raise typer.Exit(EXIT_CODES[ending])
 
 
 def is_tty() -> bool:

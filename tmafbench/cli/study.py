@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from tmafbench.cli.common import App, exit_for_outcome, phases_progress, resolve_storage
+from tmafbench.cli.common import EXIT_STATUS_HELP, App, exit_for_outcome, phases_progress, resolve_storage
 
 study_app = App(help="Run studies (a grid of cells from a TOML file, optionally tuned first) and inspect them.")
 
@@ -22,6 +22,9 @@ DevicesOpt = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,cuda:1,
 PackOpt = typer.Option("1", "--pack", help=(
     "Cells a worker trains together as one packed model (small MLPs: several times the cells per hour): "
     "K, or auto (16 on a CPU, 64 on a GPU). Cells that cannot pack train alone."))
+PatienceOpt = typer.Option(300.0, "--db-patience", help=(
+    "Seconds a worker waits for a database that stopped answering (a restart, a failover, a network blink) "
+    "before it stops; training goes on meanwhile and finished results are written once it is back."))
 
 console = Console(stderr=True, soft_wrap=True)  # whole lines when the output is not a terminal
 
@@ -57,11 +60,17 @@ def cells_cmd(spec_path: str = typer.Argument(..., metavar="STUDY_FILE", help="S
     _show_cells(cells(spec_path, set_), limit)
 
 
-def _options(heartbeat: float, grace: float, pack: str) -> Any:
+def _options(heartbeat: float, grace: float, pack: str, patience: float) -> Any:
     from tmafbench.study.scheduler import WorkerOptions
 
     size: int | str = int(pack) if pack.strip().isdigit() else pack.strip()
-    return WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, pack=size)  # checked before anything is written
+    return WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, pack=size,
+                         db_patience_s=patience)  # checked before anything is written
+
+
+def _event(line: str) -> None:
+    """A worker's log line (a database outage, an abandoned cell), printed above the progress bars."""
+    console.print(line, markup=False, highlight=False)
 
 
 def _announcer(url: str) -> Any:
@@ -84,8 +93,20 @@ def _report(outcome: Any) -> None:
         crashed = f", {c.crashed} crashed" if c.crashed else ""
         parts.append(f"{c.completed}/{c.total} {phase.label} done ({c.diverged} diverged), {c.failed} failed{crashed}")
     left = sum(c.pending + c.running for _p, c in outcome.phases)
-    console.print(f"study {outcome.name!r}: {'; '.join(parts)}, {left} left; {outcome.wall_s:.1f} s")
-    exit_for_outcome(console, outcome.exit_codes, outcome.interrupted, outcome.done)
+    console.print(f"study {outcome.name!r}: {'; '.join(parts)}, {left} left; {outcome.wall_s:.1f} s{_faults(outcome)}")
+    exit_for_outcome(console, outcome)
+
+
+def _faults(outcome: Any) -> str:
+    """What the workers rode out, when they had to: database outages, abandoned cells, late results."""
+    workers = outcome.workers
+    waited, reconnects = max((w.db_wait_s for w in workers), default=0.0), sum(w.reconnects for w in workers)
+    notes = [f"waited {waited:.1f} s for the database ({reconnects} calls retried)"] if reconnects else []
+    if abandoned := sum(w.abandoned for w in workers):
+        notes.append(f"{abandoned} cell(s) abandoned after their run was taken for dead")
+    if redundant := sum(w.redundant for w in workers):
+        notes.append(f"{redundant} late result(s) recorded as redundant")
+    return "; " + "; ".join(notes) if notes else ""
 
 
 def run_cmd(
@@ -103,6 +124,7 @@ def run_cmd(
     heartbeat: float = HeartbeatOpt,
     grace: float = GraceOpt,
     pack: str = PackOpt,
+    db_patience: float = PatienceOpt,
 ) -> None:
     """Create (or resume) a study from a TOML file and run every cell with local workers."""
     from tmafbench.study import api
@@ -113,7 +135,8 @@ def run_cmd(
     url = resolve_storage(storage)
     with phases_progress(console) as progress:
         outcome = api.run(spec_path, set_, url=url, devices=devices, workers=workers, new_name=new_name, force=force,
-                          options=_options(heartbeat, grace, pack), on_ready=_announcer(url), progress=progress)
+                          options=_options(heartbeat, grace, pack, db_patience), on_ready=_announcer(url),
+                          progress=progress, on_event=_event)
     _report(outcome)
 
 
@@ -125,15 +148,16 @@ def worker_cmd(
     heartbeat: float = HeartbeatOpt,
     grace: float = GraceOpt,
     pack: str = PackOpt,
+    db_patience: float = PatienceOpt,
 ) -> None:
     """Join a study (e.g. from another machine, against one PostgreSQL URL) and work until it is done."""
     from tmafbench.study import api
 
-    options = _options(heartbeat, grace, pack)
+    options = _options(heartbeat, grace, pack, db_patience)
     url = resolve_storage(storage)
     with phases_progress(console) as progress:
         outcome = api.join(name, url=url, devices=devices, workers=workers, options=options, on_ready=_announcer(url),
-                           progress=progress)
+                           progress=progress, on_event=_event)
     _report(outcome)
 
 
@@ -204,9 +228,9 @@ def delete_cmd(name: str = typer.Argument(...), storage: Optional[str] = Storage
 
 
 def register(app: Any) -> None:
-    study_app.command("run")(run_cmd)
+    study_app.command("run", epilog=EXIT_STATUS_HELP)(run_cmd)
     study_app.command("cells")(cells_cmd)
-    study_app.command("worker")(worker_cmd)
+    study_app.command("worker", epilog=EXIT_STATUS_HELP)(worker_cmd)
     study_app.command("list")(list_cmd)
     study_app.command("status")(status_cmd)
     study_app.command("show")(show_cmd)

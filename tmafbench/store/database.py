@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from tmafbench.errors import TmafbenchError
+from tmafbench.store.resilience import postgres_connect_args, storage_fault_message
 from tmafbench.store.schema import SCHEMA_VERSION, Base, SchemaVersion
 
 BUSY_TIMEOUT_MS = 60_000
@@ -67,6 +68,9 @@ def database_error_message(exc: BaseException, url: str | None = None) -> str | 
         seen = seen.__cause__ or seen.__context__
     if seen is None:
         return None
+    fault = storage_fault_message(exc, redact(url) if url else "")
+    if fault is not None:  # a full disk, a read-only file: say what to fix
+        return fault
     orig = getattr(seen, "orig", None)
     detail = str(orig if orig is not None else seen).strip().splitlines()
     where = f" at {redact(url)}" if url else ""
@@ -113,7 +117,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, pool_size=2, max_overflow=4, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, **kwargs)
         add_sqlite_pragmas(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4, **kwargs)
+    return create_engine(url, pool_size=2, max_overflow=4, **postgres_engine_kwargs(url), **kwargs)
+
+
+def postgres_engine_kwargs(url: str) -> dict[str, Any]:
+    """For every PostgreSQL engine (ours and Optuna's): test a pooled connection before use (a
+    restarted server leaves dead ones) and bound how long a dead server can stall a call."""
+    return {"pool_pre_ping": True, "connect_args": postgres_connect_args(make_url(url).query)}
 
 
 class Database:

@@ -217,6 +217,11 @@ class RunQueue:
                                .values(heartbeat_at=utcnow()))
             return result.rowcount == len(ids)
 
+    def still_running(self, run_ids: list[int]) -> set[int]:
+        """Those of the runs that are still running (the others were swept as lost, or removed)."""
+        with self.db.session() as s:
+            return set(s.scalars(select(Run.id).where(Run.id.in_(run_ids), Run.status == RunStatus.RUNNING)))
+
     def set_trial_number(self, run_id: int, number: int) -> None:
         """Record the run's Optuna trial as soon as it exists, so a lost run's trial can be closed."""
         with self.db.session() as s:
@@ -225,21 +230,44 @@ class RunQueue:
     # --- finishing ---------------------------------------------------------------------------
 
     def finish_run(self, run_id: int, result: Any, optuna_trial_number: int | None = None) -> RunStatus:
-        """Store a TrialResult (status, metrics, timings, artifacts) in ONE transaction.
+        """Store a TrialResult (status, metrics, timings, artifacts) in ONE transaction; returns the
+        status stored. Safe to call again after a lost connection, and with a late result:
 
-        Returns the stored status; a completion for a cell that another run already completed
-        (possible only after a false stale verdict) is stored as "interrupted" instead.
+        - the run already holds this result's status: an earlier call committed but its answer was
+          lost with the connection; nothing more is written;
+        - another run completed the cell meanwhile (this run's worker was away past the grace
+          period and its cell was given to another): this run is recorded as a redundant attempt,
+          "interrupted" without its metrics, never as a second completed run;
+        - otherwise the result is stored, also on a run the sweep had marked lost: a finished
+          result is worth more than the verdict that its worker had died.
         """
         try:
             with self.db.session() as s:
+                current = s.scalar(select(Run.status).where(Run.id == run_id).with_for_update())
+                if current is None:  # the cell was removed (`study run --force`) while it trained
+                    return RunStatus.INTERRUPTED
+                if current == result.status:
+                    return RunStatus(current)
+                if self._completed_elsewhere(s, run_id):
+                    self._mark_redundant(s, run_id)
+                    return RunStatus.INTERRUPTED
                 self._write_result(s, run_id, result, optuna_trial_number)
             return RunStatus(result.status)
-        except IntegrityError:
+        except IntegrityError:  # PostgreSQL: another run completed the cell in the same instant
             with self.db.session() as s:
-                s.execute(update(Run).where(Run.id == run_id).values(
-                    status=RunStatus.INTERRUPTED, ended_at=utcnow(),
-                    error="duplicate: the cell was completed by another run"))
+                self._mark_redundant(s, run_id)
             return RunStatus.INTERRUPTED
+
+    @staticmethod
+    def _completed_elsewhere(s: Any, run_id: int) -> bool:
+        cell_id = select(Run.cell_id).where(Run.id == run_id).scalar_subquery()
+        return bool(s.scalar(select(exists().where(Run.cell_id == cell_id, Run.id != run_id, Run.status.in_(FINAL_OK)))))
+
+    @staticmethod
+    def _mark_redundant(s: Any, run_id: int) -> None:
+        s.execute(update(Run).where(Run.id == run_id).values(
+            status=RunStatus.INTERRUPTED, ended_at=utcnow(),
+            error="redundant: the cell was completed by another run while this one's worker was away"))
 
     def _write_result(self, s: Any, run_id: int, result: Any, optuna_trial_number: int | None) -> None:
         values = dict(status=RunStatus(result.status), ended_at=utcnow(), error=result.error, device=result.device,

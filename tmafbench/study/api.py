@@ -17,6 +17,7 @@ from tmafbench.study.scheduler import PhaseCounts, StudyOutcome, WorkerOptions, 
 
 OnReady = Callable[[StudyInfo, list[str]], None]
 Progress = Callable[[PhaseCounts, float | None], None]
+OnEvent = Callable[[str], None]
 
 __all__ = ["cells", "delete_study", "describe_tuning", "join", "run", "show", "status", "summaries"]
 
@@ -41,11 +42,14 @@ def describe_tuning(design: StudyDesign) -> str:
 
 def run(path: str | Path, overrides: list[str] | None, *, url: str, devices: str = "auto", workers: int | None = None,
         new_name: str | None = None, force: bool = False, options: WorkerOptions = WorkerOptions(),
-        on_ready: OnReady | None = None, progress: Progress | None = None) -> StudyOutcome:
+        on_ready: OnReady | None = None, progress: Progress | None = None,
+        on_event: OnEvent | None = None) -> StudyOutcome:
     """Create (or resume) the study of a study file and run every cell with local workers.
 
     A study that is already finished with exactly this file is reported without validating,
-    loading data or starting workers, so resuming it is instant and works offline.
+    loading data or starting workers, so resuming it is instant and works offline. The devices are
+    checked before anything is written. `on_event(line)` gets the workers' log lines (a database
+    outage and its end, an abandoned cell, a late result).
     """
     finished = _finished_already(path, overrides, url, new_name)
     if finished is not None:
@@ -57,27 +61,28 @@ def run(path: str | Path, overrides: list[str] | None, *, url: str, devices: str
         design = design.renamed(new_name)
     device_list = resolve_devices(devices, workers)  # before anything is written
     info = prepare(design, url, force=force)
-    return _work(info, url, device_list, options, on_ready, progress)
+    return _work(info, url, device_list, options, on_ready, progress, on_event)
 
 
 def join(name: str, *, url: str, devices: str = "auto", workers: int | None = 1,
          options: WorkerOptions = WorkerOptions(), on_ready: OnReady | None = None,
-         progress: Progress | None = None) -> StudyOutcome:
+         progress: Progress | None = None, on_event: OnEvent | None = None) -> StudyOutcome:
     """Work on a stored study from this machine (e.g. against one PostgreSQL URL)."""
+    device_list = resolve_devices(devices, workers)
     db = Database(url, must_exist=True)
     try:
         db.check_schema()
         info = info_of(Repository(db), name)
     finally:
         db.dispose()
-    return _work(info, url, resolve_devices(devices, workers), options, on_ready, progress)
+    return _work(info, url, device_list, options, on_ready, progress, on_event)
 
 
 def _work(info: StudyInfo, url: str, devices: list[str], options: WorkerOptions, on_ready: OnReady | None,
-          progress: Progress | None) -> StudyOutcome:
+          progress: Progress | None, on_event: OnEvent | None) -> StudyOutcome:
     if on_ready is not None:
         on_ready(info, devices)
-    return run_local(info, url, devices, options, progress=progress)
+    return run_local(info, url, devices, options, progress=progress, on_event=on_event)
 
 
 def _finished_already(path: str | Path, overrides: list[str] | None, url: str,

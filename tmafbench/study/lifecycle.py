@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tmafbench.errors import TmafbenchError
-from tmafbench.store.database import Database, add_sqlite_pragmas, is_sqlite, normalize_url, sqlite_file_missing
+from tmafbench.store.database import (Database, add_sqlite_pragmas, is_sqlite, normalize_url, postgres_engine_kwargs,
+                                      sqlite_file_missing)
 from tmafbench.store.repository import Limits, Repository, StoredStudy
 from tmafbench.study.design import StudyDesign, design_from_dict
 from tmafbench.study.validate import check_data
@@ -81,7 +82,7 @@ def optuna_storage(url: str) -> Any:
         add_sqlite_pragmas(storage.engine)
         storage.engine.dispose()  # connections opened before the listeners existed
         return storage
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    return optuna.storages.RDBStorage(url, engine_kwargs=postgres_engine_kwargs(url))
 
 
 # --- create or load ----------------------------------------------------------------------------------

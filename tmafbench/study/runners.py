@@ -27,8 +27,12 @@ class Runner(Protocol):
         """Train the claimed cells (together where they pack), store their runs and tell Optuna;
         returns their TrialResults."""
 
-    def reconcile(self, ctx: Any) -> int:
-        """Close this phase's Optuna trials whose run is over (or never started); returns how many."""
+    def reconcile(self, ctx: Any, final: bool = False) -> int:
+        """Close this phase's Optuna trials whose run is over (or never started); returns how many.
+
+        `final`: every cell of the phase is final, so a trial without a run is an orphan whatever its
+        age (a call that created it failed after its commit and was retried), never a live worker's.
+        """
 
     def finish_phase(self, ctx: Any) -> None:
         """Called once every cell of the phase is final."""
@@ -46,8 +50,11 @@ def reconcile_trials(repo: Repository, study: Any, study_id: int, grace_s: float
 
     A trial takes its run's stored outcome (a completed slot its state and value, a completed grid
     cell its primary metric); a lost, interrupted or failed run's trial, and a trial with no run
-    that is older than the grace period (its worker died before recording it), are failed.
+    that is older than the grace period (its worker died before recording it), are failed. Workers
+    that swept the same lost runs reconcile at the same moment: a trial another one closed first is
+    left as it is.
     """
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -60,13 +67,16 @@ def reconcile_trials(repo: Repository, study: Any, study_id: int, grace_s: float
         status, state, value = outcomes.get(trial.number, (None, None, None))
         if status == RunStatus.RUNNING or (status is None and trial.datetime_start and trial.datetime_start > cutoff):
             continue  # a live worker still owns it
-        if status in FINAL_OK and state is SlotState.PRUNED:
-            study.tell(trial.number, state=TrialState.PRUNED)
-        elif status == RunStatus.COMPLETED and state in (None, SlotState.COMPLETED) and _finite(value):
-            study.tell(trial.number, value)
-        else:
-            study._storage.set_trial_user_attr(trial._trial_id, "status", status or "lost")
-            study.tell(trial.number, state=TrialState.FAIL)
+        try:
+            if status in FINAL_OK and state is SlotState.PRUNED:
+                study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
+            elif status == RunStatus.COMPLETED and state in (None, SlotState.COMPLETED) and _finite(value):
+                study.tell(trial.number, value, skip_if_finished=True)
+            else:
+                study._storage.set_trial_user_attr(trial._trial_id, "status", status or "lost")
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        except UpdateFinishedTrialError:
+            continue
         closed += 1
     return closed
 
@@ -89,7 +99,8 @@ class GridRunner:
     def run(self, claims: list[Claim], ctx: Any) -> list[Any]:
         trials = []
         for claim in claims:
-            trial_id, number = ctx.retry(lambda: self._start_trial(claim, ctx))
+            trial_id = ctx.retry(lambda: self._start_trial(claim, ctx))
+            number = ctx.retry(lambda: self.storage.get_trial_number_from_id(trial_id))  # apart: a retry makes no 2nd trial
             ctx.retry(lambda: ctx.repo.set_trial_number(claim.run_id, number))
             trials.append((trial_id, number))
         results = ctx.run_cells(claims, trial_numbers=[number for _id, number in trials])
@@ -97,8 +108,8 @@ class GridRunner:
             ctx.retry(lambda: self._finish_trial(trial_id, result.status, result.final_metric))
         return results
 
-    def _start_trial(self, claim: Claim, ctx: Any) -> tuple[int, int]:
-        """Create the RUNNING trial; returns (trial id, trial number).
+    def _start_trial(self, claim: Claim, ctx: Any) -> int:
+        """Create the RUNNING trial; returns its id.
 
         The cell's hash is a user attribute, not a parameter: a categorical parameter's choices are
         fixed for an Optuna study's life, and `--force` adds cells to a running study.
@@ -109,23 +120,28 @@ class GridRunner:
         template = FrozenTrial(
             number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
             params={}, distributions={}, user_attrs=attrs, system_attrs={}, intermediate_values={}, trial_id=0)
-        trial_id = self.storage.create_new_trial(self.optuna_study_id, template_trial=template)
-        return trial_id, self.storage.get_trial_number_from_id(trial_id)
+        return self.storage.create_new_trial(self.optuna_study_id, template_trial=template)
 
     def _finish_trial(self, trial_id: int, status: str, value: float | None) -> None:
+        """Close the trial as the run ended. A trial already closed is left as it is: the sweep failed
+        it while this worker was away, or an earlier try committed before its connection died."""
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
-        if status == RunStatus.COMPLETED and _finite(value):
-            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
-            return
-        self.storage.set_trial_user_attr(trial_id, "status", str(status))  # diverged, failed or interrupted
-        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        try:
+            if status == RunStatus.COMPLETED and _finite(value):
+                self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
+                return
+            self.storage.set_trial_user_attr(trial_id, "status", str(status))  # diverged, failed or interrupted
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            pass
 
-    def reconcile(self, ctx: Any) -> int:
+    def reconcile(self, ctx: Any, final: bool = False) -> int:
         import optuna
 
         study = optuna.load_study(study_name=self.optuna_name, storage=self.storage)
-        return reconcile_trials(ctx.repo, study, self.study_id, ctx.options.grace_s)
+        return reconcile_trials(ctx.repo, study, self.study_id, 0.0 if final else ctx.options.grace_s)
 
     def finish_phase(self, ctx: Any) -> None:
         pass
@@ -158,18 +174,18 @@ class SlotRunner:
             group = self.by_hash[plan.group_hash]
             study = ctx.retry(lambda: load_optuna_study(self.design, group, self.storage, plan.slot, claim.attempt))
             trial = ctx.retry(study.ask)
-            params.append({key: param.suggest(trial, key) for key, param in group.space.items()})
-            trial.set_user_attr("slot", plan.slot)
+            params.append({key: ctx.retry(lambda: param.suggest(trial, key)) for key, param in group.space.items()})
+            ctx.retry(lambda: trial.set_user_attr("slot", plan.slot))
             ctx.retry(lambda: ctx.repo.set_trial_number(claim.run_id, trial.number))
             studies.append(study)
             trials.append(trial)
         fn = partial(train_slots, trials=trials, params=params, seeds=tune.tune_seed_list(), metric=tune.metric,
-                     direction=metric_direction(tune.metric), train_many=ctx.many_fn)
+                     direction=metric_direction(tune.metric), train_many=ctx.many_fn, retry=ctx.retry)
         try:
             results = ctx.run_cells(claims, fn, trial_numbers=[t.number for t in trials])
         except (KeyboardInterrupt, SystemExit):
             for study, trial in zip(studies, trials):
-                ctx.retry(lambda: study.tell(trial, state=TrialState.FAIL))
+                ctx.retry(lambda: study.tell(trial, state=TrialState.FAIL, skip_if_finished=True))
             raise
         for study, trial, result in zip(studies, trials, results):
             tuning = (result.artifacts or {}).get("tuning", {})
@@ -177,13 +193,14 @@ class SlotRunner:
             ctx.retry(lambda: _tell(study, trial.number, state, tuning.get("value")))
         return results
 
-    def reconcile(self, ctx: Any) -> int:
+    def reconcile(self, ctx: Any, final: bool = False) -> int:
         import optuna
 
         closed = 0
         for group in self.groups:
             study = optuna.load_study(study_name=group.optuna_name, storage=self.storage)
-            closed += reconcile_trials(ctx.repo, study, self.study_id, ctx.options.grace_s, group.group_hash)
+            closed += reconcile_trials(ctx.repo, study, self.study_id, 0.0 if final else ctx.options.grace_s,
+                                       group.group_hash)
         return closed
 
     def finish_phase(self, ctx: Any) -> None:
@@ -199,10 +216,13 @@ class SlotRunner:
 def _tell(study: Any, number: int, state: SlotState, value: float | None) -> None:
     from optuna.trial import TrialState
 
+    # A trial already closed (the sweep failed it while this worker was away, or an earlier try
+    # committed before its connection died) is left as it is.
     if state is SlotState.COMPLETED:
-        study.tell(number, value)
+        study.tell(number, value, skip_if_finished=True)
     else:
-        study.tell(number, state=TrialState.PRUNED if state is SlotState.PRUNED else TrialState.FAIL)
+        study.tell(number, state=TrialState.PRUNED if state is SlotState.PRUNED else TrialState.FAIL,
+                   skip_if_finished=True)
 
 
 def runner_for(url: str, info: StudyInfo, phase: Any) -> Runner:

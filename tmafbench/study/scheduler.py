@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -34,19 +35,21 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from enum import StrEnum
+from logging.handlers import QueueHandler
 from queue import Empty
 from typing import Any, Callable
 
-from sqlalchemy.exc import OperationalError
-
 from tmafbench.core import FINAL_OK, RunStatus, TrialConfig, TrialResult
 from tmafbench.errors import TmafbenchError
-from tmafbench.store.database import Database
+from tmafbench.store.database import Database, database_error_message, redact
 from tmafbench.store.repository import Claim, Counts, Repository
+from tmafbench.store.resilience import DEFAULT_PATIENCE_S, DatabaseFault, Patience, error_detail, is_database_error
 from tmafbench.study.lifecycle import Phase, StudyInfo, info_of
 
 TrialFn = Callable[..., Any]
 ManyFn = Callable[..., list[Any]]  # (configs, on_epochs=None) -> a TrialResult or an exception per config
+log = logging.getLogger("tmafbench.worker")
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,13 @@ class WorkerOptions:
     poll_s: float = 1.0  # idle wait while other workers finish the last cells
     max_runs: int | None = None  # stop after this many runs (tests, benchmarks)
     pack: int | str = 1  # cells trained together as one packed model: K, or "auto" (training/packed.py)
+    db_patience_s: float = DEFAULT_PATIENCE_S  # how long a worker waits for a database that does not answer
 
     def __post_init__(self) -> None:
         if self.pack != "auto" and not (isinstance(self.pack, int) and not isinstance(self.pack, bool) and self.pack >= 1):
             raise TmafbenchError(f"--pack must be a positive integer or 'auto', got {self.pack!r}")
+        if self.db_patience_s < 0:
+            raise TmafbenchError(f"--db-patience must be >= 0 seconds, got {self.db_patience_s:g}")
         if self.heartbeat_s <= 0:
             raise TmafbenchError(f"--heartbeat must be > 0 seconds, got {self.heartbeat_s:g}")
         # A live run is silent for up to one heartbeat interval (longer on a loaded machine): a grace
@@ -91,6 +97,11 @@ class WorkerStats:
     interrupted: int = 0
     stale_marked: int = 0
     locked_errors: int = 0  # "database is locked" seen (and retried)
+    reconnects: int = 0  # database calls retried after a lost or refused connection
+    db_wait_s: float = 0.0  # seconds spent waiting for the database to come back
+    abandoned: int = 0  # cells given up because the run was taken for dead while its worker was away
+    redundant: int = 0  # late results for cells another run had completed (recorded as interrupted)
+    stopped: str = ""  # why the worker stopped before the study was done (database unreachable, disk full)
     overhead_s: list[float] = field(default_factory=list)  # per run: loop time minus the cell's run (cell_s)
     train_s: list[float] = field(default_factory=list)  # per run: seconds in the trial itself
     cell_s: list[float] = field(default_factory=list)  # per run: the trial, its heartbeat and its stored result
@@ -106,20 +117,57 @@ class WorkerStats:
 # --- one cell ---------------------------------------------------------------------------------
 
 
+class CellTaken(Exception):
+    """Raised in the training loop when the run was taken for dead: its cell belongs to another run now."""
+
+
 class Heartbeat:
-    """Touch the claimed run rows every `interval_s` seconds from a daemon thread while they train."""
+    """Touch the claimed run rows every `interval_s` seconds from a daemon thread while they train.
+
+    A beat that fails (the database is busy or away) is skipped: training goes on and the grace
+    period covers the gap. A beat that finds a run no longer running (its worker was away past the
+    grace period and the run was swept as lost) adds it to `taken`; `check(run_id)`, that cell's
+    on_epoch callback, then stops its training at the end of the epoch.
+    """
 
     def __init__(self, repo: Repository, run_ids: list[int], interval_s: float):
         self.repo, self.run_ids, self.interval_s = repo, list(run_ids), interval_s
+        self.taken: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.run_ids[0]}", daemon=True)
 
     def _beat(self) -> None:
+        failing_since: float | None = None
         while not self._stop.wait(self.interval_s):
+            live = [r for r in self.run_ids if r not in self.taken]
+            if not live:
+                return
             try:
-                self.repo.heartbeat(self.run_ids)
-            except OperationalError:  # a busy database delays one beat; the grace period covers it
+                if not self.repo.heartbeat(live):
+                    self.taken |= set(live) - self.repo.still_running(live)
+            except Exception as exc:
+                if not is_database_error(exc):
+                    raise
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("heartbeat of %s failed (%s); training goes on", self._label, error_detail(exc))
                 continue
+            if failing_since is not None:
+                log.warning("heartbeat of %s is back after %.1f s", self._label, time.monotonic() - failing_since)
+                failing_since = None
+
+    @property
+    def _label(self) -> str:
+        return f"run {self.run_ids[0]}" if len(self.run_ids) == 1 else f"{len(self.run_ids)} runs"
+
+    def check(self, run_id: int) -> Callable[[Any], None]:
+        """The on_epoch callback of one cell: raises CellTaken once its run is no longer this worker's."""
+
+        def on_epoch(_record: Any = None) -> None:
+            if run_id in self.taken:
+                raise CellTaken(f"run {run_id} was taken for dead while its worker was away")
+
+        return on_epoch
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -198,11 +246,6 @@ def default_many_fn(trial_fn: TrialFn | None) -> ManyFn:
     return one_by_one(trial_fn)
 
 
-def _is_locked(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "database is locked" in text or "database table is locked" in text
-
-
 @dataclass
 class WorkerContext:
     """What one worker process holds while it drains a study: its store, device, options and stats."""
@@ -215,18 +258,20 @@ class WorkerContext:
     many_fn: ManyFn  # configs -> outcomes, packed where possible
     host: str = field(default_factory=socket.gethostname)
     environment_id: int | None = None
+    patience: Patience = field(init=False)
 
-    def retry(self, fn: Callable[[], Any], attempts: int = 20) -> Any:
-        """Run fn; a "database is locked" error is counted and retried with backoff."""
-        for i in range(attempts):
-            try:
-                return fn()
-            except Exception as exc:  # OperationalError, or Optuna's StorageInternalError wrapping it
-                if not _is_locked(exc) and not _is_locked(exc.__cause__ or exc):
-                    raise
-                self.stats.locked_errors += 1
-                time.sleep(min(2.0, 0.05 * 2**i))
-        raise TmafbenchError("the database stayed locked; use PostgreSQL for this many workers")
+    def __post_init__(self) -> None:
+        self.patience = worker_patience(self.repo.db.url, self.options, self.stats)
+
+    def retry(self, fn: Callable[[], Any]) -> Any:
+        """Run fn, a database call; a lost connection or a locked database is retried with backoff
+        for up to `db_patience_s` (then DatabaseUnavailable); a full disk is a StorageFault."""
+        try:
+            return self.patience.call(fn)
+        finally:
+            self.stats.locked_errors = self.patience.retries["locked"]
+            self.stats.reconnects = self.patience.retries["disconnected"]
+            self.stats.db_wait_s = self.patience.waited_s
 
     def run_cells(self, claims: list[Claim], train_many: ManyFn | None = None,
                   trial_numbers: list[int | None] | None = None) -> list[TrialResult]:
@@ -234,7 +279,11 @@ class WorkerContext:
 
         The stored config is each cell's; only the device is this worker's. An exception in a cell's
         training is that cell's failed run (retried up to max_retries); Ctrl-C or SIGTERM marks every
-        claimed run interrupted and re-raises. Time in training is added to the stats.
+        claimed run interrupted and re-raises. A run taken for dead while its worker was away is
+        abandoned at the cell's next epoch (an "interrupted" result, nothing written: the run row is
+        the sweep's). Each finished result is written with `retry`, so it waits for a database that
+        blinks; a late result for a cell that another run completed is recorded as a redundant
+        attempt. Time in training is added to the stats.
         """
         train_many = train_many or self.many_fn
         numbers = trial_numbers or [None] * len(claims)
@@ -245,23 +294,77 @@ class WorkerContext:
             configs.append(config.replace(training=config.training.replace(device=self.device)))
         start = time.perf_counter()
         try:
-            with Heartbeat(self.repo, [c.run_id for c in claims], self.options.heartbeat_s):
-                outcomes = train_many(configs)
+            with Heartbeat(self.repo, [c.run_id for c in claims], self.options.heartbeat_s) as beat:
+                outcomes = train_many(configs, [beat.check(c.run_id) for c in claims])
                 if _STOP.is_set():  # a Ctrl-C that Python swallowed during the trial
                     raise KeyboardInterrupt
         except (KeyboardInterrupt, SystemExit):
             for claim, number in zip(claims, numbers):
-                self.repo.mark_interrupted(claim.run_id, f"stopped by {_STOP_REASON[0]}", optuna_trial_number=number)
+                self._mark_interrupted(claim.run_id, f"stopped by {_STOP_REASON[0]}", number)
             raise
         finally:
             self.stats.train_s += [(time.perf_counter() - start) / len(claims)] * len(claims)
-        results = []
-        for claim, number, outcome in zip(claims, numbers, outcomes):
-            result = failed_result(outcome, self.device) if isinstance(outcome, BaseException) else outcome
-            status = self.repo.finish_run(claim.run_id, result, optuna_trial_number=number)
-            results.append(result if status == result.status else dataclasses.replace(result, status=status))
+        results = self._store_all(claims, numbers, outcomes)
         self.stats.cell_s += [(time.perf_counter() - cell_start) / len(claims)] * len(claims)
         return results
+
+    def _store_all(self, claims: list[Claim], numbers: list[int | None], outcomes: list[Any]) -> list[TrialResult]:
+        """Each cell's outcome as its run's result. The database away past the patience limit (while
+        storing, or while a tuning slot reported to Optuna) stops the worker: what is not stored yet
+        will run again."""
+        results = []
+        for k, (claim, number, outcome) in enumerate(zip(claims, numbers, outcomes)):
+            try:
+                if isinstance(outcome, DatabaseFault):
+                    raise outcome
+                results.append(self._store(claim, number, outcome))
+            except DatabaseFault as exc:
+                others = f" and {len(claims) - k - 1} more" if len(claims) - k > 1 else ""
+                raise type(exc)(f"{exc}; the result of cell {claim.config_hash} (attempt {claim.attempt}){others} "
+                                "was not stored and will run again") from exc
+        return results
+
+    def _store(self, claim: Claim, number: int | None, outcome: Any) -> TrialResult:
+        """Write one cell's outcome, waiting for the database; an abandoned cell writes nothing."""
+        if isinstance(outcome, CellTaken):
+            return self._abandon(claim, str(outcome))
+        result = failed_result(outcome, self.device) if isinstance(outcome, BaseException) else outcome
+        status = self.retry(lambda: self.repo.finish_run(claim.run_id, result, optuna_trial_number=number))
+        if status == RunStatus.INTERRUPTED and result.status != RunStatus.INTERRUPTED:
+            self.stats.redundant += 1
+            log.warning("cell %s attempt %d: another run completed the cell while this worker was away; "
+                        "its late result is recorded as a redundant attempt", claim.config_hash, claim.attempt)
+        return result if status == result.status else dataclasses.replace(result, status=status)
+
+    def _abandon(self, claim: Claim, why: str) -> TrialResult:
+        self.stats.abandoned += 1
+        log.warning("cell %s attempt %d abandoned: %s; going on with the next cell", claim.config_hash,
+                    claim.attempt, why)
+        return TrialResult(status=RunStatus.INTERRUPTED, metric_name="", metric_direction="minimize",
+                           device=self.device, error=f"abandoned: {why}")
+
+    def _mark_interrupted(self, run_id: int, error: str, trial_number: int | None) -> None:
+        """One try, no waiting: the user asked to stop. A run left running is swept as lost later."""
+        try:
+            self.repo.mark_interrupted(run_id, error, optuna_trial_number=trial_number)
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+
+
+def worker_patience(url: str, options: WorkerOptions, stats: WorkerStats) -> Patience:
+    """The worker's patience with its database; outages are logged with the worker's name."""
+
+    def on_wait(kind: str, exc: BaseException) -> None:
+        if kind == "disconnected":  # a locked SQLite database is routine: counted, not logged
+            log.warning("%s: database unreachable (%s); retrying for up to %g s", stats.worker, error_detail(exc),
+                        options.db_patience_s)
+
+    def on_back(kind: str, seconds: float) -> None:
+        if kind == "disconnected":
+            log.warning("%s: database back after %.1f s", stats.worker, seconds)
+
+    return Patience(redact(url), options.db_patience_s, on_wait=on_wait, on_back=on_back)
 
 
 def drain(ctx: WorkerContext, phase: Phase, runner: Any, limits: Any) -> bool:
@@ -287,7 +390,7 @@ def drain(ctx: WorkerContext, phase: Phase, runner: Any, limits: Any) -> bool:
             environment_id=ctx.environment_id, most=pack, key=pack_key))
         if not claims:
             if ctx.retry(lambda: ctx.repo.counts(phase.study_id, limits)).done:
-                ctx.retry(lambda: runner.reconcile(ctx))  # trials a dead worker left RUNNING
+                ctx.retry(lambda: runner.reconcile(ctx, final=True))  # trials a dead worker (or a retry) left RUNNING
                 return True
             time.sleep(options.poll_s)  # others hold the last cells; take over any that go stale
             last_sweep = -float("inf")
@@ -308,7 +411,9 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
     """Claim and run the cells of `study_name`, phase by phase, until every cell is final.
 
     Returns this worker's stats. The one loop for every kind of study: the runner of each phase
-    decides what a claimed cell means (runners.runner_for).
+    decides what a claimed cell means (runners.runner_for). A database that stays away longer
+    than `options.db_patience_s`, refuses writes (a full disk) or fails otherwise stops the worker
+    cleanly: `stats.stopped` says why in one line, and running the study again resumes it.
     """
     from tmafbench.store.environment import collect
     from tmafbench.study.runners import runner_for
@@ -316,20 +421,27 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
     stats = WorkerStats(worker=worker or f"pid {os.getpid()}")
     db = Database(url)
     try:
-        db.check_schema()
         repo = Repository(db)
-        info = info_of(repo, study_name)
         ctx = WorkerContext(repo, device, options, stats, trial_fn or default_trial_fn(), default_many_fn(trial_fn))
+        ctx.retry(db.check_schema)
+        info = ctx.retry(lambda: info_of(repo, study_name))
+        environment = collect(device)
         with stop_guard():
-            ctx.environment_id = ctx.retry(lambda: repo.environment_id(collect(device)))
+            ctx.environment_id = ctx.retry(lambda: repo.environment_id(environment))
             for phase in info.phases:
-                runner = runner_for(url, info, phase)
+                runner = ctx.retry(lambda: runner_for(url, info, phase))
                 try:
                     if not drain(ctx, phase, runner, info.limits):
                         break  # max_runs reached
                     runner.finish_phase(ctx)
                 finally:
                     runner.close()
+    except DatabaseFault as exc:
+        stats.stopped = str(exc)
+    except Exception as exc:  # any other error of the database (dropped, permissions revoked): one line too
+        stats.stopped = database_error_message(exc, url) or ""
+        if not stats.stopped:
+            raise
     finally:
         db.dispose()
     return stats
@@ -338,7 +450,28 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
 
 
 def resolve_devices(devices: str, workers: int | None) -> list[str]:
-    """One device per worker: "cpu", "auto" (every visible GPU, else CPU) or "cuda:0,cuda:1"."""
+    """One device per worker: "cpu", "auto" (every visible GPU, else CPU) or "cuda:0,cuda:1".
+
+    CUDA devices this machine does not have are refused here, before anything is written: a study
+    would otherwise be created only to fail every cell.
+    """
+    items = parse_devices(devices, workers)
+    cuda = sorted({d for d in items if d.startswith("cuda:")}, key=lambda d: int(d[5:]))
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--devices: device {cuda[0]!r} requested but CUDA is not available on this machine; "
+                             "use --devices cpu (or auto)")
+        count = torch.cuda.device_count()
+        if int(cuda[-1][5:]) >= count:
+            raise ValueError(f"--devices: device {cuda[-1]!r} requested but this machine has {count} CUDA "
+                             f"device(s): cuda:0 to cuda:{count - 1}")
+    return items
+
+
+def parse_devices(devices: str, workers: int | None) -> list[str]:
+    """The device of each worker as written ("auto" resolved, nothing checked against the machine)."""
     devices = devices.strip()
     if devices == "auto":
         import torch
@@ -362,7 +495,11 @@ def resolve_devices(devices: str, workers: int | None) -> list[str]:
 
 def _worker_process(loop: Callable[..., WorkerStats], study_name: str, url: str, device: str, threads: int,
                     options: WorkerOptions, queue: Any) -> None:
-    """Entry point of a local worker process (spawn): pin the GPU or the thread count, then run `loop`."""
+    """Entry point of a local worker process (spawn): pin the GPU or the thread count, then run `loop`.
+
+    The worker's log lines (a database outage, an abandoned cell) travel to the parent on `queue`,
+    which shows them with its progress display; its stats follow when it ends.
+    """
     if device.startswith("cuda:"):
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]  # before CUDA initialises
         device = "cuda:0"
@@ -370,6 +507,8 @@ def _worker_process(loop: Callable[..., WorkerStats], study_name: str, url: str,
 
     if device == "cpu":
         torch.set_num_threads(threads)
+    log.addHandler(QueueHandler(queue))
+    log.propagate = False
     try:
         stats = loop(study_name, url, device=device, options=options)
     except KeyboardInterrupt:
@@ -378,6 +517,15 @@ def _worker_process(loop: Callable[..., WorkerStats], study_name: str, url: str,
 
 
 PhaseCounts = list[tuple[Phase, Counts]]
+
+
+class Ending(StrEnum):
+    """How a run of the study ended, for a scheduler or a script (the CLI maps each to an exit code)."""
+
+    DONE = "done"  # every cell completed or diverged
+    CELLS_FAILED = "cells failed"  # every cell is final, but some failed for good (max_retries, max_crashes)
+    STOPPED = "stopped"  # cells are left: a worker stopped early (database away, disk full) or died
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
 
 
 @dataclass
@@ -390,6 +538,7 @@ class StudyOutcome:
     workers: list[WorkerStats] = field(default_factory=list)
     interrupted: bool = False
     exit_codes: list[int | None] = field(default_factory=list)  # of the worker processes
+    stopped: str = ""  # why the run stopped before the study was done, when a worker or the parent knows
 
     @property
     def counts(self) -> Counts:
@@ -399,6 +548,16 @@ class StudyOutcome:
     @property
     def done(self) -> bool:
         return all(c.done for _p, c in self.phases) and self.counts.total > 0
+
+    @property
+    def ending(self) -> Ending:
+        if self.interrupted:
+            return Ending.INTERRUPTED
+        if not self.done:
+            return Ending.STOPPED
+        if any(c.failed or c.crashed for _p, c in self.phases):
+            return Ending.CELLS_FAILED
+        return Ending.DONE
 
 
 @dataclass
@@ -410,12 +569,15 @@ class ProcessesOutcome:
 
 def run_processes(study_name: str, url: str, devices: list[str], options: WorkerOptions,
                   on_poll: Callable[[], None] | None = None, poll_s: float = 0.5,
-                  loop: Callable[..., WorkerStats] | None = None) -> ProcessesOutcome:
+                  loop: Callable[..., WorkerStats] | None = None,
+                  on_event: Callable[[str], None] | None = None) -> ProcessesOutcome:
     """Run the worker loop in one spawn process per device entry until all exit.
 
-    `on_poll()` is called every `poll_s` while they run. On Ctrl-C the workers got SIGINT too: each
-    marks its run interrupted and exits; we wait for them, then stop any left with SIGTERM (which
-    they also turn into an interruption).
+    `on_poll()` is called every `poll_s` while they run, `on_event(line)` with each worker's log
+    line (default: this process's logging). On Ctrl-C the workers got SIGINT too: each marks its
+    run interrupted and exits; we wait for them, then stop any left with SIGTERM (which they also
+    turn into an interruption). A SIGTERM to this process (a batch scheduler's stop) is passed on
+    to them at once. Either way the outcome says `interrupted`.
     """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -427,13 +589,17 @@ def run_processes(study_name: str, url: str, devices: list[str], options: Worker
     stats: list[WorkerStats] = []
     interrupted = False
     try:
-        while any(p.is_alive() for p in procs):
-            stats += _drain(queue)
-            if on_poll is not None:
-                on_poll()
-            time.sleep(poll_s)
+        with stop_guard():
+            while any(p.is_alive() for p in procs):
+                stats += _drain(queue, on_event)
+                if on_poll is not None:
+                    on_poll()
+                time.sleep(poll_s)
     except KeyboardInterrupt:
         interrupted = True
+        if _STOP_REASON[0] == _SIGNAL_REASONS[signal.SIGTERM]:  # sent to us alone: pass it on
+            for p in procs:
+                p.terminate()
         for p in procs:
             p.join(timeout=30)
     finally:
@@ -441,7 +607,7 @@ def run_processes(study_name: str, url: str, devices: list[str], options: Worker
             if p.is_alive():
                 p.terminate()
             p.join()
-        stats += _drain(queue)
+        stats += _drain(queue, on_event)
     return ProcessesOutcome(stats, interrupted, [p.exitcode for p in procs])
 
 
@@ -452,34 +618,69 @@ def phase_counts(repo: Repository, info: StudyInfo) -> PhaseCounts:
 
 def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOptions = WorkerOptions(),
               progress: Callable[[PhaseCounts, float | None], None] | None = None,
-              poll_s: float = 0.5) -> StudyOutcome:
-    """Run the study to the end with local workers; `progress(phases, eta_s)` is called as it goes."""
+              poll_s: float = 0.5, on_event: Callable[[str], None] | None = None) -> StudyOutcome:
+    """Run the study to the end with local workers; `progress(phases, eta_s)` is called as it goes,
+    `on_event(line)` with the workers' log lines.
+
+    While the database is away the progress display skips its updates: the workers wait for it
+    themselves, each up to `options.db_patience_s`, and stop when it stays away longer. The
+    outcome's `stopped` then says why.
+    """
     db = Database(url)
     repo = Repository(db)
+    patience = Patience(redact(url), options.db_patience_s)
     start = time.perf_counter()
+    seen: list[PhaseCounts] = []
 
     def report() -> None:
-        phases = phase_counts(repo, info)
-        progress(phases, eta(repo, phases, len(devices)))
+        phases = patience.quiet(lambda: phase_counts(repo, info))
+        if phases is not None:
+            seen.append(phases)
+            progress(phases, patience.quiet(lambda: eta(repo, phases, len(devices))))
 
     try:
-        phases = phase_counts(repo, info)
+        phases = patience.call(lambda: phase_counts(repo, info))
         if all(c.done for _p, c in phases) and phases[-1][1].total > 0:  # nothing to run: start no worker
             return StudyOutcome(info.name, phases, time.perf_counter() - start)
-        run = run_processes(info.name, url, devices, options, report if progress else None, poll_s)
-        phases = phase_counts(repo, info)
+        seen.append(phases)
+        run = run_processes(info.name, url, devices, options, report if progress else None, poll_s, on_event=on_event)
+        phases, stopped = _final_counts(repo, info, patience, run, seen[-1])
     finally:
         db.dispose()
-    return StudyOutcome(info.name, phases, time.perf_counter() - start, run.workers, run.interrupted, run.exit_codes)
+    return StudyOutcome(info.name, phases, time.perf_counter() - start, run.workers, run.interrupted, run.exit_codes,
+                        stopped)
 
 
-def _drain(queue: Any) -> list[WorkerStats]:
+def _final_counts(repo: Repository, info: StudyInfo, patience: Patience, run: ProcessesOutcome,
+                  last_seen: PhaseCounts) -> tuple[PhaseCounts, str]:
+    """The counts once the workers are gone, and why they stopped early (if one said so).
+
+    A blink is waited out, unless the workers gave up on the database or the user stopped them:
+    then one try. Without an answer the last counts seen stand.
+    """
+    stopped = next((w.stopped for w in run.workers if w.stopped), "")
+    try:
+        read = patience.quiet if stopped or run.interrupted else patience.call
+        phases = read(lambda: phase_counts(repo, info))
+    except DatabaseFault as exc:
+        return last_seen, stopped or str(exc)
+    return (last_seen if phases is None else phases), stopped
+
+
+def _drain(queue: Any, on_event: Callable[[str], None] | None = None) -> list[WorkerStats]:
+    """The stats of the workers that ended; their log lines go to `on_event` (else to logging)."""
     out = []
     while True:
         try:
-            out.append(WorkerStats(**queue.get_nowait()))
+            item = queue.get_nowait()
         except Empty:  # nothing more for now
             return out
+        if not isinstance(item, logging.LogRecord):
+            out.append(WorkerStats(**item))
+        elif on_event is not None:
+            on_event(item.getMessage())
+        else:
+            log.handle(item)
 
 
 def eta(repo: Repository, phases: PhaseCounts, workers: int) -> float | None:

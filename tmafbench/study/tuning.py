@@ -144,32 +144,42 @@ class _Slot:
     seen: list[tuple[int, Any]] = field(default_factory=list)  # (seed index, epoch record): a pruned seed has no result
     pruned: bool = False
     error: BaseException | None = None
+    check: Callable[[Any], None] | None = None  # the worker's on_epoch, called before the slot's own
 
     @property
     def done(self) -> bool:
         return self.pruned or self.error is not None or any(r.status != RunStatus.COMPLETED for r in self.results)
 
 
-def train_slots(configs: list[Any], *, trials: list[Any], params: list[dict[str, Any]], seeds: list[int], metric: str,
-                direction: str, train_many: Callable[..., list[Any]] | None = None) -> list[Any]:
+def _call(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def train_slots(configs: list[Any], on_epochs: list[Any] | None = None, *, trials: list[Any],
+                params: list[dict[str, Any]], seeds: list[int], metric: str, direction: str,
+                train_many: Callable[..., list[Any]] | None = None,
+                retry: Callable[[Callable[[], Any]], Any] = _call) -> list[Any]:
     """Train each slot's config + params on every tuning seed; a slot's value is its mean validation metric.
 
     The slots train seed by seed in step, together through `train_many` (packed where they can be).
     Each reports its per-epoch metric to its Optuna trial (step = seed index * epochs + epoch, so one
     step means the same seed and epoch in every trial) and stops at its first prune or divergence.
-    Returns, per slot, one TrialResult for the whole slot (see the module docstring for what is
-    stored) or the exception that ended it.
+    `on_epochs[k](record)` is called first after each epoch of slot k (the worker's check that the
+    slot's run is still its own); `retry` wraps each call to Optuna's storage (the worker's patience
+    with its database). Returns, per slot, one TrialResult for the whole slot (see the module
+    docstring for what is stored) or the exception that ended it.
     """
     from tmafbench.training.packed import train_many as packed
 
     train_many = train_many or packed
-    slots = [_Slot(apply_params(c, p), t, p) for c, t, p in zip(configs, trials, params)]
+    checks = on_epochs or [None] * len(configs)
+    slots = [_Slot(apply_params(c, p), t, p, check=f) for c, t, p, f in zip(configs, trials, params, checks)]
     for i, seed in enumerate(seeds):
         running = [slot for slot in slots if not slot.done]
         if not running:
             break
         outcomes = train_many([slot.config.replace(seed=seed) for slot in running],
-                              [_reporter(slot, i, seed, metric) for slot in running])
+                              [_reporter(slot, i, seed, metric, retry) for slot in running])
         for slot, outcome in zip(running, outcomes):
             if _is_pruned(outcome):
                 slot.pruned = True
@@ -194,19 +204,23 @@ def train_slot(config: Any, *, trial: Any, params: dict[str, Any], seeds: list[i
     return outcome
 
 
-def _reporter(slot: _Slot, index: int, seed: int, metric: str) -> Callable[[Any], None]:
+def _reporter(slot: _Slot, index: int, seed: int, metric: str,
+              retry: Callable[[Callable[[], Any]], Any] = _call) -> Callable[[Any], None]:
     """The per-epoch callback of one slot's seed: guard the protocol, report to Optuna, maybe prune."""
     import optuna
 
     epochs = slot.config.training.epochs
 
     def report(record: Any) -> None:
+        if slot.check is not None:
+            slot.check(record)
         _guard(record)
         slot.seen.append((index, record))
         value = record.metrics.get(metric)
         if value is not None and math.isfinite(value):
-            slot.trial.report(value, index * epochs + record.epoch)
-            if slot.trial.should_prune():
+            step = index * epochs + record.epoch
+            retry(lambda: slot.trial.report(value, step))
+            if retry(slot.trial.should_prune):
                 raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {record.epoch}")
 
     return report
