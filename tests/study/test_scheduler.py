@@ -233,3 +233,14 @@ def test_a_packed_study_stores_what_an_unpacked_one_does(tiny_spec_text, tmp_pat
     for cell, (value, size) in packed.items():
         assert size == 4 and alone[cell][1] == 1
         assert value == pytest.approx(alone[cell][0], rel=1e-5)
+
+
+def test_a_gpu_index_is_taken_among_the_gpus_the_parent_sees():
+    from tmafbench.errors import TmafbenchError
+    from tmafbench.study.scheduler import physical_gpu
+
+    assert physical_gpu("cuda:1", None) == "1" and physical_gpu("cuda:0", "") == "0"
+    assert physical_gpu("cuda:1", "2,3") == "3"  # a job restricted to GPUs 2 and 3: its second is GPU 3
+    assert physical_gpu("cuda:0", "GPU-5e3f,GPU-77aa") == "GPU-5e3f"  # UUIDs pass through
+    with pytest.raises(TmafbenchError, match="shows 2 GPU"):
+        physical_gpu("cuda:2", "2,3")

@@ -493,6 +493,18 @@ def parse_devices(devices: str, workers: int | None) -> list[str]:
     return [items[i % len(items)] for i in range(n)]
 
 
+def physical_gpu(device: str, visible: str | None) -> str:
+    """The CUDA_VISIBLE_DEVICES entry for "cuda:N": entry N of the visible list the parent inherited
+    (a machine or job that already restricts the GPUs), else N itself."""
+    index = int(device.split(":", 1)[1])
+    entries = [e.strip() for e in visible.split(",") if e.strip()] if visible else []
+    if not entries:
+        return str(index)
+    if index >= len(entries):
+        raise TmafbenchError(f"{device} requested but CUDA_VISIBLE_DEVICES={visible!r} shows {len(entries)} GPU(s)")
+    return entries[index]
+
+
 def _worker_process(loop: Callable[..., WorkerStats], study_name: str, url: str, device: str, threads: int,
                     options: WorkerOptions, queue: Any) -> None:
     """Entry point of a local worker process (spawn): pin the GPU or the thread count, then run `loop`.
@@ -501,8 +513,8 @@ def _worker_process(loop: Callable[..., WorkerStats], study_name: str, url: str,
     which shows them with its progress display; its stats follow when it ends.
     """
     if device.startswith("cuda:"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]  # before CUDA initialises
-        device = "cuda:0"
+        os.environ["CUDA_VISIBLE_DEVICES"] = physical_gpu(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        device = "cuda:0"  # the one GPU this process sees (set before CUDA initialises)
     import torch
 
     if device == "cpu":
