@@ -219,8 +219,7 @@ def final_metrics(url: str, study: str) -> dict[str, tuple[float, float]]:
 @pytest.mark.slow
 def test_a_packed_study_stores_what_an_unpacked_one_does(tiny_spec_text, tmp_path, monkeypatch):
     """The store sees ordinary runs: one per cell, the same metrics up to summation order, the pack size
-    among the timings. (The torch kernel: the native one is covered in tests/training/test_packed.py.)"""
-    monkeypatch.setenv("TMAFBENCH_KERNEL", "torch")
+    among the timings; and a packed study's report has the content of an unpacked one's."""
     design = parse_design(tiny_spec_text, ["axes.seeds=4", 'axes.activations=[{ name = "relu" }, { name = "tmaf" }]'])
     urls = {pack: f"sqlite:///{tmp_path / f'pack{pack}.db'}" for pack in (1, 4)}
     for pack, url in urls.items():
@@ -233,6 +232,21 @@ def test_a_packed_study_stores_what_an_unpacked_one_does(tiny_spec_text, tmp_pat
     for cell, (value, size) in packed.items():
         assert size == 4 and alone[cell][1] == 1
         assert value == pytest.approx(alone[cell][0], rel=1e-5)
+    # and their reports say the same: every table but the timings, value for value
+    import pandas as pd
+
+    from tmafbench.reports.render import build_report
+
+    tables = {pack: build_report(url, ["tiny"], out=tmp_path / f"rep{pack}", formats=("csv",)).folder / "tables"
+              for pack, url in urls.items()}
+    names = sorted(p.name for p in tables[1].glob("*.csv") if p.name != "timing.csv")
+    assert names == sorted(p.name for p in tables[4].glob("*.csv") if p.name != "timing.csv") and names
+    for name in names:
+        a, b = pd.read_csv(tables[1] / name), pd.read_csv(tables[4] / name)
+        assert list(a.columns) == list(b.columns) and a.shape == b.shape, name
+        numeric = a.select_dtypes("number").columns
+        pd.testing.assert_frame_equal(a[numeric], b[numeric], rtol=1e-4, check_dtype=False)
+        assert a.drop(columns=numeric).equals(b.drop(columns=numeric)), name
 
 
 def test_a_gpu_index_is_taken_among_the_gpus_the_parent_sees():
