@@ -319,15 +319,26 @@ def small_disk(path: Path, size: str = "64m") -> Iterator[Path]:
 
 
 def fill(disk: Path) -> Path:
-    """Write a file until the disk is full; returns it (delete it to free the space)."""
-    filler = disk / "filler"
-    with open(filler, "wb") as out:
+    """Write a file until the disk is full; returns it (delete it to free the space).
+
+    The file is created empty beforehand (`filler_of`): a disk the study has filled by itself
+    meanwhile (a WAL that grew on a loaded machine) has no room left for a new file's inode.
+    """
+    filler = filler_of(disk)
+    with open(filler, "ab") as out:
         try:
             while True:
                 out.write(b"\0" * 65536)
                 out.flush()
         except OSError:
             pass
+    return filler
+
+
+def filler_of(disk: Path) -> Path:
+    """The (empty) file `fill` grows, created now while the disk has room."""
+    filler = disk / "filler"
+    filler.touch()
     return filler
 
 
@@ -349,6 +360,7 @@ def one_stop_line(err: str, says: str) -> str:
 
 def test_sqlite_on_a_disk_that_fills_up_mid_study_stops_with_one_line_then_resumes(tmp_path):
     with small_disk(tmp_path / "disk") as disk:
+        filler_of(disk)
         url = f"sqlite:///{disk / 'results.db'}"
         spec = tmp_path / "blink.toml"
         spec.write_text(BLINK)
