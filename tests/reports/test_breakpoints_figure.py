@@ -33,3 +33,10 @@ def test_learned_breakpoints_are_stored_and_drawn(tmp_path):
     assert all(a < b for row in grid["learned"] for a, b in zip(row, row[1:]))  # still increasing
     report = build_report(url, ["bp"], out=tmp_path / "rep", formats=("png",))
     assert any(f.name == "learned_breakpoints" for f in report.figures)
+    # the shipped copy keeps what the figure draws
+    from tmafbench.store.ship import ship_studies
+
+    ship_studies(url, ["bp"], tmp_path / "shipped")
+    again = build_report(f"sqlite:///{tmp_path / 'shipped' / 'results.db.gz'}", ["bp"], out=tmp_path / "rep2",
+                         formats=("png",))
+    assert any(f.name == "learned_breakpoints" for f in again.figures)

@@ -11,8 +11,9 @@
     of more than 200 epochs (`max_epochs`) keeps its first and last epoch and every k-th between:
     its curves look the same, and the timing table's median and quartiles of its epoch times come
     from that even sample instead of every epoch;
-  - the artifacts the figures draw: "predictions" and "activation_curves" of the lowest completed
-    seed of each group (the run the report shows), and every tuning slot's "tuning" record.
+  - the artifacts the figures draw: "predictions", "activation_curves" and "breakpoints" of the
+    lowest completed seed of each group (the run the report shows), and every tuning slot's
+    "tuning" record.
     "activation_params" (every learned value, the largest artifact) is left out.
   Row ids are kept, so `run_id` in the CSV names the same run in the database.
 - `runs.csv`: `results export` of each study, one row per attempt.
@@ -57,7 +58,7 @@ CSV_NAME = "runs.csv"
 # Per-epoch names a report draws besides the primary metric on each set.
 DRAWN_EPOCH_NAMES = ("train_loss", "epoch_time_s", "samples_per_s")
 # Artifacts the figures draw from the lowest completed seed of each group, and the tuning record.
-DRAWN_ARTIFACTS = ("predictions", "activation_curves")
+DRAWN_ARTIFACTS = ("predictions", "activation_curves", "breakpoints")
 TUNING_ARTIFACT = "tuning"
 MAX_EPOCHS = 200  # epochs kept per run: a learning curve drawn from 200 points looks like one from 2,000
 CHUNK = 900  # SQLite's limit on bound parameters per statement, with room to spare
