@@ -156,3 +156,24 @@ def test_packed_cells_train_on_the_summed_loss_and_measure_the_training_set(acti
     mean = train_many(configs("sine-sum", activation, params, optimizer="sgd", momentum=0.0, schedule="step-half",
                               evaluate_train=True))
     assert mean[0].final_metrics["rel_l2"] != pytest.approx(packed[0].final_metrics["rel_l2"], rel=1e-3)
+
+
+def _packable_activations() -> list[tuple[str, dict]]:
+    """Every registered activation with default parameters, and PWLU with its range alignment (short
+    enough to realign within the test's 24 batches)."""
+    from tmafbench import activations  # noqa: F401  (registers them)
+    from tmafbench.registries import ACTIVATIONS
+
+    return [(name, {}) for name in ACTIVATIONS.available()] + [("pwlu", {"align": True, "align_steps": 5})]
+
+
+@pytest.mark.parametrize("activation, act_params", _packable_activations(),
+                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()) or "defaults")
+def test_every_registered_activation_packs_to_its_unpacked_runs(activation, act_params):
+    # The trainable-activation family studies (issue 14) pack PAU, APL, PWLU, the spline and Swish
+    # like TMAF: each packed cell must still end where its unpacked run ends.
+    cells = [c.replace(act_params=act_params)
+             for c in configs("sine-sum", activation, {"n": 2, "train_size": 256, "test_size": 128})]
+    assert len({pack_key(c.to_dict()) for c in cells}) == 1
+    for packed, alone in zip(train_many(cells), [train_trial(c) for c in cells]):
+        assert_same(packed, alone)

@@ -249,8 +249,10 @@ class PackedOptimizer:
     BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
     def __init__(self, params: list[PackedParam], setups: list[Setup], kind: str):
-        self.params, self.kind, self.step_count = params, kind, 0
+        self.params, self.kind = params, kind
         self.tensors = [p.tensor for p in params]
+        self.step_count = 0  # optimiser steps taken (the schedule's clock)
+        self.steps = [0] * len(self.tensors)  # each tensor's own step count, as torch.optim keeps
         maps = [[_cell_map(p, values) for values in zip(*(_hyper(s.config, p.group) for s in setups))]
                 for p in params]
         self.lr, self.wd, self.momentum = (list(m) for m in zip(*maps))
@@ -265,34 +267,49 @@ class PackedOptimizer:
 
     @torch.no_grad()
     def step(self, factor: float) -> None:
-        """One update of every active cell; `factor` is the schedule's multiplier of the base lr."""
+        """One update of every active cell; `factor` is the schedule's multiplier of the base lr.
+
+        As torch.optim does, a tensor without a gradient (e.g. PWLU's values, frozen while it
+        gathers its range statistics) is left alone, state included, and Adam's bias correction
+        counts each tensor's own steps.
+        """
         self.step_count += 1
-        params, grads = self.tensors, [t.grad for t in self.tensors]
-        lr = torch._foreach_mul(self.active_lr, factor)
+        live = [i for i, t in enumerate(self.tensors) if t.grad is not None]
+        if not live:
+            return
+        for i in live:
+            self.steps[i] += 1
+        params, grads = [self.tensors[i] for i in live], [self.tensors[i].grad for i in live]
+        first, second = [self.first[i] for i in live], [self.second[i] for i in live]
+        lr = torch._foreach_mul([self.active_lr[i] for i in live], factor)
+        wd = [self.wd[i] for i in live]
         if self.kind == "sgd":
             if self.decay:
-                grads = torch._foreach_add(grads, torch._foreach_mul(self.wd, params))
-            if self.step_count == 1:
-                torch._foreach_copy_(self.first, grads)
-            else:
-                torch._foreach_mul_(self.first, self.momentum)
-                torch._foreach_add_(self.first, grads)
-            torch._foreach_sub_(params, torch._foreach_mul(self.first, lr))
+                grads = torch._foreach_add(grads, torch._foreach_mul(wd, params))
+            started = [k for k, i in enumerate(live) if self.steps[i] > 1]
+            fresh = [k for k, i in enumerate(live) if self.steps[i] == 1]
+            if fresh:
+                torch._foreach_copy_([first[k] for k in fresh], [grads[k] for k in fresh])
+            if started:
+                buffers = [first[k] for k in started]
+                torch._foreach_mul_(buffers, [self.momentum[live[k]] for k in started])
+                torch._foreach_add_(buffers, [grads[k] for k in started])
+            torch._foreach_sub_(params, torch._foreach_mul(first, lr))
             return
         if self.decay and self.kind == "adamw":
-            torch._foreach_sub_(params, torch._foreach_mul(torch._foreach_mul(lr, self.wd), params))
+            torch._foreach_sub_(params, torch._foreach_mul(torch._foreach_mul(lr, wd), params))
         elif self.decay:
-            grads = torch._foreach_add(grads, torch._foreach_mul(self.wd, params))
-        t = self.step_count
-        torch._foreach_lerp_(self.first, grads, 1 - self.BETA1)
-        torch._foreach_mul_(self.second, self.BETA2)
-        torch._foreach_addcmul_(self.second, grads, grads, 1 - self.BETA2)
-        denom = torch._foreach_sqrt(self.second)
-        torch._foreach_div_(denom, math.sqrt(1 - self.BETA2**t))
+            grads = torch._foreach_add(grads, torch._foreach_mul(wd, params))
+        steps = [self.steps[i] for i in live]
+        torch._foreach_lerp_(first, grads, 1 - self.BETA1)
+        torch._foreach_mul_(second, self.BETA2)
+        torch._foreach_addcmul_(second, grads, grads, 1 - self.BETA2)
+        denom = torch._foreach_sqrt(second)
+        torch._foreach_div_(denom, [math.sqrt(1 - self.BETA2**t) for t in steps])
         torch._foreach_add_(denom, self.EPS)
-        update = torch._foreach_div(self.first, denom)
+        update = torch._foreach_div(first, denom)
         torch._foreach_mul_(update, lr)
-        torch._foreach_mul_(update, 1 / (1 - self.BETA1**t))
+        torch._foreach_mul_(update, [1 / (1 - self.BETA1**t) for t in steps])
         torch._foreach_sub_(params, update)
 
     def zero_grad(self) -> None:
