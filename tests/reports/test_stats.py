@@ -154,6 +154,17 @@ def test_float32_noise_is_a_tie_and_equal_means_have_zero_effect():
     assert stats.effect_size_dz([0.1, 0.3]) == pytest.approx(0.2 / statistics.stdev([0.1, 0.3]))
 
 
+def test_noise_across_a_rounding_boundary_is_a_tie():
+    # Two networks that learned nothing (paper-table-3-1-protocol, n = 8): errors 3-6e-6 apart round
+    # to gaps of exactly one unit in the sixth digit; untied, they gave d_z = inf and p < 0.001.
+    relu, tmaf = [1.000887925, 1.000958069, 1.000229199], [1.000884962, 1.000951622, 1.000223708]
+    imp = stats.improvement(np.array(tmaf), np.array(relu), "minimize")
+    assert list(imp) == [0.0, 0.0, 0.0] and stats.paired_test(imp).test == "identical"
+    assert stats.effect_size_dz(imp) == 0.0
+    # two units apart is a difference
+    assert list(stats.improvement(np.array([1.00086]), np.array([1.00088]), "minimize")) == [pytest.approx(2e-5)]
+
+
 def test_group_summary(data):
     metric, direction = frames.primary_metric(data)
     assert (metric, direction) == ("rel_l2", "minimize")

@@ -35,7 +35,10 @@ CONFIDENCE = 0.95
 MIN_WILCOXON_PAIRS = 6
 FAILURE_STATUSES = (RunStatus.DIVERGED, RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.LOST, RunStatus.RUNNING,
                     "pending")  # "pending": a cell with no attempt yet
-# Metrics are computed in float32 (about 7 significant digits): values that agree to 6 are equal.
+# Metrics are computed in float32 (about 7 significant digits): values that agree to 6 are equal,
+# and so are values one unit apart in the sixth (noise that straddles a rounding boundary: 1.0008849
+# and 1.0008879 round to 1.00088 and 1.00089; left untied, such pairs give equal rounded gaps and an
+# infinite t, as two collapsed networks of a Table 3.1 run did).
 SIGNIFICANT_DIGITS = 6
 
 # The range of each metric a report knows: errors and losses are positive, accuracy lies in (0, 1).
@@ -196,7 +199,15 @@ def improvement(candidate: np.ndarray, baseline: np.ndarray, direction: str) -> 
     candidate, baseline = _significant(candidate), _significant(baseline)
     diff = baseline - candidate if direction == "minimize" else candidate - baseline
     # Round away float noise (0.881 - 0.88 != 0.88 - 0.879) so that equal gaps and ties stay equal.
-    return np.round(diff, 12)
+    diff = np.round(diff, 12)
+    return np.where(np.abs(diff) <= _last_digit(np.maximum(np.abs(candidate), np.abs(baseline))), 0.0, diff)
+
+
+def _last_digit(values: np.ndarray) -> np.ndarray:
+    """One unit of the SIGNIFICANT_DIGITS-th digit of each value (a little more, for float noise)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        magnitude = np.floor(np.log10(values))
+    return np.where(np.isfinite(magnitude), 10.0 ** (magnitude - SIGNIFICANT_DIGITS + 1) * (1 + 1e-6), 0.0)
 
 
 def _significant(values: np.ndarray) -> np.ndarray:
