@@ -39,6 +39,8 @@ REFERENCE = {
              {"activation": "elu", "n": 1, "value": 0.1}],
 }
 STUDY = "hand"
+# (parameters, of which the activation's): a 1x20 MLP on n inputs; TMAF holds 12 values per feature.
+PARAMS = {"relu": (61, 0), "gelu": (61, 0), "tmaf": (301, 240)}
 
 
 def _axes(activation: str, n: int, seed: int) -> dict:
@@ -61,7 +63,7 @@ def _completed(session, cell, env, activation: str, value: float, seed: int, n: 
             epochs={"rel_l2": [4 * value, 2 * value, value], "train_loss": [value, value / 2, value**2],
                     "epoch_time_s": times, "samples_per_s": [1000 / t for t in times]},
             timings={"median_epoch_s": float(np.median(times)), "total_train_s": float(sum(times))},
-            artifacts=artifacts if seed == 0 else None)
+            artifacts=artifacts if seed == 0 else None, params=PARAMS[activation])
 
 
 def write_hand_study(url: str, name: str = STUDY) -> None:

@@ -267,6 +267,7 @@ def test_timing_ratio_and_hardware(data):
     assert gelu1["ratio_to_baseline"] == pytest.approx(2.0)
     assert relu1["samples_per_s"] == pytest.approx(1000 / 0.11)
     assert relu1["hardware"] == "Test CPU (cpu, 2 cores)"
+    assert (tmaf1["params"], tmaf1["act_params"], relu1["params"], relu1["act_params"]) == (301, 240, 61, 0)
     ratios = stats.run_timing_ratios(data, "relu")
     assert ratios.loc[ratios["series"] == "tmaf [-5,5]/10", "ratio"].to_numpy() == pytest.approx(3.0)
 

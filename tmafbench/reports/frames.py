@@ -289,6 +289,8 @@ def _load_cells(conn, studies: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
                 "metric_direction": outcome.get("metric_direction"),
                 "hardware": outcome.get("hardware"),
                 "device": outcome.get("device"),
+                "num_params": outcome.get("num_params"),  # the whole model's trainable parameters
+                "num_act_params": outcome.get("num_act_params"),  # of which the activations'
                 "config": r.config or {},
             }
         )
@@ -312,7 +314,7 @@ def _load_runs(conn, cell_ids: list[int]) -> dict[int, dict[str, Any]]:
     stmt = (
         select(
             Run.id, Run.cell_id, Run.attempt, Run.status, Run.device, Run.metric_name, Run.metric_direction,
-            Environment.cpu, Environment.gpu, Environment.cpu_count,
+            Run.num_params, Run.num_act_params, Environment.cpu, Environment.gpu, Environment.cpu_count,
         )
         .outerjoin(Environment, Run.environment_id == Environment.id)
         .where(Run.cell_id.in_(cell_ids))
@@ -333,6 +335,8 @@ def _load_runs(conn, cell_ids: list[int]) -> dict[int, dict[str, Any]]:
             metric_direction=row.metric_direction,
             device=row.device,
             hardware=hardware_label(row.device, row.cpu, row.gpu, row.cpu_count),
+            num_params=row.num_params,
+            num_act_params=row.num_act_params,
         )
     return outcomes
 

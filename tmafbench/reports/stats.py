@@ -407,7 +407,9 @@ def timing_summary(data: ReportData, baseline: str | None) -> pd.DataFrame:
         q25, med, q75 = np.percentile(times, [25, 50, 75])
         rows.append({"group": group, "series": f["series"].iloc[0],
                      **({"sweep": f["sweep"].iloc[0]} if data.sweep else {}),
-                     "hardware": hardware, "runs": len(f), "median_epoch_s": med, "q25_s": q25, "q75_s": q75,
+                     "hardware": hardware, "runs": len(f), "params": _median_count(f["num_params"]),
+                     "act_params": _median_count(f["num_act_params"]),
+                     "median_epoch_s": med, "q25_s": q25, "q75_s": q75,
                      "samples_per_s": float(np.nanmedian(f["samples_per_s"])) if f["samples_per_s"].notna().any() else math.nan})
     table = pd.DataFrame(rows)
     table["ratio_to_baseline"] = math.nan
@@ -437,6 +439,12 @@ def run_timing_ratios(data: ReportData, baseline: str) -> pd.DataFrame:
         r.run_median_s / base_median.get((pairs.get(r.group), r.hardware), math.nan) for r in per_run.itertuples()
     ]
     return per_run.dropna(subset=["ratio"])
+
+
+def _median_count(counts: pd.Series) -> float:
+    """The group's parameter count (its runs agree; the median if they ever differ); NaN when not stored."""
+    known = pd.to_numeric(counts, errors="coerce").dropna()
+    return float(known.median()) if len(known) else math.nan
 
 
 def _run_epoch_times(data: ReportData) -> pd.DataFrame:

@@ -145,6 +145,7 @@ def timing_table(timing: pd.DataFrame, data: ReportData, baseline: str | None) -
     shown = pd.DataFrame({
         "group": timing["series"], **{a: timing["sweep"].map(_axis_text) for a in sweep},
         "hardware": timing["hardware"], "runs": timing["runs"],
+        "parameters (activation)": [_param_text(a, b) for a, b in zip(timing["params"], timing["act_params"])],
         "median epoch (s)": timing["median_epoch_s"].map(fmt),
         "IQR (s)": [f"[{fmt(a)}, {fmt(b)}]" for a, b in zip(timing["q25_s"], timing["q75_s"])],
         "samples/s": timing["samples_per_s"].map(lambda v: fmt(v, 3)),
@@ -152,7 +153,16 @@ def timing_table(timing: pd.DataFrame, data: ReportData, baseline: str | None) -
     })
     return Table("timing", "Epoch time per group (median over all epochs of the completed runs)",
                  timing.drop(columns=["group"]), shown,
-                 "Ratios compare with the baseline group run on the same hardware in the same study.")
+                 "Ratios compare with the baseline group run on the same hardware in the same study. "
+                 "Parameters: the model's trainable parameters, and in brackets how many of them the "
+                 "activations hold.")
+
+
+def _param_text(total: float, activation: float) -> str:
+    """'2,701 (40)': the model's parameter count and the activations' share; '–' when not stored."""
+    if not math.isfinite(total):
+        return "–"
+    return f"{int(total):,}" + (f" ({int(activation):,})" if math.isfinite(activation) else "")
 
 
 def reference_table(ref: pd.DataFrame, direction: str) -> Table:

@@ -89,11 +89,14 @@ def add_run(
     artifacts: dict[str, dict] | None = None,
     environment: Environment | None = None,
     device: str = "cpu",
+    params: tuple[int, int] | None = None,
 ) -> Run:
-    """One attempt with its final/epoch metrics, timings and artifacts (NaN/inf stored as NULL)."""
+    """One attempt with its final/epoch metrics, timings, artifacts (NaN/inf stored as NULL) and
+    `params`: (the model's parameter count, the activations' share)."""
+    num_params, num_act_params = params or (None, None)
     run = Run(cell_id=cell.id, attempt=attempt, status=status, host="host", device=device,
               environment_id=environment.id if environment else None, metric_name=metric[0],
-              metric_direction=metric[1])
+              metric_direction=metric[1], num_params=num_params, num_act_params=num_act_params)
     session.add(run)
     session.flush()
     for name, value in (finals or {}).items():
