@@ -42,3 +42,21 @@ def test_history_figure_has_a_panel_per_problem(tmp_path):
     figure = history_figure(ctx, hist, facets_of(frame, several=False))
     svg = figure.paths["svg"].read_text()
     assert ">n=1<" in svg and ">n=2<" in svg and svg.count(">tmaf [-5,5]/10<") == 1  # one legend for all panels
+
+
+def test_studies_tuned_on_metrics_of_both_directions_each_pick_their_best(tmp_path, monkeypatch):
+    # A report joining an error study and an accuracy study (the trainable-activation family): each
+    # study's best trial follows its own metric (an earlier version took the first study's direction
+    # for all, and showed MNIST's *worst* trial as the chosen one).
+    from tmafbench.reports import tuning
+
+    errors = _frame()
+    accuracy = _frame().assign(study="acc", value=lambda f: 1 - f["value"])  # 0.1, 1 - 0.5/n, 0.3
+    specs = {"s": {"trials": 3, "metric": "val_rel_l2"}, "acc": {"trials": 3, "metric": "val_accuracy"}}
+    monkeypatch.setattr(tuning, "load_tuning", lambda engine, studies: (specs, pd.concat([errors, accuracy])))
+    section = tuning.build_section(None, ["s", "acc"], tmp_path, ("png",))
+    table = section.tables[0].raw.set_index(["study", "group"])
+    assert table.loc[("s", "relu depth=1 n=2"), "best_value"] == 0.25  # lowest error
+    assert table.loc[("acc", "relu depth=1 n=2"), "best_value"] == 0.75  # highest accuracy, not 0.1
+    assert set(table["metric"]) == {"val_rel_l2", "val_accuracy"}
+    assert "best value" in section.tables[0].shown.columns and section.figures

@@ -76,32 +76,42 @@ def build_section(engine: Engine, studies: list[str], folder: Path, formats: tup
     specs, frame = load_tuning(engine, studies)
     if not specs:
         return None
-    metric = next(iter(specs.values())).get("metric") or "val_rel_l2"
-    direction = metric_direction(metric)
+    # Each study tuned on its own metric (a report may join an error study and an accuracy one).
+    metrics = {name: tune.get("metric") or "val_rel_l2" for name, tune in specs.items()}
+    metric = next(iter(metrics.values())) if len(set(metrics.values())) == 1 else "validation metric"
+    direction = metric_direction(metric) if metric in metrics.values() else "mixed"
     section = Section("tuning", "tuning_", metric, direction, None)
     section.notes = [describe(n, t, len(specs) > 1) for n, t in specs.items()]
     if frame.empty:
         section.notes.append("No tuning trial has finished yet.")
         return section
-    table = chosen(frame, direction)
+    per_study = [(frame[frame["study"] == name], m, metric_direction(m)) for name, m in metrics.items()]
+    table = pd.concat([chosen(f, d).assign(metric=m) for f, m, d in per_study if not f.empty], ignore_index=True)
     section.tables = [settings_table(table, metric, direction, several=len(specs) > 1)]
     images = tuple(f for f in formats if f in ("png", "svg", "pdf"))
     if images:
+        hist = pd.concat([history(f, d) for f, _, d in per_study if not f.empty], ignore_index=True)
         ctx = FigureContext(None, metric, direction, None, folder / "figures", images, scale, "tuning_")
-        section.figures = [history_figure(ctx, history(frame, direction), facets_of(frame, several=len(specs) > 1))]
+        section.figures = [history_figure(ctx, hist, facets_of(frame, several=len(specs) > 1))]
     return section
 
 
 def settings_table(table: pd.DataFrame, metric: str, direction: str, several: bool) -> Table:
+    """`direction` "mixed" (studies tuned on metrics of both directions): a metric column says which."""
+    mixed = direction == "mixed"
     raw = table if several else table.drop(columns=["study"])
+    if not mixed:
+        raw = raw.drop(columns=["metric"], errors="ignore")
     shown = raw.copy()
     shown["best_value"] = [fmt(v) for v in shown["best_value"]]
     for col in shown.columns:
-        if col not in ("study", "group", "best_value"):
+        if col not in ("study", "group", "best_value", "metric"):
             shown[col] = [_cell(v) for v in shown[col]]
-    shown = shown.rename(columns={"best_value": f"best {metric}", "best_trial": "best trial"})
+    shown = shown.rename(columns={"best_value": "best value" if mixed else f"best {metric}", "best_trial": "best trial"})
+    rule = ("lowest error or highest accuracy, by each study's metric," if mixed else
+            f"{'lowest' if direction == 'minimize' else 'highest'} {metric}")
     return Table("tuning_settings", "Tuning: chosen settings per group", raw.reset_index(drop=True), shown.reset_index(drop=True),
-                 note=f"Best = {'lowest' if direction == 'minimize' else 'highest'} {metric} among the completed, "
+                 note=f"Best = {rule} among the completed, "
                       "non-pruned trials (ties: the earliest); its settings were used on the evaluation seeds.")
 
 
@@ -166,8 +176,10 @@ def history_figure(ctx: FigureContext, hist: pd.DataFrame, facets: dict[tuple[st
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("trial")
+    ylabel = ("validation metric: each panel's study's (errors lower, accuracies higher is better)"
+              if ctx.direction == "mixed" else metric_label(ctx.metric, ctx.direction))
     for ax in axes[:, 0]:
-        ax.set_ylabel(metric_label(ctx.metric, ctx.direction), fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     for ax in axes.flat[1:len(panels)]:  # panels may lack a series: gather every one
         for h, label in zip(*ax.get_legend_handles_labels()):
