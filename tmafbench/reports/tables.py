@@ -132,7 +132,8 @@ def paired_table(paired: pd.DataFrame, data: ReportData, metric: str, direction:
     })
     return Table("paired_vs_baseline", f"Paired comparison with {baseline}, seed by seed ({metric}, {better(direction)})",
                  paired.drop(columns=["group"]), shown,
-                 "Pairs: seeds where both runs completed; values equal to 6 significant digits, or one unit apart in the sixth, are tied. "
+                 "Pairs: seeds where both runs completed; values equal to 6 significant digits, or one unit apart "
+                 "in the sixth, are tied. "
                  "Test: Wilcoxon signed-rank on the untied per-seed differences (it drops tied pairs; 'pairs used' "
                  f"counts what it ranked); with fewer than {stats.MIN_WILCOXON_PAIRS} untied pairs, the paired t "
                  "test on every pair. p-values Holm-corrected across the rows. "

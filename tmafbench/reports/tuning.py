@@ -107,7 +107,8 @@ def settings_table(table: pd.DataFrame, metric: str, direction: str, several: bo
     for col in shown.columns:
         if col not in ("study", "group", "best_value", "metric"):
             shown[col] = [_cell(v) for v in shown[col]]
-    shown = shown.rename(columns={"best_value": "best value" if mixed else f"best {metric}", "best_trial": "best trial"})
+    best = "best value" if mixed else f"best {metric}"
+    shown = shown.rename(columns={"best_value": best, "best_trial": "best trial"})
     rule = ("lowest error or highest accuracy, by each study's metric," if mixed else
             f"{'lowest' if direction == 'minimize' else 'highest'} {metric}")
     return Table("tuning_settings", "Tuning: chosen settings per group", raw.reset_index(drop=True), shown.reset_index(drop=True),
