@@ -431,7 +431,7 @@ def test_tuning_on_postgres(postgres_url):
 def test_tuning_slots_train_packed_with_the_same_budget(sqlite_url, monkeypatch):
     """Slots claimed together train seed by seed in one pack; every group still gets exactly its trials."""
     monkeypatch.setenv("TMAFBENCH_KERNEL", "torch")
-    spec = parse_design(TUNED, ["tune.seeds=2", "tune.eval_seeds=[5, 6]", 'tune.pruner="none"',
+    spec = parse_design(TUNED, ["tune.seeds=2", "tune.eval_seeds=[5, 6]", 'tune.pruner="none"', "tune.startup_trials=3",
                                 'tune.space.training.batch_size={ choices = [16] }'])
     info = prepare(spec, sqlite_url)
     stats = worker_loop("tuned", sqlite_url, options=WorkerOptions(poll_s=0.05, pack=3))
@@ -447,3 +447,26 @@ def test_tuning_slots_train_packed_with_the_same_budget(sqlite_url, monkeypatch)
         trials = optuna.load_study(study_name=group.optuna_name, storage=sqlite_url).trials
         assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
         assert all(len(t.intermediate_values) == 2 * 2 for t in trials)  # 2 seeds x 2 epochs reported
+
+
+@pytest.mark.slow
+def test_a_tuning_pack_holds_no_more_slots_than_the_samplers_random_start(sqlite_url, monkeypatch):
+    """With --pack 16 and 6 trials (TPE's random start: 2), slots run in packs of at most 2, so every
+    trial after the first two was proposed with finished trials to learn from."""
+    monkeypatch.setenv("TMAFBENCH_KERNEL", "torch")
+    spec = parse_design(TUNED, ["tune.trials=6", "tune.startup_trials=2", "tune.eval_seeds=[5, 6]",
+                                'tune.pruner="none"', 'tune.space.training.batch_size={ choices = [16] }'])
+    info = prepare(spec, sqlite_url)
+    stats = worker_loop("tuned", sqlite_url, options=WorkerOptions(poll_s=0.05, pack=16))
+    assert stats.runs == 12 + 4 and stats.failed == 0
+    db = Database(sqlite_url)
+    with db.session() as s:
+        sizes = dict(s.execute(select(Study.name, func.max(Timing.value)).join(Cell, Cell.study_id == Study.id)
+                               .join(Run, Run.cell_id == Cell.id).join(Timing, Timing.run_id == Run.id)
+                               .where(Timing.name == "pack_size").group_by(Study.name)).all())
+    db.dispose()
+    assert sizes == {"tuned/tune": 2.0, "tuned": 2.0}  # evaluation seeds still pack as --pack says
+    for group in groups_of(info.design, "tuned"):
+        trials = optuna.load_study(study_name=group.optuna_name, storage=sqlite_url).trials
+        first_done = min(t.datetime_complete for t in trials)
+        assert sum(t.datetime_start < first_done for t in trials) == 2  # only the random start went blind

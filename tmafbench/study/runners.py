@@ -23,6 +23,8 @@ from tmafbench.study.lifecycle import StudyInfo, optuna_storage
 class Runner(Protocol):
     """Runs the claimed cells of one phase."""
 
+    max_pack: int | None  # the most cells one pack may hold in this phase (None: as --pack says)
+
     def run(self, claims: list[Claim], ctx: Any) -> list[Any]:
         """Train the claimed cells (together where they pack), store their runs and tell Optuna;
         returns their TrialResults."""
@@ -83,6 +85,8 @@ def reconcile_trials(repo: Repository, study: Any, study_id: int, grace_s: float
 
 class GridRunner:
     """Train a cell as its config says; mirror its run as a trial of the study's Optuna study."""
+
+    max_pack: int | None = None  # grid cells pack as --pack says
 
     def __init__(self, url: str, info: StudyInfo, study_id: int):
         self.storage = optuna_storage(url)
@@ -161,6 +165,11 @@ class SlotRunner:
         self.groups = groups_of(self.design, info.name)
         self.slots = {p.config_hash: p for p in slot_plans(self.design, self.groups)}
         self.by_hash = {g.group_hash: g for g in self.groups}
+        # Slots claimed together are asked of the sampler before any of them has finished. TPE's
+        # random start needs no finished trial, so a pack may hold that many; a larger one would let
+        # TPE propose a whole group's trials blind (random search) and leave the median pruner,
+        # which compares with finished trials, nothing to compare with.
+        self.max_pack = self.design.tune.n_startup()
 
     def run(self, claims: list[Claim], ctx: Any) -> list[Any]:
         from optuna.trial import TrialState

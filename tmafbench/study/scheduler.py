@@ -373,6 +373,8 @@ def drain(ctx: WorkerContext, phase: Phase, runner: Any, limits: Any) -> bool:
 
     options, stats = ctx.options, ctx.stats
     pack = options.pack_size(ctx.device)
+    if runner.max_pack:  # tuning slots: no more than the sampler can propose well at once
+        pack = min(pack, runner.max_pack)
     last_sweep = -float("inf")
     while options.max_runs is None or stats.runs < options.max_runs:
         if options.max_runs is not None:
