@@ -427,6 +427,17 @@ def test_tuning_on_postgres(postgres_url):
         assert not _metric_names(url, "tuned/tune") & {"rel_l2", "mse", "max_abs"}
 
 
+def _largest_packs(url: str) -> dict[str, float]:
+    """Study name -> the largest pack_size any of its runs trained in."""
+    db = Database(url)
+    with db.session() as s:
+        sizes = dict(s.execute(select(Study.name, func.max(Timing.value)).join(Cell, Cell.study_id == Study.id)
+                               .join(Run, Run.cell_id == Cell.id).join(Timing, Timing.run_id == Run.id)
+                               .where(Timing.name == "pack_size").group_by(Study.name)).all())
+    db.dispose()
+    return sizes
+
+
 @pytest.mark.slow
 def test_tuning_slots_train_packed_with_the_same_budget(sqlite_url, monkeypatch):
     """Slots claimed together train seed by seed in one pack; every group still gets exactly its trials."""
@@ -436,13 +447,7 @@ def test_tuning_slots_train_packed_with_the_same_budget(sqlite_url, monkeypatch)
     info = prepare(spec, sqlite_url)
     stats = worker_loop("tuned", sqlite_url, options=WorkerOptions(poll_s=0.05, pack=3))
     assert stats.runs == 6 + 4 and stats.failed == 0
-    db = Database(sqlite_url)
-    with db.session() as s:
-        sizes = dict(s.execute(select(Study.name, func.max(Timing.value)).join(Cell, Cell.study_id == Study.id)
-                               .join(Run, Run.cell_id == Cell.id).join(Timing, Timing.run_id == Run.id)
-                               .where(Timing.name == "pack_size").group_by(Study.name)).all())
-    db.dispose()
-    assert sizes == {"tuned/tune": 3.0, "tuned": 2.0}  # a group's 3 slots; a group's 2 evaluation seeds
+    assert _largest_packs(sqlite_url) == {"tuned/tune": 3.0, "tuned": 2.0}  # a group's 3 slots; a group's 2 evaluation seeds
     for group in groups_of(info.design, "tuned"):
         trials = optuna.load_study(study_name=group.optuna_name, storage=sqlite_url).trials
         assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
@@ -459,13 +464,7 @@ def test_a_tuning_pack_holds_no_more_slots_than_the_samplers_random_start(sqlite
     info = prepare(spec, sqlite_url)
     stats = worker_loop("tuned", sqlite_url, options=WorkerOptions(poll_s=0.05, pack=16))
     assert stats.runs == 12 + 4 and stats.failed == 0
-    db = Database(sqlite_url)
-    with db.session() as s:
-        sizes = dict(s.execute(select(Study.name, func.max(Timing.value)).join(Cell, Cell.study_id == Study.id)
-                               .join(Run, Run.cell_id == Cell.id).join(Timing, Timing.run_id == Run.id)
-                               .where(Timing.name == "pack_size").group_by(Study.name)).all())
-    db.dispose()
-    assert sizes == {"tuned/tune": 2.0, "tuned": 2.0}  # evaluation seeds still pack as --pack says
+    assert _largest_packs(sqlite_url) == {"tuned/tune": 2.0, "tuned": 2.0}  # evaluation seeds still pack as --pack says
     for group in groups_of(info.design, "tuned"):
         trials = optuna.load_study(study_name=group.optuna_name, storage=sqlite_url).trials
         first_done = min(t.datetime_complete for t in trials)
