@@ -286,14 +286,10 @@ class PackedOptimizer:
         if self.kind == "sgd":
             if self.decay:
                 grads = torch._foreach_add(grads, torch._foreach_mul(wd, params))
-            started = [k for k, i in enumerate(live) if self.steps[i] > 1]
-            fresh = [k for k, i in enumerate(live) if self.steps[i] == 1]
-            if fresh:
-                torch._foreach_copy_([first[k] for k in fresh], [grads[k] for k in fresh])
-            if started:
-                buffers = [first[k] for k in started]
-                torch._foreach_mul_(buffers, [self.momentum[live[k]] for k in started])
-                torch._foreach_add_(buffers, [grads[k] for k in started])
+            # A buffer is zero until its tensor's first step, so momentum * 0 + grad is torch's
+            # first-step copy of the gradient, bit for bit.
+            torch._foreach_mul_(first, [self.momentum[i] for i in live])
+            torch._foreach_add_(first, grads)
             torch._foreach_sub_(params, torch._foreach_mul(first, lr))
             return
         if self.decay and self.kind == "adamw":
