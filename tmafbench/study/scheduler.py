@@ -644,21 +644,21 @@ def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOpti
     repo = Repository(db)
     patience = Patience(redact(url), options.db_patience_s)
     start = time.perf_counter()
-    seen: list[PhaseCounts] = []
+    last_seen: PhaseCounts = []  # the latest counts read: they stand if the database is away at the end
 
     def report() -> None:
+        nonlocal last_seen
         phases = patience.quiet(lambda: phase_counts(repo, info))
         if phases is not None:
-            seen.append(phases)
+            last_seen = phases
             progress(phases, patience.quiet(lambda: eta(repo, phases, len(devices))))
 
     try:
-        phases = patience.call(lambda: phase_counts(repo, info))
+        phases = last_seen = patience.call(lambda: phase_counts(repo, info))
         if all(c.done for _p, c in phases) and phases[-1][1].total > 0:  # nothing to run: start no worker
             return StudyOutcome(info.name, phases, time.perf_counter() - start)
-        seen.append(phases)
         run = run_processes(info.name, url, devices, options, report if progress else None, poll_s, on_event=on_event)
-        phases, stopped = _final_counts(repo, info, patience, run, seen[-1])
+        phases, stopped = _final_counts(repo, info, patience, run, last_seen)
     finally:
         db.dispose()
     return StudyOutcome(info.name, phases, time.perf_counter() - start, run.workers, run.interrupted, run.exit_codes,
