@@ -78,15 +78,17 @@ def build_section(engine: Engine, studies: list[str], folder: Path, formats: tup
         return None
     # Each study tuned on its own metric (a report may join an error study and an accuracy one).
     metrics = {name: tune.get("metric") or "val_rel_l2" for name, tune in specs.items()}
-    metric = next(iter(metrics.values())) if len(set(metrics.values())) == 1 else "validation metric"
-    direction = metric_direction(metric) if metric in metrics.values() else "mixed"
+    mixed = len(set(metrics.values())) > 1
+    metric = "validation metric" if mixed else next(iter(metrics.values()))
+    direction = "mixed" if mixed else metric_direction(metric)
     section = Section("tuning", "tuning_", metric, direction, None)
     section.notes = [describe(n, t, len(specs) > 1) for n, t in specs.items()]
     if frame.empty:
         section.notes.append("No tuning trial has finished yet.")
         return section
     per_study = [(frame[frame["study"] == name], m, metric_direction(m)) for name, m in metrics.items()]
-    table = pd.concat([chosen(f, d).assign(metric=m) for f, m, d in per_study if not f.empty], ignore_index=True)
+    table = pd.concat([chosen(f, d).assign(**({"metric": m} if mixed else {})) for f, m, d in per_study if not f.empty],
+                      ignore_index=True)
     section.tables = [settings_table(table, metric, direction, several=len(specs) > 1)]
     images = tuple(f for f in formats if f in ("png", "svg", "pdf"))
     if images:
@@ -100,8 +102,6 @@ def settings_table(table: pd.DataFrame, metric: str, direction: str, several: bo
     """`direction` "mixed" (studies tuned on metrics of both directions): a metric column says which."""
     mixed = direction == "mixed"
     raw = table if several else table.drop(columns=["study"])
-    if not mixed:
-        raw = raw.drop(columns=["metric"], errors="ignore")
     shown = raw.copy()
     shown["best_value"] = [fmt(v) for v in shown["best_value"]]
     for col in shown.columns:
