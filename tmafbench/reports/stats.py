@@ -205,16 +205,20 @@ def improvement(candidate: np.ndarray, baseline: np.ndarray, direction: str) -> 
 
 def _last_digit(values: np.ndarray) -> np.ndarray:
     """One unit of the SIGNIFICANT_DIGITS-th digit of each value (a little more, for float noise)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        magnitude = np.floor(np.log10(values))
+    magnitude = _magnitude(values)
     return np.where(np.isfinite(magnitude), 10.0 ** (magnitude - SIGNIFICANT_DIGITS + 1) * (1 + 1e-6), 0.0)
+
+
+def _magnitude(values: np.ndarray) -> np.ndarray:
+    """floor(log10|x|): the decimal exponent of each value's leading digit (-inf for 0, NaN for NaN)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.floor(np.log10(np.abs(values)))
 
 
 def _significant(values: np.ndarray) -> np.ndarray:
     """Values rounded to SIGNIFICANT_DIGITS: float32 noise (0.93 stored as 0.9300000071525574) goes."""
     x = np.asarray(values, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        magnitude = np.floor(np.log10(np.abs(x)))
+    magnitude = _magnitude(x)
     scale = 10.0 ** np.where(np.isfinite(magnitude), SIGNIFICANT_DIGITS - 1 - magnitude, 0)
     return np.where(np.isfinite(x) & (x != 0), np.round(x * scale) / scale, x)
 
