@@ -51,8 +51,6 @@ _SQLITE_FAULTS = (
     ("SQLITE_IOERR", "write to", "the disk refused a write (full, over a file-size limit, or failing)", "check the disk"),
     ("SQLITE_CANTOPEN", "open", "the file cannot be opened", "check that it and its folder exist and are writable"),
 )
-_SQLITE_FAULT_TEXT = {"database or disk is full": "SQLITE_FULL", "readonly database": "SQLITE_READONLY",
-                      "disk i/o error": "SQLITE_IOERR", "unable to open database file": "SQLITE_CANTOPEN"}
 
 
 class DatabaseFault(TmafbenchError):
@@ -125,8 +123,7 @@ def storage_fault(exc: BaseException) -> tuple[str, str, str, BaseException] | N
         if _sqlstate(orig) == _PG_DISK_FULL:
             return "write to", "the database server's disk is full", "free space on the server", orig
         if type(orig).__module__.startswith("sqlite3"):
-            name = getattr(orig, "sqlite_errorname", None) or next(
-                (code for text, code in _SQLITE_FAULT_TEXT.items() if text in str(orig).lower()), "")
+            name = getattr(orig, "sqlite_errorname", "") or ""  # Python >= 3.11 names every sqlite3 error
             for code, verb, what, fix in _SQLITE_FAULTS:
                 if name.startswith(code):
                     return verb, what, fix, orig
