@@ -12,15 +12,21 @@ from tmafbench.core import TrainingConfig
 BREAKPOINT_PREFIX = "breakpoint_"  # trainable breakpoints' parameters (activations/tmaf.py)
 
 
+def activation_group(name: str) -> str:
+    """The optimiser group of an activation's parameter `name` (dotted or not): "breakpoints" or "activations"."""
+    return "breakpoints" if name.rsplit(".", 1)[-1].startswith(BREAKPOINT_PREFIX) else "activations"
+
+
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
     """(network weights, activation values, activation breakpoints), trainable ones only."""
     act_ids, bp_ids = set(), set()
     for module in model.modules():
         if isinstance(module, Activation):
             for name, p in module.named_parameters():
-                (bp_ids if name.rsplit(".", 1)[-1].startswith(BREAKPOINT_PREFIX) else act_ids).add(id(p))
+                (bp_ids if activation_group(name) == "breakpoints" else act_ids).add(id(p))
     params = [p for p in model.parameters() if p.requires_grad]
-    return ([p for p in params if id(p) not in act_ids | bp_ids], [p for p in params if id(p) in act_ids],
+    own = act_ids | bp_ids
+    return ([p for p in params if id(p) not in own], [p for p in params if id(p) in act_ids],
             [p for p in params if id(p) in bp_ids])
 
 

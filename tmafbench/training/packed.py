@@ -46,7 +46,7 @@ from torch import nn
 from tmafbench import activations
 from tmafbench.core import EpochRecord, RunStatus, TrialConfig, TrialResult
 from tmafbench.tasks.base import Task
-from tmafbench.training.optim import BREAKPOINT_PREFIX, group_settings
+from tmafbench.training.optim import activation_group, group_settings
 from tmafbench.training.timing import Timer
 from tmafbench.training.trainer import Setup, build_setup, collect_artifacts, evaluate_all, train_trial
 
@@ -149,8 +149,7 @@ class PackedActivation(nn.Module):
                 for k, o in enumerate(own):
                     target.narrow(dim, k * self.slot, features).copy_(o[name])
             if isinstance(target, nn.Parameter):
-                group = "breakpoints" if name.startswith(BREAKPOINT_PREFIX) else "activations"
-                self.packed[name] = PackedParam(target, dim, self.slot, features, group)
+                self.packed[name] = PackedParam(target, dim, self.slot, features, activation_group(name))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h [K, B, C] -> [K, B, C], each cell through its own slice of the activation."""
