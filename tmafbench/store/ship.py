@@ -95,19 +95,25 @@ def ship_studies(url: str, studies: list[str], folder: Path, max_epochs: int = M
     source = Database(url, must_exist=True)
     try:
         source.check_schema()
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="tmafbench-ship-") as tmp:
-            raw = Path(tmp) / "results.db"
-            rows = _write_slim_copy(url, studies, raw, max_epochs)
-            shipment = Shipment(folder, folder / DATABASE_NAME, folder / CSV_NAME, rows, raw.stat().st_size)
-            gzip_file(raw, shipment.database)
-        shipment.gz_bytes = shipment.database.stat().st_size
-        frame = pd.concat([runs_frame(source, name) for name in studies], ignore_index=True)
-        frame.to_csv(shipment.csv, index=False)
-        shipment.runs = len(frame)
     finally:
         source.dispose()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tmafbench-ship-") as tmp:
+        raw = Path(tmp) / "results.db"
+        rows = _write_slim_copy(url, studies, raw, max_epochs)
+        shipment = Shipment(folder, folder / DATABASE_NAME, folder / CSV_NAME, rows, raw.stat().st_size)
+        gzip_file(raw, shipment.database)  # first: reading the copy below may switch it to WAL
+        # runs.csv from the slim copy, which holds every run row it reads: the source is read once,
+        # on the read-only connection, and the two files agree by construction.
+        slim = Database(f"sqlite:///{raw}", must_exist=True)
+        try:
+            frame = pd.concat([runs_frame(slim, name) for name in studies], ignore_index=True)
+        finally:
+            slim.dispose()
+    shipment.gz_bytes = shipment.database.stat().st_size
+    frame.to_csv(shipment.csv, index=False)
+    shipment.runs = len(frame)
     return shipment
 
 
