@@ -22,7 +22,7 @@ import seaborn as sns  # noqa: E402
 
 from tmafbench.core import RunStatus, base_metric  # noqa: E402
 from tmafbench.reports import stats  # noqa: E402
-from tmafbench.reports.frames import SEED_AXIS, ReportData  # noqa: E402
+from tmafbench.reports.frames import SEED_AXIS, ReportData, training_set_metric  # noqa: E402
 
 MAX_FACETS = 4  # sweep values shown side by side; more are thinned evenly (first and last kept)
 MAX_PREDICTION_FIGURES = 3
@@ -140,8 +140,8 @@ def learning_curves(ctx: FigureContext) -> list[Figure]:
     a thin line under it (or, above MAX_SEED_LINES seeds, a band over the middle half of them)."""
     data = ctx.data
     done = _completed(data)
-    on_train = f"train_{base_metric(ctx.metric)}"
-    names = [m for m in dict.fromkeys((ctx.metric, on_train, "train_loss")) if m in set(data.epochs["name"])]
+    on_train = training_set_metric(data, ctx.metric)
+    names = [m for m in (ctx.metric, on_train, "train_loss") if m and m in set(data.epochs["name"])]
     if not names or done.empty:
         return []
     ep = data.epochs[data.epochs["name"].isin(names)].dropna(subset=["value"])
