@@ -173,3 +173,15 @@ def test_the_source_compiles_for_arm64(tmp_path):
     done = subprocess.run(["aarch64-linux-gnu-g++", *flags, "-c", str(native.SOURCE), "-o", str(tmp_path / "k.o")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_kernels_estimate_tolerance_is_the_one_spec_proves_safe():
+    # spec._uniform_estimate proves the native kernel's fast interval estimate exact for tol1 =
+    # ESTIMATE_TOL1_UNITS units of rounding (eps / 2); the kernel writes tol1 in units of epsilon.
+    import re
+
+    from tmafbench.activations.kernels import spec
+
+    source = (Path(native.__file__).parent / "tmaf_cpu.cpp").read_text()
+    found = re.findall(r"tol1 = (\d+) \* std::numeric_limits<T>::epsilon\(\)", source)
+    assert found and {2 * int(n) for n in found} == {spec.ESTIMATE_TOL1_UNITS}

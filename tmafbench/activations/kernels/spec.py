@@ -18,6 +18,10 @@ import torch
 
 #: Partial sums per gradient entry inside a chunk: element (n, c, s) goes to lane (c*S + s) % LANES.
 LANES = 8
+# tol1 of the native kernel's interval estimate, in units of rounding r = eps / 2: tmaf_cpu.cpp uses
+# tol1 = 4 * epsilon. `_uniform_estimate` proves the estimate safe with this value, so the two must
+# agree (tests/activations/test_native_build.py reads the C++ line to check).
+ESTIMATE_TOL1_UNITS = 8
 #: A chunk holds at least this many elements, and at least 16 times the number of gradient
 #: entries, so that the per-chunk partial sums stay under an eighth of the input's size.
 CHUNK_MIN_ELEMENTS = 1 << 14
@@ -103,8 +107,8 @@ def _uniform_estimate(positions: torch.Tensor, spec: BandSpec, dtype: torch.dtyp
     With u = fl(fl(v - fl(lo)) * fl(1/h)) and unit roundoff r of the dtype,
     |u - (v - lo)/h| <= 1.01 r (|lo|/h + 3.01 |u| + 1); and the float64 breakpoints sit within eps of
     lo + k h (eps measured below, with the float64 rounding of the measurement added). So
-    tol0 = 2 r (|lo|/h + 2) + 2 eps/h with tol1 = 8 r (in the kernel) bounds both for every u in
-    [-1/2, m + 1/2]; outside that range u is clamped and its index is 0 or m either way."""
+    tol0 = 2 r (|lo|/h + 2) + 2 eps/h with tol1 = ESTIMATE_TOL1_UNITS r (in the kernel) bounds both
+    for every u in [-1/2, m + 1/2]; outside that range u is clamped and its index is 0 or m either way."""
     lo, h = spec.uniform
     r = torch.finfo(dtype).eps / 2
     m = positions.shape[2]
@@ -115,7 +119,7 @@ def _uniform_estimate(positions: torch.Tensor, spec: BandSpec, dtype: torch.dtyp
         pos = positions[d, 0]
         eps = ((pos - (lo_d + k * h)).abs() + 4 * 2.0**-53 * (pos.abs() + abs(lo_d) + k * h)).max().item()
         tol0 = 2 * r * (abs(lo_d) / h + 2) + 2 * eps / h
-        if tol0 + 8 * r * (m + 1) >= 0.25:
+        if tol0 + ESTIMATE_TOL1_UNITS * r * (m + 1) >= 0.25:
             return None
         lows.append(lo_d)
         tols.append(tol0)
