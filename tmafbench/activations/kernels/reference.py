@@ -142,12 +142,12 @@ def _breakpoint_terms(sums, slots, entries, j0, j1, d, idx, rows, table, gv, x64
     per_feature = grid.positions.shape[1] != 1
     inv_a, kc = spec.bump
     terms, keys = [], []
+    row = torch.arange(j0, j1, device=idx.device).view(1, -1, 1) * m if per_feature else 0
     for k in (idx - 1, idx):  # left, then right breakpoint of each input
         ok = (k >= 0) & (k < m)
         kk = k.clamp(0, m - 1)
         left = rows - idx + kk  # table index of the value left of breakpoint kk
         jump = (flat[left + 1] - flat[left]).double()
-        row = torch.arange(j0, j1, device=idx.device).view(1, -1, 1) * m if per_feature else 0
         key = row + kk
         z = (x64[:, j0:j1] - grid.positions[d].reshape(-1)[key]) * inv_a
         w = 1 - z * z
