@@ -65,7 +65,7 @@ class ReferenceBandedTMAF(torch.autograd.Function):
                 j0, j1 = columns(r, c)
                 out[:, j0 + r:j1 + r] += term[:, j0:j1]
         ctx.save_for_backward(x3, tab, bp)
-        ctx.grid, ctx.spec, ctx.shape, ctx.dtypes = grid, spec, x.shape, [t.dtype for t in tables]
+        ctx.grid, ctx.spec, ctx.dtypes = grid, spec, [t.dtype for t in tables]
         return out.view(x.shape)
 
     @staticmethod
@@ -80,6 +80,7 @@ class ReferenceBandedTMAF(torch.autograd.Function):
         want_bp = ctx.needs_input_grad[1] and spec.bump_width > 0
         tab_slots = sums.slots(entries)
         bp_slots = sums.slots(bp.numel()) if want_bp else None
+        shape = grad.shape  # the output's, which is x's
         grad = grad.reshape(x3.shape).contiguous()
         x64 = x3.double()
         gx = None
@@ -101,7 +102,7 @@ class ReferenceBandedTMAF(torch.autograd.Function):
                 _breakpoint_terms(sums, bp_slots, bp.numel(), j0, j1, d, idx, rows, table, gv, x64, grid, spec)
         gtab = sums.total(tab_slots, entries).to(tables.dtype).view(tables.shape)
         gbp = sums.total(bp_slots, bp.numel()).to(bp.dtype).view(bp.shape) if want_bp else None
-        return (gx.view(ctx.shape), gbp, None, None, *(gtab[d].to(dtype) for d, dtype in enumerate(ctx.dtypes)))
+        return (gx.view(shape), gbp, None, None, *(gtab[d].to(dtype) for d, dtype in enumerate(ctx.dtypes)))
 
 
 class OrderedSums:

@@ -655,6 +655,20 @@ std::pair<at::Tensor, at::Tensor> flatten(const at::Tensor& x, at::TensorList ta
   return {x3, tab.to(x.scalar_type()).contiguous()};
 }
 
+// The forward pass, with or without autograd: x and the tables flattened (kept for backward), and
+// the output in x's shape.
+struct Forward {
+  at::Tensor x3, tab, out;
+};
+
+Forward run_forward(const at::Tensor& x, at::TensorList tables, const at::Tensor& thresholds,
+                    c10::ArrayRef<double> lows, c10::ArrayRef<double> tols, double inv_h, c10::ArrayRef<int64_t> rows) {
+  auto [x3, tab] = flatten(x, tables);
+  at::Tensor out = at::empty_like(x3);
+  tmaf_forward(x3, tab, thresholds, lows, tols, inv_h, rows, out);
+  return {x3, tab, out.view(x.sizes())};
+}
+
 // Inputs, in order: x, the D tables, breakpoints, thresholds, positions, then the non-tensor
 // arguments; backward returns one gradient (or an undefined tensor) for each.
 struct TmafFunction : public torch::autograd::Function<TmafFunction> {
@@ -662,21 +676,18 @@ struct TmafFunction : public torch::autograd::Function<TmafFunction> {
                             const at::Tensor& breakpoints, const at::Tensor& thresholds, const at::Tensor& positions,
                             c10::ArrayRef<double> lows, c10::ArrayRef<double> tols, double inv_h,
                             c10::ArrayRef<int64_t> rows, int64_t chunk, double inv_a, double kc) {
-    auto [x3, tab] = flatten(x, tables);
-    at::Tensor out = at::empty_like(x3);
-    tmaf_forward(x3, tab, thresholds, lows, tols, inv_h, rows, out);
-    ctx->save_for_backward({x3, tab, breakpoints, thresholds, positions});
-    // Two saved entries (each costs a map insertion): the floats, then the integers.
+    Forward f = run_forward(x, tables, thresholds, lows, tols, inv_h, rows);
+    ctx->save_for_backward({f.x3, f.tab, breakpoints, thresholds, positions});
+    // Two saved entries: the floats, then the integers.
     std::vector<double> floats{inv_h, inv_a, kc};
     floats.insert(floats.end(), lows.begin(), lows.end());
     floats.insert(floats.end(), tols.begin(), tols.end());
-    std::vector<int64_t> ints{chunk, x.dim()};
-    ints.insert(ints.end(), x.sizes().begin(), x.sizes().end());
+    std::vector<int64_t> ints{chunk};
     for (const at::Tensor& t : tables) ints.push_back(static_cast<int64_t>(t.scalar_type()));  // gradient dtypes
     ints.insert(ints.end(), rows.begin(), rows.end());
     ctx->saved_data["floats"] = std::move(floats);
     ctx->saved_data["ints"] = std::move(ints);
-    return out.view(x.sizes());
+    return f.out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -687,8 +698,8 @@ struct TmafFunction : public torch::autograd::Function<TmafFunction> {
     const std::vector<int64_t> ints = ctx->saved_data["ints"].toIntVector();
     const double inv_h = floats[0], inv_a = floats[1], kc = floats[2];
     const c10::ArrayRef<double> lows(floats.data() + 3, (floats.size() - 3) / 2), tols(lows.end(), lows.size());
-    const int64_t chunk = ints[0], ndim = ints[1];
-    const c10::IntArrayRef shape(ints.data() + 2, ndim), dtypes(shape.end(), D), rows(dtypes.end(), D);
+    const int64_t chunk = ints[0];
+    const c10::IntArrayRef dtypes(ints.data() + 1, D), rows(dtypes.end(), D);
     const int64_t nchunks = (x3.size(0) + chunk - 1) / chunk;
     at::Tensor grad = grads[0].reshape(x3.sizes()).contiguous();
     at::Tensor gx = at::empty_like(x3), gtab = at::empty_like(tab);
@@ -699,7 +710,7 @@ struct TmafFunction : public torch::autograd::Function<TmafFunction> {
     at::Tensor partial_bp = want_bp ? at::empty({nchunks, bp.numel()}, none.options()) : none;
     tmaf_backward(x3, grad, tab, thresholds, lows, tols, inv_h, rows, chunk, gx, gtab, partial,
                   want_bp ? positions : none, inv_a, kc, gbp, partial_bp);
-    variable_list out{gx.view(shape)};
+    variable_list out{gx.view(grads[0].sizes())};  // the output's shape, which is x's
     for (int64_t d = 0; d < D; d++) out.push_back(gtab[d].to(static_cast<at::ScalarType>(dtypes[d])));
     out.push_back(want_bp ? gbp.to(bp.scalar_type()) : at::Tensor());
     out.resize(out.size() + 2 + 7);  // thresholds, positions and the 7 non-tensor arguments: no gradient
@@ -713,10 +724,7 @@ at::Tensor tmaf(const at::Tensor& x, at::TensorList tables, const at::Tensor& br
   bool graph = at::GradMode::is_enabled() && (x.requires_grad() || breakpoints.requires_grad());
   for (const at::Tensor& t : tables) graph = graph || (at::GradMode::is_enabled() && t.requires_grad());
   if (!graph) {  // evaluation (no_grad, inference_mode): no autograd node, nothing saved
-    auto [x3, tab] = flatten(x, tables);
-    at::Tensor out = at::empty_like(x3);
-    tmaf_forward(x3, tab, thresholds, lows, tols, inv_h, rows, out);
-    return out.view(x.sizes());
+    return run_forward(x, tables, thresholds, lows, tols, inv_h, rows).out;
   }
   return TmafFunction::apply(x, tables, breakpoints, thresholds, positions, lows, tols, inv_h, rows, chunk, inv_a, kc);
 }
