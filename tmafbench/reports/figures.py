@@ -339,34 +339,50 @@ def _oscillating_window(x: np.ndarray, y: np.ndarray, share: float = 0.2) -> tup
     return float(x[start]), float(x[min(start + width + 1, len(x) - 1)])
 
 
-def learned_activations(ctx: FigureContext) -> list[Figure]:
-    """alpha(s)*s for a few features per layer, per series, beside ReLU s -> max(s, 0)."""
-    data = ctx.data
-    done = _completed(data).sort_values(SEED_AXIS).drop_duplicates("series")
-    stored = data.artifacts("activation_curves", done["cell_id"])
+def _layer_panels(ctx: FigureContext, artifact: str, width: float, min_width: float, height: float):
+    """A grid of panels for a per-layer artifact: one row per series (its first completed seed that
+    stored `artifact`, at most MAX_FACETS), one panel per module (at most MAX_LAYERS).
+
+    Returns (figure, axes, rows, panels) with panels as (ax, row, stored payload, module name, module
+    data); panels a row has no module for are switched off. None when no run stored the artifact.
+    """
+    done = _completed(ctx.data).sort_values(SEED_AXIS).drop_duplicates("series")
+    stored = ctx.data.artifacts(artifact, done["cell_id"])
     rows = [r for r in done.itertuples() if int(r.cell_id) in stored][:MAX_FACETS]
     if not rows:
-        return []
+        return None
     layers = max(min(len(stored[int(r.cell_id)]["modules"]), MAX_LAYERS) for r in rows)
-    fig, axes = plt.subplots(len(rows), layers, figsize=ctx.figsize(max(3.2 * layers, 5.5), 2.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), layers, figsize=ctx.figsize(max(width * layers, min_width), height * len(rows)),
+                             squeeze=False)
+    panels = []
     for i, row in enumerate(rows):
-        curves = stored[int(row.cell_id)]
-        s = np.asarray(curves["s"], float)
-        modules = list(curves["modules"].items())[:MAX_LAYERS]
-        for j in range(layers):
-            ax = axes[i][j]
-            if j >= len(modules):
+        payload = stored[int(row.cell_id)]
+        modules = list(payload["modules"].items())[:MAX_LAYERS]
+        for j, ax in enumerate(axes[i]):
+            if j < len(modules):
+                panels.append((ax, row, payload, *modules[j]))
+            else:
                 ax.axis("off")
-                continue
-            name, features = modules[j]
-            for k, y in enumerate(features[:MAX_FEATURES]):
-                ax.plot(s, y, lw=1.2, label=f"feature {k}")
-            ax.plot(s, np.maximum(s, 0), "k--", lw=1, label="ReLU")
-            ax.set_title(f"{row.series}: {name}", fontsize=8)
-            ax.set_xlabel("s (pre-activation)", fontsize=8)
-            ax.set_ylabel("output", fontsize=8)
-            ax.grid(alpha=0.3)
-        axes[i][0].legend(fontsize=6)
+    return fig, axes, rows, panels
+
+
+def learned_activations(ctx: FigureContext) -> list[Figure]:
+    """alpha(s)*s for a few features per layer, per series, beside ReLU s -> max(s, 0)."""
+    laid = _layer_panels(ctx, "activation_curves", 3.2, 5.5, 2.6)
+    if laid is None:
+        return []
+    fig, axes, rows, panels = laid
+    for ax, row, curves, name, features in panels:
+        s = np.asarray(curves["s"], float)
+        for k, y in enumerate(features[:MAX_FEATURES]):
+            ax.plot(s, y, lw=1.2, label=f"feature {k}")
+        ax.plot(s, np.maximum(s, 0), "k--", lw=1, label="ReLU")
+        ax.set_title(f"{row.series}: {name}", fontsize=8)
+        ax.set_xlabel("s (pre-activation)", fontsize=8)
+        ax.set_ylabel("output", fontsize=8)
+        ax.grid(alpha=0.3)
+    for row_axes in axes:
+        row_axes[0].legend(fontsize=6)
     fig.suptitle(f"Learned activations (seed {rows[0].seed}), ReLU dashed", fontsize=10)
     return [ctx.save(fig, "learned_activations", "Learned activations beside ReLU")]
 
@@ -374,31 +390,19 @@ def learned_activations(ctx: FigureContext) -> list[Figure]:
 def learned_breakpoints(ctx: FigureContext) -> list[Figure]:
     """Trainable breakpoints after training (dots, one row per feature) over the grid they started
     from (grey lines), for the first completed seed of each series that trains them."""
-    data = ctx.data
-    done = _completed(data).sort_values(SEED_AXIS).drop_duplicates("series")
-    stored = data.artifacts("breakpoints", done["cell_id"])
-    rows = [r for r in done.itertuples() if int(r.cell_id) in stored][:MAX_FACETS]
-    if not rows:
+    laid = _layer_panels(ctx, "breakpoints", 3.6, 6.0, 2.4)
+    if laid is None:
         return []
-    layers = max(min(len(stored[int(r.cell_id)]["modules"]), MAX_LAYERS) for r in rows)
-    fig, axes = plt.subplots(len(rows), layers, figsize=ctx.figsize(max(3.6 * layers, 6.0), 2.4 * len(rows)),
-                             squeeze=False)
-    for i, row in enumerate(rows):
-        modules = list(stored[int(row.cell_id)]["modules"].items())[:MAX_LAYERS]
-        for j in range(layers):
-            ax = axes[i][j]
-            if j >= len(modules):
-                ax.axis("off")
-                continue
-            name, grid = modules[j]
-            for s in grid["initial"]:
-                ax.axvline(s, color="0.8", lw=0.6, zorder=0)
-            for k, learned in enumerate(grid["learned"]):
-                ax.plot(learned, [k] * len(learned), "|", ms=7, color=ctx.colors.get(row.series))
-            ax.set_yticks(range(len(grid["learned"])))
-            ax.set_ylabel("feature", fontsize=8)
-            ax.set_xlabel("breakpoint position", fontsize=8)
-            ax.set_title(f"{row.series}: {name}", fontsize=8)
+    fig, _axes, rows, panels = laid
+    for ax, row, _payload, name, grid in panels:
+        for s in grid["initial"]:
+            ax.axvline(s, color="0.8", lw=0.6, zorder=0)
+        for k, learned in enumerate(grid["learned"]):
+            ax.plot(learned, [k] * len(learned), "|", ms=7, color=ctx.colors.get(row.series))
+        ax.set_yticks(range(len(grid["learned"])))
+        ax.set_ylabel("feature", fontsize=8)
+        ax.set_xlabel("breakpoint position", fontsize=8)
+        ax.set_title(f"{row.series}: {name}", fontsize=8)
     fig.suptitle(f"Learned breakpoints (seed {rows[0].seed}; grey: the grid they started from)", fontsize=10)
     return [ctx.save(fig, "learned_breakpoints", "Learned breakpoints over their starting grid")]
 
