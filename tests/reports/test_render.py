@@ -65,12 +65,40 @@ def test_database_is_not_modified(full_report):
 
 
 @pytest.mark.slow  # shares one full render (~10 s on 2 busy cores)
-def test_html_is_self_contained(full_report):
+def test_html_links_the_png_files_beside_it(full_report):
     report, _, _ = full_report
     html = (report.folder / "index.html").read_text()
-    assert "http://" not in html and "https://" not in html
-    assert html.count('src="data:image/png;base64,') == len(report.figures)
+    assert "http://" not in html and "https://" not in html and "data:image" not in html
+    links = re.findall(r'<img alt="[^"]*" src="([^"]+)">', html)
+    assert len(links) == len(report.figures) and all(link.startswith("figures/") for link in links)
+    assert all((report.folder / link).is_file() for link in links)
     assert "<link" not in html and "<script" not in html
+
+
+@pytest.mark.slow  # a second render (~5 s)
+def test_self_contained_html_embeds_every_figure(tmp_path, hand_db):
+    report = build_report(hand_db, ["hand"], out=tmp_path / "out", formats=parse_formats("html"), figure_scale=0.4,
+                          self_contained=True)
+    html = (report.folder / "index.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(report.figures) > 0
+    assert 'src="figures/' not in html and "<link" not in html and "<script" not in html
+
+
+def test_a_rebuild_removes_figures_it_no_longer_draws(tmp_path, new_db):
+    url, session = new_db
+    study = add_study(session, "bare")
+    for act, values in (("relu", [0.9, 0.91]), ("tmaf", [0.93, 0.92])):
+        for seed, v in enumerate(values):
+            cell = add_cell(session, study, {"activation": act, "seed": seed}, task="mnist")
+            add_run(session, cell, metric=("accuracy", "maximize"), finals={"accuracy": v})
+    session.commit()
+    figures = tmp_path / "out" / "figures"
+    figures.mkdir(parents=True)
+    for stale in ("predictions_intervals-None.png", "seeds.svg", "notes.txt"):
+        (figures / stale).write_text("from an older build")
+    build_report(url, ["bare"], out=tmp_path / "out", formats=("png",), figure_scale=0.4)
+    # a PNG this build did not write goes; other formats and other files stay
+    assert sorted(p.name for p in figures.iterdir()) == ["notes.txt", "seeds.png", "seeds.svg"]
 
 
 @pytest.mark.slow  # shares one full render (~10 s on 2 busy cores)

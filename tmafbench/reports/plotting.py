@@ -3,8 +3,8 @@
 - one colour per group, the same in every figure of a report (`Palette`);
 - one legend per figure, outside the panels, naming exactly what is drawn (`finish`): every drawn
   artist carries a gid that is a legend label (`tag`), which the figure tests check;
-- every axis can be read: tick labels on every panel, and a log axis that spans fewer than two
-  powers of ten labels its minor ticks in plain numbers (`readable_axes`);
+- every axis can be read: tick labels on every panel, and a log axis with fewer than three powers
+  of ten in view labels its minor ticks in plain numbers (`readable_axes`);
 - the band rule (`spread_of`): up to MAX_SEED_LINES seeds a line shows every seed, above it a band
   over the middle half; and where a band would hide another group's line, each group gets its own
   panel (`hides`);
@@ -153,7 +153,8 @@ def _plain(value: float, _pos=None) -> str:
 
 def readable_axes(fig: MplFigure) -> None:
     """Tick labels on every panel (shared axes hide them on inner panels), and a log axis with fewer
-    than two powers of ten in view labels its minor ticks (2, 3, 5 x 10^k) in plain numbers."""
+    than three powers of ten in view labels its minor ticks too (2 and 5 x 10^k; 2, 3, 5 x 10^k within
+    a decade), every label in plain numbers."""
     for ax in fig.axes:
         if not ax.axison:
             continue
@@ -162,11 +163,12 @@ def readable_axes(fig: MplFigure) -> None:
             if axis.get_scale() != "log":
                 continue
             low, high = sorted(limits)
-            powers = math.floor(math.log10(high)) - math.ceil(math.log10(low)) + 1 if low > 0 else 2
-            if powers >= 2:
+            powers = math.floor(math.log10(high)) - math.ceil(math.log10(low)) + 1 if low > 0 else 3
+            if powers >= 3:
                 axis.set_minor_formatter(NullFormatter())  # decades are labelled; minor labels would clutter
                 continue
-            subs = (2.0, 3.0, 5.0) if high / low > 3 else tuple(float(s) for s in range(2, 10))
+            ratio = high / low
+            subs = (2.0, 5.0) if ratio > 10 else (2.0, 3.0, 5.0) if ratio > 3 else tuple(float(s) for s in range(2, 10))
             axis.set_minor_locator(LogLocator(base=10, subs=subs))
             axis.set_minor_formatter(FuncFormatter(_plain))
             axis.set_major_formatter(FuncFormatter(_plain))
@@ -185,23 +187,32 @@ def finish(fig: MplFigure, legend: Mapping[str, Artist] | None) -> None:
             fig.tight_layout()
             return
         width, height = fig.get_size_inches()
-        usable = max(height - 0.4, 1.0) * fig.dpi
-        handle, ncol = None, 1
-        for _ in range(2):
-            handle = fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 1.0),
-                                frameon=False, fontsize=LEGEND_FONT, ncol=ncol)
-            box = handle.get_window_extent(fig.canvas.get_renderer())
-            if box.height <= usable or ncol > 1:
-                break
-            handle.remove()
-            ncol = math.ceil(box.height / usable)
+        handle, box = _legend(fig, legend, height)
         extra = box.width / fig.dpi + 0.2
+        # A legend taller than the figure makes the figure taller (the panels stretch with it).
+        height = max(height, box.height / fig.dpi + 0.3)
         fig.set_size_inches(width + extra, height)
         share = width / (width + extra)
         _fit_suptitle(fig, share)
         fig.tight_layout(rect=(0, 0, share, 1))
-        tops = [ax.get_position().y1 for ax in fig.axes if ax.axison]
-        handle.set_bbox_to_anchor((share + 0.05 / (width + extra), max(tops, default=1.0)), transform=fig.transFigure)
+        # Level with the top of the panels, or higher where the legend would reach below the figure.
+        top = max((ax.get_position().y1 for ax in fig.axes if ax.axison), default=1.0)
+        top = max(top, min(1.0, (box.height / fig.dpi + 0.1) / height))
+        handle.set_bbox_to_anchor((share + 0.05 / (width + extra), top), transform=fig.transFigure)
+
+
+def _legend(fig: MplFigure, legend: Mapping[str, Artist], height: float):
+    """The figure legend, in as many columns (up to 4) as it needs to be no taller than the figure."""
+    usable = max(height - 0.4, 1.0) * fig.dpi
+    ncol = 1
+    while True:
+        handle = fig.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                            frameon=False, fontsize=LEGEND_FONT, ncol=ncol)
+        box = handle.get_window_extent(fig.canvas.get_renderer())
+        if box.height <= usable or ncol >= 4:
+            return handle, box
+        handle.remove()
+        ncol = min(4, max(ncol + 1, math.ceil(box.height * ncol / usable)))
 
 
 def _fit_suptitle(fig: MplFigure, share: float) -> None:
