@@ -359,3 +359,44 @@ def test_reference_rows_go_to_their_own_task_section(tmp_path, new_db):
     assert refs["shallow"]["reference"].tolist() == [0.089]
     assert refs["deep"]["reference"].tolist() == [0.14, 0.21]
     assert refs["deep"]["verdict"].tolist()[1] == "no matching group in the study"
+
+
+def test_a_group_without_the_swept_grid_says_no_grid(tmp_path, new_db):
+    # Table 3.2's search: the grid is swept (100 and 200 intervals) and ReLU has none. Headers, cells
+    # and file names say "no grid", never None or a dash.
+    url, session = new_db
+    study = add_study(session, "grids")
+    for act, intervals, level in (("relu", None, 0.8), ("tmaf", 100, 0.2), ("tmaf", 200, 0.3)):
+        for seed in range(3):
+            axes = {"activation": act, "grid": f"h{2 / intervals:g}" if intervals else None, "intervals": intervals,
+                    "seed": seed}
+            cell = add_cell(session, study, axes)
+            add_run(session, cell, finals={"rel_l2": level + seed / 100},
+                    epochs={"rel_l2": [1.0, level + seed / 100], "train_loss": [1.0, level]})
+    session.commit()
+    report = build_report(url, ["grids"], out=tmp_path / "out", formats=parse_formats("md,html"), figure_scale=0.4)
+    md = (report.folder / "index.md").read_text()
+    assert "| group | no grid | intervals=100 | intervals=200 |" in md
+    assert "| relu | no grid | 3/3 |" in md
+    assert "None" not in md and "=–" not in md
+    assert "predictions_intervals" not in md  # no predictions stored; figures of the sweep are named by slug
+    assert not any("None" in p.name for p in (report.folder / "figures").iterdir())
+
+
+def test_a_timing_ratio_inside_its_spread_is_flagged_noisy(tmp_path, new_db):
+    # Epoch times measured while other work shared the machine: TMAF's epochs overlap ReLU's, so its
+    # ratio (about 1.05) cannot say which is faster; tri-diagonal TMAF's (about 2) can.
+    url, session = new_db
+    study = add_study(session, "noisy")
+    times = {"relu": [0.8, 1.0, 1.2, 1.0], "tmaf": [0.9, 1.05, 1.3, 1.05], "tmaf-tridiag": [1.9, 2.0, 2.1, 2.0]}
+    for act, epoch_times in times.items():
+        for seed in range(2):
+            cell = add_cell(session, study, {"activation": act, "seed": seed})
+            add_run(session, cell, finals={"rel_l2": 0.5}, epochs={"epoch_time_s": epoch_times})
+    session.commit()
+    report = build_report(url, ["noisy"], out=tmp_path / "out", formats=("md", "csv"))
+    md = (report.folder / "index.md").read_text()
+    assert "| 1.05 (noisy: the spread includes 1) | [0.964, 1.17] |" in md  # 1.0125 / 1.05, 1.1125 / 0.95
+    assert "| 2 | [1.88, 2.13] |" in md and "| 1 | (baseline) |" in md
+    raw = next(t for t in report.tables if t.name == "timing").raw
+    assert raw["noisy"].tolist()[1:] == [True, False]
