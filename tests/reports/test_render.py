@@ -84,14 +84,19 @@ def test_self_contained_html_embeds_every_figure(tmp_path, hand_db):
     assert 'src="figures/' not in html and "<link" not in html and "<script" not in html
 
 
-def test_a_rebuild_removes_figures_it_no_longer_draws(tmp_path, new_db):
-    url, session = new_db
+def _bare(session) -> None:
+    """Study "bare": final accuracies only (no epochs, timings or artifacts), two activations, two seeds."""
     study = add_study(session, "bare")
     for act, values in (("relu", [0.9, 0.91]), ("tmaf", [0.93, 0.92])):
         for seed, v in enumerate(values):
             cell = add_cell(session, study, {"activation": act, "seed": seed}, task="mnist")
             add_run(session, cell, metric=("accuracy", "maximize"), finals={"accuracy": v})
     session.commit()
+
+
+def test_a_rebuild_removes_figures_it_no_longer_draws(tmp_path, new_db):
+    url, session = new_db
+    _bare(session)
     figures = tmp_path / "out" / "figures"
     figures.mkdir(parents=True)
     for stale in ("predictions_intervals-None.png", "seeds.svg", "notes.txt"):
@@ -117,12 +122,7 @@ def test_markdown_marks_incomplete_groups_and_links_figures(full_report):
 
 def test_figures_only_when_data_exists(tmp_path, new_db):
     url, session = new_db  # final metrics only: no epochs, timings or artifacts
-    study = add_study(session, "bare")
-    for act, values in (("relu", [0.9, 0.91]), ("tmaf", [0.93, 0.92])):
-        for seed, v in enumerate(values):
-            cell = add_cell(session, study, {"activation": act, "seed": seed}, task="mnist")
-            add_run(session, cell, metric=("accuracy", "maximize"), finals={"accuracy": v})
-    session.commit()
+    _bare(session)
     report = build_report(url, ["bare"], out=tmp_path / "out", formats=parse_formats("md,csv,pdf"), figure_scale=0.5)
     assert [f.name for f in report.figures] == ["seeds"]
     assert report.figures[0].paths["pdf"].read_bytes()[:5] == b"%PDF-"

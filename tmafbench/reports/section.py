@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tmafbench.reports.figures import Figure
+from tmafbench.reports.plotting import Figure
 from tmafbench.reports.tables import Table
 
 
