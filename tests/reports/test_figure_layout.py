@@ -9,18 +9,20 @@ The figures are laid out but not written (no image format), so the test takes se
 
 from __future__ import annotations
 
+from itertools import chain
+
 import pandas as pd
 import pytest
+from layout_study import activation_names, write_layout_study
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.ticker import FixedLocator
 from matplotlib.transforms import Bbox
 
-from layout_study import activation_names, write_layout_study
 from tmafbench.core import SlotState
 from tmafbench.reports import frames, stats
 from tmafbench.reports.curves import history_figure
 from tmafbench.reports.figures import draw_all
-from tmafbench.reports.plotting import FigureContext, Palette, drawn_gids, legend_labels
+from tmafbench.reports.plotting import FigureContext, Palette
 from tmafbench.reports.tuning import facets_of, history
 
 KINDS = {"metric_vs_axis", "seeds", "learning_curves", "learned_activations", "learned_breakpoints", "timing"}
@@ -53,6 +55,15 @@ def laid_out(request, tmp_path_factory):
     for fig in figures.values():
         FigureCanvasAgg(fig).draw()  # closed figures lose their canvas; text and ticks exist once drawn
     return list(dict.fromkeys(data.cells["series"])), figures, records
+
+
+def drawn_gids(fig) -> set:
+    """The gid (legend label) of everything drawn in a visible panel: lines, bands, boxes, points."""
+    return {a.get_gid() for ax in fig.axes if ax.axison for a in chain(ax.lines, ax.collections, ax.patches)}
+
+
+def legend_labels(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
 
 
 def _tuning_history(groups: int):

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import math
 
-from tmafbench.reports.labels import axis_text, axis_title, label_all, metric_label, slug
+from tmafbench.reports.labels import (
+    axis_text,
+    axis_title,
+    label_all,
+    metric_label,
+    slug,
+)
 
 
 def test_values_read_as_written_and_a_missing_one_says_what_the_cell_is():

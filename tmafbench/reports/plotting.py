@@ -71,9 +71,6 @@ class Palette:
             self._colors[name] = next(self._next)
         return self._colors[name]
 
-    def get(self, name: str, default=None) -> tuple:
-        return self[name]
-
 
 def _colors() -> Iterator[tuple]:
     named = [plt.get_cmap(m).colors for m in ("tab10", "Dark2", "Set1")]
@@ -232,19 +229,6 @@ def _fit_suptitle(fig: MplFigure, share: float) -> None:
         lines = title.get_text().split("\n")
         chars = max(20, int(max(len(line) for line in lines) * 0.95 * full / wide))
         title.set_text("\n".join(textwrap.fill(line, chars) for line in lines))
-
-
-def drawn_gids(fig: MplFigure) -> set[str]:
-    """Every gid on an artist drawn in a visible panel (for tests and checks)."""
-    gids = set()
-    for ax in fig.axes:
-        if ax.axison:
-            gids |= {a.get_gid() for a in chain(ax.lines, ax.collections, ax.patches)}
-    return gids
-
-
-def legend_labels(fig: MplFigure) -> list[str]:
-    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
 
 
 # ----------------------------------------------------------------------------- figure records
