@@ -6,6 +6,7 @@ and lines that coincide drawn dashed in turns and named in the title.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
@@ -111,7 +112,7 @@ def learning_curves(ctx: FigureContext) -> list[Figure]:
             ax.set_title(title, fontsize=9)
             ax.set_ylabel(metric_label(name, direction) if c % ncols == 0 else "", fontsize=8)
             _epoch_axis(ax, first, last, marker)
-        _share_limits(panels)
+        _share_limits(panels, log)
     for ax in axes.flat:
         if id(ax) not in used:  # the last block's empty places
             ax.axis("off")
@@ -177,13 +178,19 @@ def _epoch_axis(ax, first: int, last: int, marker) -> None:
         ax.set_xlim(first - margin, last + margin)
 
 
-def _share_limits(panels: list) -> None:
-    """One y range for a metric's panels, so that they compare at a glance."""
-    limits = [ax.get_ylim() for ax in panels if ax.has_data()]
-    if limits:
-        low, high = min(lo for lo, _ in limits), max(hi for _, hi in limits)
-        for ax in panels:
-            ax.set_ylim(low, high)
+def _share_limits(panels: list, log: bool) -> None:
+    """One y range for a metric's panels, so that they compare at a glance: every panel's data and a
+    5% margin (on the log scale for a log axis)."""
+    spans = [ax.dataLim.intervaly for ax in panels if ax.has_data()]
+    if not spans:
+        return
+    low, high = min(s[0] for s in spans), max(s[1] for s in spans)
+    if log:
+        low, high = math.log10(low), math.log10(high)
+    pad = 0.05 * (high - low) or 0.05 * (abs(high) or 1.0)
+    low, high = low - pad, high + pad
+    for ax in panels:
+        ax.set_ylim((10**low, 10**high) if log else (low, high))
 
 
 def _notes(said: Panels, last: int) -> list[str]:

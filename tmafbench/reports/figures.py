@@ -29,12 +29,14 @@ from tmafbench.reports.plotting import (
     IMAGE_FORMATS,
     Figure,
     FigureContext,
+    coinciding,
     completed,
     facet_title,
     facet_values,
     in_facet,
     line_entry,
     tag,
+    turn_dashes,
     use_log,
 )
 
@@ -226,11 +228,18 @@ def _prediction_figure(ctx: FigureContext, cells: pd.DataFrame, stored: dict, va
     lo, hi = _oscillating_window(x, target)
     fig, (full, zoom) = plt.subplots(1, 2, figsize=ctx.figsize(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     legend = {"target": line_entry("black", lw=2.2)}
+    curves = {row.series: dict(zip(stored[int(row.cell_id)]["x"], stored[int(row.cell_id)]["prediction"]))
+              for row in cells.itertuples()}
+    styles = {}
+    clusters = coinciding(curves, log=False)
+    for cluster in clusters:
+        styles.update({s: turn_dashes(i, len(cluster)) for i, s in enumerate(cluster)})
     for ax in (full, zoom):
         tag(ax.plot(x, target, color="black", lw=2.2), "target")
         for row in cells.itertuples():
             pred = stored[int(row.cell_id)]
-            tag(ax.plot(pred["x"], pred["prediction"], lw=1.1, color=ctx.colors[row.series]), row.series)
+            tag(ax.plot(pred["x"], pred["prediction"], lw=1.1, color=ctx.colors[row.series],
+                        ls=styles.get(row.series, "-")), row.series)
             legend[row.series] = line_entry(ctx.colors[row.series], lw=1.1)
         ax.set_xlabel("x")
         ax.grid(alpha=0.3)
@@ -247,6 +256,8 @@ def _prediction_figure(ctx: FigureContext, cells: pd.DataFrame, stored: dict, va
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"each group's lowest completed seed: {label_all([str(s) for s in seeds])}"
     full.set_title("target and predictions" + (f" ({where})" if where else "") + f", {seed_text}", fontsize=10)
     zoom.set_title(window, fontsize=10)
+    if clusters:
+        fig.suptitle("Coinciding, drawn dashed in turns: " + "; ".join(" = ".join(c) for c in clusters), fontsize=9)
     if data.sweep:
         suffix = f"_{data.sweep}-{slug(value)}" if not is_missing(value) else f"_{slug(axis_text(value, data.sweep))}"
     else:

@@ -8,7 +8,8 @@
 - the band rule (`spread_of`): up to MAX_SEED_LINES seeds a line shows every seed, above it a band
   over the middle half; and where a band would hide another group's line, each group gets its own
   panel (`hides`);
-- lines that coincide stay visible: dashed in turns over each other, and named (`coinciding`).
+- lines that coincide stay visible: dashed in turns over each other, and named (`coinciding`): learning
+  curves and predictions.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.artist import Artist
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import Container
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from PIL import Image
 
 from tmafbench.core import RunStatus
 from tmafbench.reports.frames import ReportData
@@ -42,8 +45,10 @@ from tmafbench.reports.labels import axis_title
 MAX_SEED_LINES = 10
 # A band hides another group's line when that line runs inside it for more than this share of epochs.
 HIDE_SHARE = 0.1
-# Two mean curves coincide when they differ by less than this share of the panel's height everywhere.
+# Two curves coincide when they differ by less than this share of the panel's height at this share of
+# their points or more (a line 1 to 2 points wide on a panel about 200 points high hides the other).
 COINCIDE_SHARE = 0.01
+COINCIDE_POINTS = 0.9
 LEGEND_FONT = 8
 IMAGE_FORMATS = ("png", "svg", "pdf")
 
@@ -109,24 +114,26 @@ def hides(x: np.ndarray, low: np.ndarray, high: np.ndarray, line: Mapping[float,
 
 
 def coinciding(curves: Mapping[str, Mapping[float, float]], log: bool) -> list[list[str]]:
-    """Groups of names whose curves (epoch -> value) differ by less than COINCIDE_SHARE of the panel's
-    height at every shared epoch (on the log scale when the panel is log), first name first."""
-    def scale(v: float) -> float:
-        return math.log10(v) if log and v > 0 else v
+    """Groups of names whose curves (x -> value, on the same x) lie within COINCIDE_SHARE of the panel's
+    height of each other (on the log scale when the panel is log) at COINCIDE_POINTS of their points or
+    more: one line would hide the other along most of its path. First name first."""
+    def scale(values: np.ndarray) -> np.ndarray:
+        return np.log10(np.where(values > 0, values, np.nan)) if log else values
 
-    values = [scale(v) for c in curves.values() for v in c.values() if np.isfinite(v) and (v > 0 or not log)]
-    if len(values) < 2:
+    arrays = {name: (np.asarray(list(c), float), scale(np.asarray(list(c.values()), float))) for name, c in curves.items()}
+    finite = np.concatenate([v[np.isfinite(v)] for _, v in arrays.values()]) if arrays else np.array([])
+    if len(arrays) < 2 or finite.size < 2:
         return []
-    tolerance = COINCIDE_SHARE * ((max(values) - min(values)) or 1.0)
+    tolerance = COINCIDE_SHARE * (float(finite.max() - finite.min()) or 1.0)
     clusters: list[list[str]] = []
-    for name, curve in curves.items():
+    for name, (x, y) in arrays.items():
         for cluster in clusters:
-            first = curves[cluster[0]]
-            shared = [e for e in curve if e in first]
-            if shared and len(shared) == len(curve) == len(first) and all(
-                    abs(scale(curve[e]) - scale(first[e])) <= tolerance for e in shared):
-                cluster.append(name)
-                break
+            first_x, first_y = arrays[cluster[0]]
+            if len(x) == len(first_x) and np.array_equal(x, first_x):
+                close = np.abs(y - first_y) <= tolerance  # NaN (a missing value) is not close
+                if close.mean() >= COINCIDE_POINTS:
+                    cluster.append(name)
+                    break
         else:
             clusters.append([name])
     return [c for c in clusters if len(c) > 1]
@@ -263,9 +270,12 @@ class FigureContext:
         finish(fig, legend)
         for ext in self.formats:
             path = self.folder / f"{name}.{ext}"
-            # SVG text stays text (not glyph paths): smaller files, faster writes.
-            with plt.rc_context({"svg.fonttype": "none"}):
-                fig.savefig(path, dpi=100)
+            if ext == "png":
+                _save_png(fig, path)
+            else:
+                # SVG text stays text (not glyph paths): smaller files, faster writes.
+                with plt.rc_context({"svg.fonttype": "none"}):
+                    fig.savefig(path, dpi=100)
             record.paths[ext] = path
         if self.drawn is not None:
             self.drawn.append(fig)
@@ -281,6 +291,17 @@ class FigureContext:
 
     def figsize(self, w: float, h: float) -> tuple[float, float]:
         return (w * self.scale, h * self.scale)
+
+
+def _save_png(fig: MplFigure, path: Path) -> None:
+    """The figure at 100 dpi in 256 colours: a chart has a few hues and their anti-aliased edges, which
+    a palette keeps to the eye at about a third of the bytes of full colour (committed reports are
+    rebuilt, and every rebuild adds its figures to the repository's history)."""
+    canvas = FigureCanvasAgg(fig) if not isinstance(fig.canvas, FigureCanvasAgg) else fig.canvas
+    fig.set_dpi(100)
+    canvas.draw()
+    image = Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+    image.quantize(256, method=Image.Quantize.FASTOCTREE).save(path, format="PNG")
 
 
 def completed(data: ReportData) -> pd.DataFrame:
