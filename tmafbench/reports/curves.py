@@ -117,9 +117,7 @@ def learning_curves(ctx: FigureContext) -> list[Figure]:
         if id(ax) not in used:  # the last block's empty places
             ax.axis("off")
     legend = {s: line_entry(ctx.colors[s], marker=marker, markersize=5) for s in order if s in drawn}
-    spread = ", ".join(SPREAD_TEXT[s] + (f" ({MAX_SEED_LINES} seeds or fewer)" if s == "lines" else
-                                         f" (more than {MAX_SEED_LINES} seeds)") for s in sorted(said.spreads, reverse=True)) \
-        if len(said.spreads) > 1 else SPREAD_TEXT[next(iter(said.spreads))]
+    spread = _spread_text(said.spreads)
     notes = _notes(said, last)
     fig.suptitle("\n".join([f"Learning curves: mean over seeds (thick), {spread}", *notes]), fontsize=10)
     title = f"Learning curves (mean over seeds; {spread})" + ("; one epoch: points" if last == 1 else "")
@@ -191,6 +189,14 @@ def _share_limits(panels: list, log: bool) -> None:
     low, high = low - pad, high + pad
     for ax in panels:
         ax.set_ylim((10**low, 10**high) if log else (low, high))
+
+
+def _spread_text(spreads: set[str]) -> str:
+    """What the thin lines or bands mean; with both in one figure, when each is used."""
+    if len(spreads) == 1:
+        return SPREAD_TEXT[next(iter(spreads))]
+    return (f"{SPREAD_TEXT['lines']} ({MAX_SEED_LINES} seeds or fewer), "
+            f"{SPREAD_TEXT['band']} (more than {MAX_SEED_LINES} seeds)")
 
 
 def _notes(said: Panels, last: int) -> list[str]:
