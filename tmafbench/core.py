@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, field_validator
+
+from tmafbench.errors import InputError
 
 # --- statuses -----------------------------------------------------------------------------------
 
@@ -128,8 +130,16 @@ def best_trial(rows: list[dict[str, Any]], direction: str) -> dict[str, Any] | N
 # Numbers keep the type they were given: 0 stays 0, 0.0 stays 0.0 (hashes never change with the
 # path a config took); a bool is not a number.
 Number = StrictInt | StrictFloat
-Positive = Annotated[Number, Field(gt=0)]
-NonNegative = Annotated[Number, Field(ge=0)]
+
+
+def _finite(value: int | float) -> int | float:
+    if not math.isfinite(value):  # nan fails the bounds below on its own; inf would pass them
+        raise ValueError("must be a finite number")
+    return value
+
+
+Positive = Annotated[Number, Field(gt=0), AfterValidator(_finite)]
+NonNegative = Annotated[Number, Field(ge=0), AfterValidator(_finite)]
 
 # Training options a search space may not touch: they define the protocol, not a setting.
 FIXED_TRAINING = {
@@ -163,7 +173,7 @@ class _Config(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ValueError(describe_error(cls, exc)) from None
+            raise InputError(describe_error(cls, exc)) from None
 
 
 class TrainingConfig(_Config):
@@ -259,6 +269,8 @@ def describe_error(model: type[BaseModel], exc: ValidationError) -> str:
         return f"{name} must be {bounds[kind]} {limit}, got {got!r}"
     if kind == "missing":
         return f"{name} is required"
+    if kind == "value_error":
+        return f"{name} {err['msg'].removeprefix('Value error, ')}, got {got!r}"
     return f"{name}: {err['msg']} (got {type(got).__name__} {got!r})"
 
 

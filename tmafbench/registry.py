@@ -11,11 +11,16 @@ listing names and parameters does not import the package, and with it torch.
 from __future__ import annotations
 
 import ast
+import collections.abc
 import inspect
+import math
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, Literal, TypeVar
+
+from tmafbench.errors import InputError
 
 T = TypeVar("T")
 
@@ -30,6 +35,8 @@ class ParamInfo:
     #: Every value the parameter can take, when its type says so: (False, True) for a bool,
     #: the values of a `Literal[...]`; None otherwise.
     choices: tuple[Any, ...] | None = None
+    #: The evaluated annotation (None when there is none, or it cannot be evaluated): values are checked against it.
+    hint: Any = None
 
     @property
     def required(self) -> bool:
@@ -87,7 +94,7 @@ class Registry(Generic[T]):
                 continue
             annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
             params.append(ParamInfo(p.name, p.default, str(annotation) if annotation is not inspect.Parameter.empty else "",
-                                    _choices(hints.get(p.name))))
+                                    _choices(hints.get(p.name)), hints.get(p.name)))
         return tuple(params)
 
     def available(self) -> list[str]:
@@ -97,7 +104,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise ValueError(
+            raise InputError(
                 f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.available())}"
             ) from None
 
@@ -108,17 +115,30 @@ class Registry(Generic[T]):
         unknown = sorted(set(params) - known)
         if unknown:
             valid = ", ".join(p.describe() for p in entry.params) or "(none)"
-            raise ValueError(
+            raise InputError(
                 f"{self.kind} {name!r} takes no parameter {', '.join(map(repr, unknown))}; valid: {valid}"
             )
         missing = [p.name for p in entry.params if p.required and p.name not in params]
         if missing:
-            raise ValueError(f"{self.kind} {name!r} needs parameter(s): {', '.join(missing)}")
+            raise InputError(f"{self.kind} {name!r} needs parameter(s): {', '.join(missing)}")
+        for info in entry.params:
+            if info.name in params and info.hint is not None and not fits(params[info.name], info.hint):
+                value = params[info.name]
+                raise InputError(f"{self.kind} {name!r}: {info.name} must be {type_text(info.hint)}, got "
+                                 f"{type(value).__name__} {value!r}")
 
     def create(self, name: str, *args: Any, **params: Any) -> T:
-        """Build the object registered as `name`; positional args are the caller's (reserved) ones."""
+        """Build the object registered as `name`; positional args are the caller's (reserved) ones.
+
+        A ValueError of the factory is about the values it was given (say, lo >= hi): an InputError.
+        """
         self.check_params(name, params)
-        return self._entries[name].factory(*args, **params)
+        try:
+            return self._entries[name].factory(*args, **params)
+        except ValueError as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"{self.kind} {name!r}: {exc}") from exc
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, summary, parameters) rows for `tmafbench activations|tasks|models`."""
@@ -223,6 +243,62 @@ def _type_hints(target: Callable[..., Any]) -> dict[str, Any]:
         return typing.get_type_hints(target)
     except Exception:  # an annotation naming something unimportable only loses its choices
         return {}
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a parameter value (from TOML, JSON or the command line) has the annotated type.
+
+    An int is a float; a bool is not a number; a float must be finite; a list or tuple is a
+    `list[...]`, `tuple[...]` or `Sequence[...]` whose items fit. Types this cannot judge (a class,
+    a callable) pass: the factory checks them.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, arm) for arm in args)
+    if origin is Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if hint in (list, tuple) or origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(fits(v, a) for v, a in zip(value, args))
+        return not args or all(fits(v, args[0]) for v in value)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+_TYPE_WORDS = {float: ("a finite number", "finite numbers"), int: ("an integer", "integers"),
+               str: ("a string", "strings"), bool: ("true or false", "booleans")}
+
+
+def type_text(hint: Any, plural: bool = False) -> str:
+    """A readable type: 'a finite number', 'an integer or None', "one of 'feature', 'layer'",
+    'a list of finite numbers'."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "None"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_text(arm, plural) for arm in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if hint in _TYPE_WORDS:
+        return _TYPE_WORDS[hint][plural]
+    if origin in (list, tuple, collections.abc.Sequence):
+        return ("lists" if plural else "a list") + (f" of {type_text(args[0], plural=True)}" if args else "")
+    return getattr(hint, "__name__", str(hint))
 
 
 def _choices(hint: Any) -> tuple[Any, ...] | None:

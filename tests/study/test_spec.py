@@ -41,7 +41,7 @@ BAD = [
     # (replace this, with this, expected fragments of the message)
     ('description = "two activations, two seeds"', 'descripton = "typo"', ["descripton", "unknown key", ":3"]),
     ("seeds = 2", 'seeds = "two"', ["axes.seeds", "tiny.toml:"]),
-    ("width = 8 }", 'width = "8" }', ["defaults.model_params", "width must be int", "got str '8'"]),
+    ("width = 8 }", 'width = "8" }', ["defaults.model_params", "width must be an integer", "got str '8'"]),
     ('name = "tanh"', 'name = "tahn"', ["axes.activations[1].name", "unknown activation 'tahn'", "relu"]),
     ('task = "sine-sum"', 'task = "sinesum"', ["unknown task 'sinesum'", "sine-sum"]),
     ("epochs = 1,", "epochs = 0,", ["epochs must be >= 1"]),

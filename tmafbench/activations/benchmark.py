@@ -29,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 from tmafbench import activations
 from tmafbench.activations.kernels import backend_for
 from tmafbench.activations.tmaf import BandedTMAFBase
+from tmafbench.errors import InputError
 
 DEFAULT_SHAPES: tuple[tuple[int, ...], ...] = ((20000, 20), (4096, 1024), (128, 64, 32, 32))
 DEFAULT_INTERVALS: tuple[int, ...] = (10, 100)
@@ -61,9 +62,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"bad shape {text!r}; write it like 4096x1024 or 128x64x32x32") from None
+        raise InputError(f"bad shape {text!r}; write it like 4096x1024 or 128x64x32x32") from None
     if len(shape) < 2 or min(shape) < 1:
-        raise ValueError(f"bad shape {text!r}: need at least two positive sizes [N, C, ...]")
+        raise InputError(f"bad shape {text!r}: need at least two positive sizes [N, C, ...]")
     return shape
 
 
@@ -192,9 +193,9 @@ def bench_activations(
     1 thread gives steadier figures, because a parallel region waits for its slowest thread.
     """
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+        raise InputError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise InputError(f"threads must be >= 1, got {threads}")
     configs = configurations(names, intervals)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation
+from tmafbench.errors import InputError
 
 
 class FixedActivation(Activation):
@@ -76,7 +77,7 @@ class GELU(FixedActivation):
     def __init__(self, num_features: int, approximate: Literal["none", "tanh"] = "none"):
         super().__init__(num_features)
         if approximate not in ("none", "tanh"):
-            raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+            raise InputError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +91,7 @@ class Softplus(FixedActivation):
     def __init__(self, num_features: int, beta: float = 1.0):
         super().__init__(num_features)
         if float(beta) <= 0:
-            raise ValueError(f"softplus beta must be > 0, got {beta}")
+            raise InputError(f"softplus beta must be > 0, got {beta}")
         self.beta = float(beta)
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +129,7 @@ class PLU(FixedActivation):
     def __init__(self, num_features: int, a: float = 0.1, c: float = 1.0):
         super().__init__(num_features)
         if float(c) <= 0:
-            raise ValueError(f"plu c must be > 0, got {c}")
+            raise InputError(f"plu c must be > 0, got {c}")
         self.a, self.c = float(a), float(c)
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from tmafbench.errors import InputError
+
 DEFAULT_LO, DEFAULT_HI, DEFAULT_INTERVALS = -5.0, 5.0, 10
 
 
@@ -28,12 +30,12 @@ class Grid:
         """Breakpoints lo, lo + h, ..., hi with h = (hi - lo) / intervals."""
         lo, hi = float(lo), float(hi)
         if isinstance(intervals, bool) or int(intervals) != intervals:
-            raise ValueError(f"intervals must be an integer, got {intervals!r}")
+            raise InputError(f"intervals must be an integer, got {intervals!r}")
         intervals = int(intervals)
         if intervals < 1:
-            raise ValueError(f"a grid needs at least 1 interval, got intervals={intervals}")
+            raise InputError(f"a grid needs at least 1 interval, got intervals={intervals}")
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-            raise ValueError(f"grid needs finite lo < hi, got lo={lo:g}, hi={hi:g}")
+            raise InputError(f"grid needs finite lo < hi, got lo={lo:g}, hi={hi:g}")
         h = (hi - lo) / intervals
         # lo + k*h, with the end point pinned to hi so that rounding never moves it.
         points = tuple(lo + k * h for k in range(intervals)) + (hi,)
@@ -45,15 +47,15 @@ class Grid:
         try:
             points = tuple(float(s) for s in breakpoints)
         except (TypeError, ValueError):
-            raise ValueError(f"breakpoints must be a list of numbers, got {breakpoints!r}") from None
+            raise InputError(f"breakpoints must be a list of numbers, got {breakpoints!r}") from None
         if not points:
-            raise ValueError("breakpoints must hold at least one value (a grid needs at least 1 interval)")
+            raise InputError("breakpoints must hold at least one value (a grid needs at least 1 interval)")
         if not all(math.isfinite(s) for s in points):
-            raise ValueError(f"breakpoints must be finite, got {list(points)}")
+            raise InputError(f"breakpoints must be finite, got {list(points)}")
         bad = [i for i in range(1, len(points)) if points[i] <= points[i - 1]]
         if bad:
             i = bad[0]
-            raise ValueError(
+            raise InputError(
                 f"breakpoints must be strictly increasing, but breakpoints[{i}]={points[i]:g} <= "
                 f"breakpoints[{i - 1}]={points[i - 1]:g}"
             )
@@ -71,7 +73,7 @@ class Grid:
         if breakpoints is not None:
             given = [n for n, v in (("lo", lo), ("hi", hi), ("intervals", intervals)) if v is not None]
             if given:
-                raise ValueError(f"give either breakpoints or lo/hi/intervals, not both (also got {', '.join(given)})")
+                raise InputError(f"give either breakpoints or lo/hi/intervals, not both (also got {', '.join(given)})")
             return cls.explicit(breakpoints)
         return cls.uniform_grid(
             DEFAULT_LO if lo is None else lo,

@@ -23,6 +23,7 @@ from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.grid import Grid
 from tmafbench.activations.base import Share
 from tmafbench.activations.tmaf import BandedTMAFBase, Init
+from tmafbench.errors import InputError
 
 
 def banded_shifts(bandwidth: int, h: float) -> list[float]:
@@ -39,7 +40,7 @@ def _offset(value: float | None, default: float, name: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise InputError(f"{name} must be a number, got {value!r}") from None
 
 
 @ACTIVATIONS.register("tmaf-tridiag")
@@ -84,6 +85,6 @@ class BandedTMAF(BandedTMAFBase):
         train_breakpoints: bool = False,
     ):
         if isinstance(bandwidth, bool) or not isinstance(bandwidth, int) or bandwidth < 0:
-            raise ValueError(f"bandwidth must be an integer >= 0, got {bandwidth!r}")
+            raise InputError(f"bandwidth must be an integer >= 0, got {bandwidth!r}")
         grid = Grid.from_params(lo, hi, intervals, breakpoints)
         super().__init__(num_features, grid, banded_shifts(bandwidth, grid.width), init, slope, share, train_breakpoints)

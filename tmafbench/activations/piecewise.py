@@ -15,6 +15,7 @@ from torch import nn
 from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view, sum_over_samples
 from tmafbench.activations.tmaf import check_share
+from tmafbench.errors import InputError
 
 #: APL starting points: the paper's random slopes and hinges, or slopes 0 (exactly ReLU).
 APLInit = Literal["paper", "relu"]
@@ -132,9 +133,9 @@ class APL(Activation):
         super().__init__(num_features)
         self.share = check_share(share)
         if int(hinges) < 1:
-            raise ValueError(f"apl hinges must be >= 1, got {hinges}")
+            raise InputError(f"apl hinges must be >= 1, got {hinges}")
         if init not in ("paper", "relu"):
-            raise ValueError(f"unknown apl init {init!r}; choose one of: paper, relu")
+            raise InputError(f"unknown apl init {init!r}; choose one of: paper, relu")
         self.init = init
         rows = self.num_features if share == "feature" else 1
         # From the global (trial-seeded) generator, like the network's weights.
@@ -178,11 +179,11 @@ class PWLU(Activation):
         super().__init__(num_features)
         self.share = check_share(share)
         if int(pieces) < 1:
-            raise ValueError(f"pwlu pieces must be >= 1, got {pieces}")
+            raise InputError(f"pwlu pieces must be >= 1, got {pieces}")
         if not float(left) < float(right):
-            raise ValueError(f"pwlu needs left < right, got left={left}, right={right}")
+            raise InputError(f"pwlu needs left < right, got left={left}, right={right}")
         if int(align_steps) < 1:
-            raise ValueError(f"pwlu align_steps must be >= 1, got {align_steps}")
+            raise InputError(f"pwlu align_steps must be >= 1, got {align_steps}")
         self.pieces, self.align, self.align_steps = int(pieces), bool(align), int(align_steps)
         rows = self.num_features if share == "feature" else 1
         self.left = nn.Parameter(torch.full((rows,), float(left)))

@@ -29,6 +29,7 @@ from torch import nn
 from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view
 from tmafbench.activations.tmaf import check_share
+from tmafbench.errors import InputError
 
 #: Where the initial fit is made and how finely (uniform points, ends included).
 FIT_RANGE = (-3.0, 3.0)
@@ -94,7 +95,7 @@ class PAU(Activation):
         self.share = check_share(share)
         m, n = int(numerator_degree), int(denominator_degree)
         if m < 1 or n < 1:
-            raise ValueError(f"pau degrees must be >= 1, got numerator_degree={m}, denominator_degree={n}")
+            raise InputError(f"pau degrees must be >= 1, got numerator_degree={m}, denominator_degree={n}")
         a, b = leaky_relu_fit(m, n, float(slope))
         rows = self.num_features if share == "feature" else 1
         self.numerator = nn.Parameter(torch.tensor(a).expand(rows, m + 1).clone())  # a_0..a_m

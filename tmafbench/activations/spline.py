@@ -30,6 +30,7 @@ from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view
 from tmafbench.activations.piecewise import PolynomialLookup, flat_rows, uniform_cells
 from tmafbench.activations.tmaf import check_share
+from tmafbench.errors import InputError
 
 ORDER = 3  # cubic
 
@@ -54,9 +55,9 @@ class KANSpline(Activation):
         super().__init__(num_features)
         self.share = check_share(share)
         if int(grid_size) < 1:
-            raise ValueError(f"kan-spline grid_size must be >= 1, got {grid_size}")
+            raise InputError(f"kan-spline grid_size must be >= 1, got {grid_size}")
         if not float(left) < float(right):
-            raise ValueError(f"kan-spline needs left < right, got left={left}, right={right}")
+            raise InputError(f"kan-spline needs left < right, got left={left}, right={right}")
         self.grid_size, self.left, self.right = int(grid_size), float(left), float(right)
         rows = self.num_features if share == "feature" else 1
         noise_draw = torch.rand(rows, self.grid_size + ORDER) - 0.5  # global (trial-seeded) generator

@@ -36,6 +36,7 @@ from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share
 from tmafbench.activations.grid import Grid
 from tmafbench.activations.kernels import BandSpec, GridTensors, banded_tmaf, grid_tensors
+from tmafbench.errors import InputError
 
 #: Starting values; Literal types let the registry (and the option-matrix test) list the choices.
 Init = Literal["relu", "leaky", "identity", "random"]
@@ -45,7 +46,7 @@ SHARES: tuple[str, ...] = get_args(Share)
 
 def check_share(share: str) -> str:
     if share not in SHARES:
-        raise ValueError(f"share must be one of {', '.join(SHARES)}; got {share!r}")
+        raise InputError(f"share must be one of {', '.join(SHARES)}; got {share!r}")
     return share
 
 
@@ -57,10 +58,10 @@ def initial_values(grid: Grid, init: str, slope: float, rows: int) -> torch.Tens
     if init == "random":
         return torch.rand(rows, k)  # U(0, 1), from the global (trial-seeded) generator
     if init not in ("relu", "leaky"):
-        raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
+        raise InputError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
     z = grid.zero_index()
     if z is None:
-        raise ValueError(
+        raise InputError(
             f"init={init!r}: 0 must be a breakpoint for an exact relu/leaky init, but grid {grid.label} "
             f"has none (use an even number of intervals on a symmetric range, add 0 to breakpoints, "
             f"or use init='identity' or 'random')"

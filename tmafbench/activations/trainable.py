@@ -11,6 +11,7 @@ from torch import nn
 from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view, sum_over_samples
 from tmafbench.activations.tmaf import check_share
+from tmafbench.errors import InputError
 
 #: sigma choices of `scaled` (the Literal lets the registry list them).
 Sigma = Literal["relu", "leaky_relu", "elu", "selu", "gelu", "softplus", "silu", "mish", "tanh", "sigmoid"]
@@ -53,7 +54,7 @@ class Scaled(Activation):
     def __init__(self, num_features: int, sigma: Sigma = "tanh", init: float = 1.0, share: Share = "feature"):
         super().__init__(num_features)
         if sigma not in SIGMAS:
-            raise ValueError(f"unknown sigma {sigma!r}; choose one of: {', '.join(SIGMAS)}")
+            raise InputError(f"unknown sigma {sigma!r}; choose one of: {', '.join(SIGMAS)}")
         self.share = check_share(share)
         self.sigma = sigma
         self._fn = SIGMAS[sigma]

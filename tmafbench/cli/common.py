@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import typer
 
-from tmafbench.errors import TmafbenchError
+from tmafbench.errors import InputError, TmafbenchError
 
 DEFAULT_STORAGE = "sqlite:///tmafbench.db"
 STORAGE_ENV = "TMAFBENCH_STORAGE"
@@ -94,7 +94,7 @@ def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, 
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{option} expects key=value, got {item!r}")
+            raise InputError(f"{option} expects key=value, got {item!r}")
         params[key.strip()] = parse_value(value)
     return params
 

@@ -1,4 +1,4 @@
-"""`tmafbench tasks | models | activations`: what exists, with each one's parameters.
+"""`tmafbench studies | tasks | models | activations`: what exists, with each one's parameters.
 
 The lists are read from the source (`Registry.catalog`): printing them imports no torch.
 """
@@ -37,7 +37,26 @@ def list_activations() -> None:
     print_rows("activations", ACTIVATIONS.catalog())
 
 
+def list_studies() -> None:
+    """List the study files that ship with tmafbench (`tmafbench study run NAME` runs one)."""
+    import shutil
+    import sys
+
+    from tmafbench.study.files import packaged_studies
+
+    studies = packaged_studies()
+    width = max(len(s.name) for s in studies) + 2
+    # One line each: cut to a terminal's width; whole lines when the output goes to a file or a pipe.
+    room = shutil.get_terminal_size().columns - width if sys.stdout.isatty() else None
+    for study in studies:
+        text = study.description
+        if room is not None and len(text) > room:
+            text = text[:max(0, room - 3)] + "..."
+        typer.echo(f"{study.name:<{width}}{text}")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("studies")(list_studies)
     app.command("tasks")(list_tasks)
     app.command("models")(list_models)
     app.command("activations")(list_activations)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tmafbench.cli.common import App, resolve_storage
+from tmafbench.errors import InputError
 
 results_app = App(help="Query and export results (read-only).")
 
@@ -30,7 +31,7 @@ def _print_frame(frame: Any, fmt: str) -> None:
             table.add_row(*("" if v is None else str(v) for v in row))
         Console(width=200).print(table)
     else:
-        raise ValueError(f"--format must be table, csv or json, got {fmt!r}")
+        raise InputError(f"--format must be table, csv or json, got {fmt!r}")
 
 
 def query_cmd(sql: str = typer.Argument(..., help="One SQL statement, e.g. \"select * from tmaf_cell limit 5\"."),
@@ -40,7 +41,7 @@ def query_cmd(sql: str = typer.Argument(..., help="One SQL statement, e.g. \"sel
     from tmafbench.store.export import query
 
     if fmt not in ("table", "csv", "json"):
-        raise ValueError(f"--format must be table, csv or json, got {fmt!r}")
+        raise InputError(f"--format must be table, csv or json, got {fmt!r}")
     _print_frame(query(resolve_storage(storage), sql), fmt)
 
 

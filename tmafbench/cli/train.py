@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tmafbench.cli.common import parse_params
 from tmafbench.core import TrialResult
+from tmafbench.errors import InputError
 
 
 def parse_batch_size(text: str) -> int | None:
@@ -21,9 +22,9 @@ def parse_batch_size(text: str) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"--batch-size expects a positive integer, 0 or 'full', got {text!r}") from None
+        raise InputError(f"--batch-size expects a positive integer, 0 or 'full', got {text!r}") from None
     if value < 0:
-        raise ValueError(f"--batch-size expects a positive integer, 0 or 'full', got {text!r}")
+        raise InputError(f"--batch-size expects a positive integer, 0 or 'full', got {text!r}")
     return value
 
 

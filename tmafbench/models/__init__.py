@@ -15,6 +15,7 @@ from tmafbench.models.cnn import SmallCNN
 from tmafbench.models.mlp import MLP, input_features
 from tmafbench.models.resnet_cifar import ResNetCifar
 from tmafbench.registries import MODELS as REGISTRY
+from tmafbench.errors import InputError
 
 ActivationFactory = Callable[[int], nn.Module]
 
@@ -39,7 +40,7 @@ def resnet18_cifar(activation: ActivationFactory, task: Any, width: int = 64) ->
 
 def _image_channels(task: Any, model: str) -> int:
     if len(task.input_shape) != 3:
-        raise ValueError(f"model {model!r} needs image inputs [C, H, W]; task {task.name!r} has shape {task.input_shape}")
+        raise InputError(f"model {model!r} needs image inputs [C, H, W]; task {task.name!r} has shape {task.input_shape}")
     return int(task.input_shape[0])
 
 

@@ -7,6 +7,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from tmafbench.errors import InputError
+
 ActivationFactory = Callable[[int], nn.Module]
 
 
@@ -16,7 +18,7 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, activation: ActivationFactory, width: int = 32):
         super().__init__()
         if int(width) != width or width < 1:
-            raise ValueError(f"cnn: width must be a positive integer, got {width!r}")
+            raise InputError(f"cnn: width must be a positive integer, got {width!r}")
         stages: list[nn.Module] = []
         channels = in_channels
         for out in (width, 2 * width, 4 * width):

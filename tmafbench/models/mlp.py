@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from tmafbench.errors import InputError
+
 ActivationFactory = Callable[[int], nn.Module]
 
 
@@ -18,9 +20,9 @@ class MLP(nn.Module):
                  width: int = 20):
         super().__init__()
         if int(depth) != depth or depth < 1:
-            raise ValueError(f"mlp: depth must be a positive integer, got {depth!r}")
+            raise InputError(f"mlp: depth must be a positive integer, got {depth!r}")
         if int(width) != width or width < 1:
-            raise ValueError(f"mlp: width must be a positive integer, got {width!r}")
+            raise InputError(f"mlp: width must be a positive integer, got {width!r}")
         layers: list[nn.Module] = []
         features = in_features
         for _ in range(int(depth)):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from tmafbench.core import RunStatus
-from tmafbench.errors import TmafbenchError
+from tmafbench.errors import InputError, TmafbenchError
 from tmafbench.reports import frames, stats, tables, tuning
 from tmafbench.reports.figures import IMAGE_FORMATS, Figure, FigureContext, draw_all
 from tmafbench.reports.labels import metric_label, slug
@@ -78,7 +78,7 @@ def parse_formats(text: str | None) -> tuple[str, ...]:
     items = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
     unknown = [f for f in items if f not in ALL_FORMATS]
     if unknown or not items:
-        raise ValueError(f"unknown format {', '.join(unknown) or repr(text)}; choose from: {', '.join(ALL_FORMATS)}")
+        raise InputError(f"unknown format {', '.join(unknown) or repr(text)}; choose from: {', '.join(ALL_FORMATS)}")
     if ({"md", "html"} & set(items)) and "png" not in items:
         items += ("png",)
     return items

@@ -9,7 +9,7 @@ import pandas as pd
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from tmafbench.errors import TmafbenchError
+from tmafbench.errors import InputError, TmafbenchError
 from tmafbench.store.database import Database, read_only_engine, redact
 from tmafbench.store.gzipped import readable_copy
 from tmafbench.store.schema import Cell, FinalMetric, Run, Study, Timing
@@ -46,9 +46,9 @@ EXPORT_FORMATS = ("csv", "json", "parquet")
 def export_runs(url: str, study: str, fmt: str = "csv", out: Path | None = None) -> pd.DataFrame:
     """The study's runs, one tidy row each (`runs_frame`); also written to `out` in `fmt` when given."""
     if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"--format must be csv, json or parquet, got {fmt!r}")
+        raise InputError(f"--format must be csv, json or parquet, got {fmt!r}")
     if fmt == "parquet" and out is None:
-        raise ValueError("--format parquet needs --out FILE")
+        raise InputError("--format parquet needs --out FILE")
     db = Database(readable_copy(url), must_exist=True)
     try:
         db.check_schema()

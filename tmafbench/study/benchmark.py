@@ -28,6 +28,7 @@ from tmafbench.study.design import parse_design
 from tmafbench.study.lifecycle import prepare
 from tmafbench.study.local import run_local
 from tmafbench.study.worker import WorkerOptions
+from tmafbench.errors import InputError
 
 INSTANT = """
 name = "{name}"
@@ -147,7 +148,7 @@ def run_benchmarks(storage: str, workers: int, trials: int, what: list[str]) -> 
     """The figures asked for: storage "sqlite" (a temporary file) or a PostgreSQL server URL."""
     unknown = sorted(set(what) - {"throughput", "kill", "speedup"})
     if unknown:
-        raise ValueError(f"--run: unknown {unknown}; choose from throughput, kill, speedup")
+        raise InputError(f"--run: unknown {unknown}; choose from throughput, kill, speedup")
     base = None if storage == "sqlite" else storage
     out: dict[str, Any] = {"storage": "sqlite (temporary file)" if base is None else redact(base)}
     if "throughput" in what:

@@ -14,13 +14,13 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from tmafbench.errors import SpecError
 from tmafbench.study.cells import CellPlan, cells_hash, expand
+from tmafbench.study.files import locate
 from tmafbench.study.spec import StudySpec, apply_overrides, spec_error
 from tmafbench.study.tune_spec import SpaceParam, TuneSpec, check_tune, parse_space, validate_model
 
@@ -84,11 +84,10 @@ def _legacy_hash(data: dict[str, Any], ignored: tuple[str, ...]) -> str:
 
 
 def load_design(path: Any, overrides: list[str] | None = None) -> StudyDesign:
-    """Read a study file, with or without `[tune]`, and validate everything (nothing is written)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"no study file at {path}")
-    return parse_design(path.read_text(), overrides, source=str(path))
+    """Read a study file (a path, or a packaged study's name), with or without `[tune]`, and validate
+    everything (nothing is written)."""
+    path = locate(path)
+    return parse_design(path.read_text(encoding="utf-8"), overrides, source=str(path))
 
 
 def parse_design(text: str, overrides: list[str] | None = None, source: str = "<study>") -> StudyDesign:
@@ -108,7 +107,7 @@ def stored_form(path: Any, overrides: list[str] | None = None) -> dict[str, Any]
     needs nothing that imports torch.
     """
     try:
-        data = apply_overrides(tomllib.loads(Path(path).read_text()), overrides or [])
+        data = apply_overrides(tomllib.loads(locate(path).read_text(encoding="utf-8")), overrides or [])
         if "tune" in data:
             return _stored(data, data["tune"])
         return StudySpec.model_validate(data).to_dict()

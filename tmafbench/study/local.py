@@ -22,7 +22,7 @@ from queue import Empty
 from typing import Any, Callable, Protocol
 
 from tmafbench.core import Ending
-from tmafbench.errors import TmafbenchError
+from tmafbench.errors import InputError, TmafbenchError
 from tmafbench.store.database import Database, redact
 from tmafbench.store.repository import Counts, Repository
 from tmafbench.store.resilience import DatabaseFault, Patience
@@ -56,11 +56,11 @@ def resolve_devices(devices: str, workers: int | None) -> list[str]:
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(f"--devices: device {cuda[0]!r} requested but CUDA is not available on this machine; "
+            raise InputError(f"--devices: device {cuda[0]!r} requested but CUDA is not available on this machine; "
                              "use --devices cpu (or auto)")
         count = torch.cuda.device_count()
         if int(cuda[-1][5:]) >= count:
-            raise ValueError(f"--devices: device {cuda[-1]!r} requested but this machine has {count} CUDA "
+            raise InputError(f"--devices: device {cuda[-1]!r} requested but this machine has {count} CUDA "
                              f"device(s): cuda:0 to cuda:{count - 1}")
     return items
 
@@ -76,15 +76,15 @@ def parse_devices(devices: str, workers: int | None) -> list[str]:
     if devices == "cpu":
         n = 1 if workers is None else workers
         if n < 1:
-            raise ValueError(f"--workers must be >= 1, got {n}")
+            raise InputError(f"--workers must be >= 1, got {n}")
         return ["cpu"] * n
     items = [d.strip() for d in devices.split(",") if d.strip()]
     for d in items:
         if not (d.startswith("cuda:") and d[5:].isdigit()):
-            raise ValueError(f"--devices: {d!r} is not cpu, auto or cuda:N")
+            raise InputError(f"--devices: {d!r} is not cpu, auto or cuda:N")
     n = len(items) if workers is None else workers
     if n < 1:
-        raise ValueError(f"--workers must be >= 1, got {n}")
+        raise InputError(f"--workers must be >= 1, got {n}")
     return [items[i % len(items)] for i in range(n)]
 
 

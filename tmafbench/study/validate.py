@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from tmafbench.errors import SpecError
-from tmafbench.registry import Registry, registry_of
+from tmafbench.errors import InputError, SpecError
+from tmafbench.registry import registry_of
 from tmafbench.study.cells import expand, grids_for, own_grid, takes_grid
 from tmafbench.core import ReportSpec
 from tmafbench.study.spec import ScopedAxis, ScopedCases, StudySpec
@@ -20,28 +20,13 @@ MakeError = Callable[[tuple[Any, ...], str], SpecError]
 
 
 def check_name_params(module: Any, kind: str, name: str, params: dict[str, Any]) -> None:
-    """Raise ValueError for an unknown name or parameter, without building anything."""
+    """Raise InputError for an unknown name, or a parameter that is unknown or of the wrong type
+    (checked against the constructor's annotations), without building anything."""
     registry = registry_of(module)
     if registry is not None:
         registry.check_params(name, params)
-        check_types(registry, name, params)
     elif name not in module.available():
-        raise ValueError(f"unknown {kind} {name!r}; choose one of: {', '.join(module.available())}")
-
-
-def check_types(registry: Registry, name: str, params: dict[str, Any]) -> None:
-    """A value must have its default's type (int is fine for a float); None defaults accept anything."""
-    for info in registry.entry(name).params:
-        if info.name not in params or info.required or info.default is None:
-            continue
-        value, default = params[info.name], info.default
-        expected = (int, float) if type(default) is float else type(default)
-        ok = isinstance(value, expected) and not (isinstance(value, bool) and type(default) is not bool)
-        if type(default) is tuple:
-            ok = isinstance(value, (list, tuple))
-        if not ok:
-            raise ValueError(f"{registry.kind} {name!r}: {info.name} must be {type(default).__name__}, "
-                             f"got {type(value).__name__} {value!r}")
+        raise InputError(f"unknown {kind} {name!r}; choose one of: {', '.join(module.available())}")
 
 
 def _unique(labels: list[str], what: str, loc: tuple[Any, ...], err: MakeError) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 # Importing the modules registers their tasks.
 from tmafbench.registries import TASKS as REGISTRY
-from tmafbench.tasks import functions, vision  # noqa: F401
+from tmafbench.tasks import functions, glyphs, vision  # noqa: F401
 from tmafbench.tasks.base import Task, TaskData
 
 

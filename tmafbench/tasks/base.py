@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tmafbench.tasks import metrics as _metrics
+from tmafbench.errors import InputError
 
 Kind = Literal["regression", "classification"]
 
@@ -46,9 +47,9 @@ def check_size(name: str, value: int | None, available: int | None = None) -> in
     if value is None:
         return None
     if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
     if available is not None and value > available:
-        raise ValueError(f"{name}={value} is larger than the {available} samples available")
+        raise InputError(f"{name}={value} is larger than the {available} samples available")
     return int(value)
 
 
@@ -107,7 +108,7 @@ class Task:
         network gives a scalar, K packed networks (pred [K, N, out]) give one loss per network [K].
         """
         if reduction not in ("mean", "sum"):
-            raise ValueError(f"unknown loss reduction {reduction!r}; choose one of: mean, sum")
+            raise InputError(f"unknown loss reduction {reduction!r}; choose one of: mean, sum")
         if self.kind == "regression":
             per_sample = (pred.squeeze(-1) - target).pow(2)  # [..., N]
         else:

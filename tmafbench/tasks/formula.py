@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from tmafbench.errors import InputError
+
 FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sin": torch.sin, "cos": torch.cos, "tan": torch.tan,
     "asin": torch.asin, "acos": torch.acos, "atan": torch.atan,
@@ -46,7 +48,7 @@ class Formula:
         try:
             out = self._fn(x)
         except (OverflowError, ZeroDivisionError) as exc:  # only constant sub-expressions raise
-            raise ValueError(f"formula {self.text!r}: {exc}") from None
+            raise InputError(f"formula {self.text!r}: {exc}") from None
         if not torch.is_tensor(out):
             out = torch.full((x.shape[0],), float(out), dtype=x.dtype)
         return out.expand(x.shape[0]) if out.dim() == 0 else out
@@ -55,15 +57,15 @@ class Formula:
 def compile_formula(text: str) -> Formula:
     """Parse `text` into a Formula; ValueError with a one-line reason on anything not allowed."""
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("formula is empty; write e.g. formula='sin(pi*x1)'")
+        raise InputError("formula is empty; write e.g. formula='sin(pi*x1)'")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ValueError(f"formula {text!r}: syntax error at column {exc.offset}: {exc.msg}") from None
+        raise InputError(f"formula {text!r}: syntax error at column {exc.offset}: {exc.msg}") from None
     used: set[int] = set()
     fn = _compile(tree.body, text, used)
     if not used:
-        raise ValueError(f"formula {text!r} uses no variable; use x1, x2, ...")
+        raise InputError(f"formula {text!r} uses no variable; use x1, x2, ...")
     return Formula(text, max(used), fn)
 
 
@@ -83,7 +85,7 @@ def _compile(node: ast.AST, text: str, used: set[int]) -> Node:
     if isinstance(node, ast.Call):
         return _call(node, text, used)
     what = ast.unparse(node) if hasattr(ast, "unparse") else type(node).__name__
-    raise ValueError(
+    raise InputError(
         f"formula {text!r}: {type(node).__name__} {what!r} is not allowed; "
         "use numbers, x1..xn, pi, e, + - * / ** % and functions"
     )
@@ -98,15 +100,15 @@ def _name(name: str, text: str, used: set[int]) -> Node:
     if name in CONSTANTS:
         value = CONSTANTS[name]
         return lambda x: value
-    raise ValueError(f"formula {text!r}: unknown name {name!r}; use x1..xn or a constant ({', '.join(CONSTANTS)})")
+    raise InputError(f"formula {text!r}: unknown name {name!r}; use x1..xn or a constant ({', '.join(CONSTANTS)})")
 
 
 def _call(node: ast.Call, text: str, used: set[int]) -> Node:
     if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
         name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
-        raise ValueError(f"formula {text!r}: unknown function {name!r}; allowed: {', '.join(sorted(FUNCTIONS))}")
+        raise InputError(f"formula {text!r}: unknown function {name!r}; allowed: {', '.join(sorted(FUNCTIONS))}")
     if len(node.args) != 1 or node.keywords:
-        raise ValueError(f"formula {text!r}: {node.func.id}() takes exactly one argument")
+        raise InputError(f"formula {text!r}: {node.func.id}() takes exactly one argument")
     fn, arg = FUNCTIONS[node.func.id], _compile(node.args[0], text, used)
 
     def call(x: torch.Tensor) -> torch.Tensor:

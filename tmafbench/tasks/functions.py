@@ -14,6 +14,7 @@ import torch
 from tmafbench.registries import TASKS
 from tmafbench.tasks.base import STREAM_TRAIN, TEST_SEED, Task, TaskData, check_size, rng
 from tmafbench.tasks.formula import compile_formula
+from tmafbench.errors import InputError
 
 GRID_POINTS = 4001  # fine enough for sin(100 pi x) on [-1, 1]: 40 points per period
 
@@ -57,9 +58,9 @@ def _interval(value: Any) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"a domain interval must be [lo, hi], got {value!r}") from None
+        raise InputError(f"a domain interval must be [lo, hi], got {value!r}") from None
     if not lo < hi:
-        raise ValueError(f"a domain interval needs lo < hi, got [{lo}, {hi}]")
+        raise InputError(f"a domain interval needs lo < hi, got [{lo}, {hi}]")
     return lo, hi
 
 
@@ -72,7 +73,7 @@ class SineSum(FunctionTask):
     def __init__(self, n: int = 1, lo: float = -2.0, hi: float = 2.0, train_size: int = 20_000,
                  test_size: int = 20_000):
         if int(n) != n or n < 1:
-            raise ValueError(f"sine-sum: n must be a positive integer, got {n!r}")
+            raise InputError(f"sine-sum: n must be a positive integer, got {n!r}")
         self.n = int(n)
         super().__init__([(lo, hi)] * self.n, lambda x: torch.sin(math.pi * x.sum(dim=1)), train_size, test_size)
 
@@ -104,11 +105,11 @@ class Expression(FunctionTask):
         intervals = _domains(domain)
         n = int(n) if n is not None else (len(intervals) if len(intervals) > 1 else parsed.num_vars)
         if n < parsed.num_vars:
-            raise ValueError(f"expression: formula uses x{parsed.num_vars} but n={n}")
+            raise InputError(f"expression: formula uses x{parsed.num_vars} but n={n}")
         if len(intervals) == 1:
             intervals = intervals * n
         if len(intervals) != n:
-            raise ValueError(f"expression: {len(intervals)} domain intervals given for n={n} variables")
+            raise InputError(f"expression: {len(intervals)} domain intervals given for n={n} variables")
         self.formula = parsed.text
         super().__init__(intervals, parsed, train_size, test_size)
 

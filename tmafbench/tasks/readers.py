@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tmafbench.errors import InputError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -46,12 +48,12 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as fh:
         data = fh.read()
     if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+        raise InputError(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]
     dims = np.frombuffer(data, dtype=">i4", count=ndim, offset=4)
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: IDX header says {tuple(dims)} but holds {body.size} values")
+        raise InputError(f"{path}: IDX header says {tuple(dims)} but holds {body.size} values")
     return body.reshape(tuple(int(d) for d in dims))
 
 
@@ -59,7 +61,7 @@ def read_idx_split(images: Path, labels: Path) -> Split:
     x = torch.from_numpy(read_idx(images).copy())  # [N, H, W]
     y = torch.from_numpy(read_idx(labels).astype(np.int64))
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{images} has {x.shape[0]} images but {labels} has {y.shape[0]} labels")
+        raise InputError(f"{images} has {x.shape[0]} images but {labels} has {y.shape[0]} labels")
     return x[:, None], y  # [N, 1, H, W]
 
 
@@ -97,7 +99,7 @@ def read_image_tar(archive: Path, channels: int) -> tuple[Split, Split, list[str
                 members[split].append((label, member.name, tar.extractfile(member).read()))
     classes = sorted({label for label, _, _ in members["train"]})
     if not classes or not members["test"]:
-        raise ValueError(f"{archive}: no train/<class>/ and test/<class>/ images inside")
+        raise InputError(f"{archive}: no train/<class>/ and test/<class>/ images inside")
     index = {name: i for i, name in enumerate(classes)}
     splits = []
     for split in ("train", "test"):
@@ -108,12 +110,12 @@ def read_image_tar(archive: Path, channels: int) -> tuple[Split, Split, list[str
 
 def _decode(items: list[tuple[bytes, int]], channels: int, where: str) -> Split:
     if not items:
-        raise ValueError(f"{where}: no images found")
+        raise InputError(f"{where}: no images found")
     mode = "L" if channels == 1 else "RGB"
     images = [np.asarray(Image.open(io.BytesIO(data)).convert(mode)) for data, _ in items]  # [H, W] or [H, W, 3]
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise ValueError(f"{where}: images have different sizes {sorted(shapes)[:3]}")
+        raise InputError(f"{where}: images have different sizes {sorted(shapes)[:3]}")
     stacked = torch.from_numpy(np.stack(images))  # [N, H, W(, C)]
     stacked = stacked[:, None] if channels == 1 else stacked.permute(0, 3, 1, 2)
     return stacked.contiguous(), torch.tensor([label for _, label in items], dtype=torch.int64)

@@ -1,4 +1,4 @@
-"""Image classification tasks: mnist, fashion-mnist, cifar10.
+"""Image classification tasks read from files: mnist, fashion-mnist, cifar10 (generated images: glyphs.py).
 
 Where data comes from, first match wins:
 1. `data_dir` (parameter) or TMAFBENCH_DATA: torchvision's IDX files (`MNIST/raw/*-ubyte[.gz]`,
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tmafbench.errors import DataNotFoundError
+from tmafbench.errors import DataNotFoundError, InputError
 from tmafbench.registries import TASKS
 from tmafbench.tasks import readers
 from tmafbench.tasks.base import TEST_SEED, Task, TaskData, check_size, subsample
@@ -29,32 +29,14 @@ DATA_ENV = "TMAFBENCH_DATA"
 Splits = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-class VisionTask(Task):
-    """Classification of uint8 images held in memory."""
+class ImageTask(Task):
+    """Classification of uint8 images [N, C, H, W] held in memory, normalised per channel."""
 
     kind = "classification"
     output_size = 10
-    channels = 1
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
-    subfolders: tuple[str, ...] = ()  # where inside a data root this data set may live
-    torchvision_name = ""
     normalise_once = True  # False: keep uint8 on the device and normalise per batch (saves 4x memory)
-
-    def __init__(self, data_dir: str | None = None, train_size: int | None = None, test_size: int | None = None,
-                 download: bool = True):
-        self.data_dir = data_dir
-        self.download = bool(download)
-        self.train_size = check_size("train_size", train_size)
-        self.test_size = check_size("test_size", test_size)
-
-    def load(self, seed: int) -> TaskData:
-        (x_tr, y_tr), (x_te, y_te) = load_splits(type(self), self.data_dir, self.download)
-        check_size("train_size", self.train_size, x_tr.shape[0])
-        check_size("test_size", self.test_size, x_te.shape[0])
-        x_tr, y_tr = subsample(x_tr, y_tr, self.train_size, seed)
-        x_te, y_te = subsample(x_te, y_te, self.test_size, TEST_SEED)
-        return TaskData(x_tr, y_tr, x_te, y_te)
 
     def stage(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the whole set once when it is small enough (MNIST: 188 MB as float32)."""
@@ -72,6 +54,29 @@ class VisionTask(Task):
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x.float().div_(255.0) - mean) / std
+
+
+class VisionTask(ImageTask):
+    """A real image data set read from files (or torchvision's download)."""
+
+    channels = 1
+    subfolders: tuple[str, ...] = ()  # where inside a data root this data set may live
+    torchvision_name = ""
+
+    def __init__(self, data_dir: str | None = None, train_size: int | None = None, test_size: int | None = None,
+                 download: bool = True):
+        self.data_dir = data_dir
+        self.download = bool(download)
+        self.train_size = check_size("train_size", train_size)
+        self.test_size = check_size("test_size", test_size)
+
+    def load(self, seed: int) -> TaskData:
+        (x_tr, y_tr), (x_te, y_te) = load_splits(type(self), self.data_dir, self.download)
+        check_size("train_size", self.train_size, x_tr.shape[0])
+        check_size("test_size", self.test_size, x_te.shape[0])
+        x_tr, y_tr = subsample(x_tr, y_tr, self.train_size, seed)
+        x_te, y_te = subsample(x_te, y_te, self.test_size, TEST_SEED)
+        return TaskData(x_tr, y_tr, x_te, y_te)
 
     # -- where the data lives --
 
@@ -142,7 +147,7 @@ def load_splits(cls: type[VisionTask], data_dir: str | None, download: bool) -> 
 def _checked(splits: Splits, cls: type[VisionTask]) -> Splits:
     for x, _ in splits:
         if tuple(x.shape[1:]) != cls.input_shape:
-            raise ValueError(f"{cls.name}: images have shape {tuple(x.shape[1:])}, expected {cls.input_shape}")
+            raise InputError(f"{cls.name}: images have shape {tuple(x.shape[1:])}, expected {cls.input_shape}")
     return splits
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tmafbench.core import TrainingConfig, TrialConfig
+from tmafbench.errors import InputError
 
 # The settings the issue names: the paper's Table 3.2 network, sine-sum n = 2, MNIST 784-10-10.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -108,7 +109,7 @@ def bench_pack(settings: list[str], activations: list[str], pack: int = 16, epoc
     """Cells per hour of each setting and activation, packed (K = `pack`) against one cell at a time."""
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; choose from: {', '.join(SETTINGS)}")
+        raise InputError(f"unknown setting(s) {unknown}; choose from: {', '.join(SETTINGS)}")
     processes = processes or os.cpu_count() or 1
     figures = []
     for setting in settings:

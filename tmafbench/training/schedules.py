@@ -13,6 +13,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+from tmafbench.errors import InputError
+
 SCHEDULES = ("constant", "step-half", "cosine", "onecycle")
 
 
@@ -29,4 +31,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: in
     if name == "onecycle":
         max_lr = [group["lr"] for group in optimizer.param_groups]
         return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps + 1)  # +1: never step past the end
-    raise ValueError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
+    raise InputError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")

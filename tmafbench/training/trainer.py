@@ -22,6 +22,7 @@ from tmafbench.training.optim import build_optimizer
 from tmafbench.training.schedules import build_scheduler
 from tmafbench.training.seeding import seed_everything
 from tmafbench.training.timing import Timer
+from tmafbench.errors import InputError
 
 EVAL_ELEMENTS = 1 << 22  # inputs per evaluation batch (4M floats: all of MNIST's test set in 6 batches)
 STREAM_VAL = 11  # generator stream of the validation split
@@ -35,11 +36,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+        raise InputError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+        raise InputError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {name!r}; use cpu, cuda, cuda:N or auto")
+        raise InputError(f"unsupported device {name!r}; use cpu, cuda, cuda:N or auto")
     return device
 
 
@@ -128,7 +129,7 @@ def split_validation(data: TaskData, fraction: float, seed: int) -> tuple[Pair, 
         return (x, y), None
     n_val = max(1, round(x.shape[0] * fraction))
     if n_val >= x.shape[0]:
-        raise ValueError(f"val_fraction={fraction} leaves no training samples out of {x.shape[0]}")
+        raise InputError(f"val_fraction={fraction} leaves no training samples out of {x.shape[0]}")
     index = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed * 1_000_003 + STREAM_VAL))
     return (x[index[n_val:]], y[index[n_val:]]), (x[index[:n_val]], y[index[:n_val]])
 
