@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tmafbench import activations
-from tmafbench.activations.benchmark import peak_bytes, saved_bytes
+from tmafbench.bench.activations import peak_bytes, saved_bytes
 from tmafbench.activations.matrix import banded_shifts
 
 from conftest import randomize

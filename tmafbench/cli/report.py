@@ -41,7 +41,7 @@ def benchmark(
     formats: Optional[str] = typer.Option(None, "--format", help="Formats to render (default: all defaults)."),
 ) -> None:
     """Time the rendering of a synthetic study (default 5 x 5 x 20 = 500 runs) in a temporary SQLite file."""
-    from tmafbench.reports.benchmark import time_synthetic_report
+    from tmafbench.bench.reports import time_synthetic_report
     from tmafbench.reports.render import parse_formats
 
     timing = time_synthetic_report(activations, ns, seeds, epochs, parse_formats(formats))

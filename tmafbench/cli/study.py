@@ -304,25 +304,3 @@ def register(app: Any) -> None:
     study_app.command("show")(show_cmd)
     study_app.command("delete")(delete_cmd)
     app.add_typer(study_app, name="study")
-    try:
-        from tmafbench.cli.bench import bench_app
-    except ImportError:  # the bench commands are optional
-        return
-    _register_bench(bench_app)
-
-
-def _register_bench(bench_app: Any) -> None:
-    """`tmafbench bench scheduler`; the heavy imports happen only when it runs."""
-
-    @bench_app.command("scheduler")
-    def scheduler_cmd(
-        storage: str = typer.Option("sqlite", "--storage", help="'sqlite' (a temporary file) or a PostgreSQL server URL; a fresh database is made and dropped per run."),
-        workers: int = typer.Option(4, "--workers", help="Workers for the throughput run."),
-        trials: int = typer.Option(200, "--trials", help="Near-instant trials for the throughput run."),
-        what: Optional[list[str]] = typer.Option(None, "--run", help="throughput | kill | speedup (repeatable; default all)."),
-    ) -> None:
-        """Scheduler figures: lock errors, duplicates, overhead; SIGKILL recovery; 2-vs-1 worker speed-up."""
-        from tmafbench.study.benchmark import run_benchmarks
-
-        typer.echo(json.dumps(run_benchmarks(storage, workers, trials, what or ["throughput", "kill", "speedup"]),
-                              indent=2, default=str))
