@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from tmafbench import activations
 from tmafbench.bench.activations import peak_bytes, saved_bytes
-from tmafbench.activations.matrix import banded_shifts
+from tmafbench.activations.tmaf_banded import banded_shifts
 
 from conftest import randomize
 
