@@ -1,4 +1,4 @@
-"""Exact semantics of the TMAF family (DESIGN.md section 3), on every kernel backend."""
+"""Exact semantics of the TMAF family (docs/design.md section 3), on every kernel backend."""
 
 from __future__ import annotations
 
