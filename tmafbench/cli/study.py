@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -15,7 +15,13 @@ from tmafbench.cli.common import EXIT_REFUSED, App, resolve_storage
 from tmafbench.core import Ending
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from tmafbench.study.cells import CellPlan
+    from tmafbench.study.design import StudyDesign
+    from tmafbench.study.lifecycle import StudyInfo
     from tmafbench.study.local import PhaseCounts, StudyOutcome
+    from tmafbench.study.worker import WorkerOptions
 
 # The exit status of `study run` and `study worker` for each way a run ends, and what it means (shown
 # in their --help; README.md's "exit status" table says the same).
@@ -58,7 +64,7 @@ def phases_progress(console: Console) -> Iterator[Callable[[PhaseCounts, float |
 
     bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
-    tasks: dict[str, Any] = {}
+    tasks: dict[str, TaskID] = {}
 
     def update(phases: PhaseCounts, eta_s: float | None) -> None:
         if not tasks:
@@ -97,7 +103,7 @@ def exit_for_outcome(console: Console, outcome: StudyOutcome, resume_hint: str =
         raise typer.Exit(EXIT_CODES[ending])
 
 
-def _cells_table(cells: list[Any], limit: int) -> Table:
+def _cells_table(cells: list[CellPlan], limit: int) -> Table:
     table = Table(title=f"{len(cells)} cells")
     for col in ("#", "hash", "task", "activation", "grid", "depth", "width", "other axes", "seed"):
         table.add_column(col)
@@ -111,7 +117,7 @@ def _cells_table(cells: list[Any], limit: int) -> Table:
     return table
 
 
-def _show_cells(design: Any, limit: int) -> None:
+def _show_cells(design: StudyDesign, limit: int) -> None:
     from tmafbench.study.api import describe_tuning
 
     Console(width=160).print(_cells_table(design.cells, limit))
@@ -128,7 +134,7 @@ def cells_cmd(spec_path: str = typer.Argument(..., metavar="STUDY_FILE", help="S
     _show_cells(cells(spec_path, set_), limit)
 
 
-def _options(heartbeat: float, grace: float, pack: str, patience: float) -> Any:
+def _options(heartbeat: float, grace: float, pack: str, patience: float) -> WorkerOptions:
     from tmafbench.study.worker import WorkerOptions
 
     size: int | str = int(pack) if pack.strip().isdigit() else pack.strip()
@@ -141,11 +147,11 @@ def _event(line: str) -> None:
     console.print(line, markup=False, highlight=False)
 
 
-def _announcer(url: str) -> Any:
+def _announcer(url: str) -> Callable[[StudyInfo, list[str]], None]:
     """Prints what the study is and who works on it, once it is ready."""
     from tmafbench.store.database import redact
 
-    def announce(info: Any, devices: list[str]) -> None:
+    def announce(info: StudyInfo, devices: list[str]) -> None:
         if not devices:  # nothing to run
             console.print(info.message)
             return
@@ -295,7 +301,7 @@ def delete_cmd(name: str = typer.Argument(...), storage: Optional[str] = Storage
     typer.echo(f"deleted study {name!r}")
 
 
-def register(app: Any) -> None:
+def register(app: typer.Typer) -> None:
     study_app.command("run", epilog=EXIT_STATUS_HELP)(run_cmd)
     study_app.command("cells")(cells_cmd)
     study_app.command("worker", epilog=EXIT_STATUS_HELP)(worker_cmd)
