@@ -41,8 +41,10 @@ def _table(rows: list[ActivationRow], title: str) -> Table:
 @bench_app.command("activations")
 def activations_cmd(
     names: Optional[list[str]] = typer.Argument(None, help="Activations to time (default: all)."),
-    intervals: Optional[list[int]] = typer.Option(None, "--intervals", help="Interval counts for grid activations (default 10 and 100); repeatable."),
-    shapes: Optional[list[str]] = typer.Option(None, "--shape", help="Input shape like 4096x1024 (default: the three standard shapes); repeatable."),
+    intervals: Optional[list[int]] = typer.Option(
+        None, "--intervals", help="Interval counts for grid activations (default 10 and 100); repeatable."),
+    shapes: Optional[list[str]] = typer.Option(
+        None, "--shape", help="Input shape like 4096x1024 (default: the three standard shapes); repeatable."),
     repeats: int = typer.Option(10, "--repeats", help="Timed forward+backward calls per row."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed calls before timing."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: torch's setting)."),
@@ -145,7 +147,8 @@ def bench_pack(
 
 @bench_app.command("scheduler")
 def scheduler_cmd(
-    storage: str = typer.Option("sqlite", "--storage", help="'sqlite' (a temporary file) or a PostgreSQL server URL; a fresh database is made and dropped per run."),
+    storage: str = typer.Option("sqlite", "--storage", help=(
+        "'sqlite' (a temporary file) or a PostgreSQL server URL; a fresh database is made and dropped per run.")),
     workers: int = typer.Option(4, "--workers", help="Workers for the throughput run."),
     trials: int = typer.Option(200, "--trials", help="Near-instant trials for the throughput run."),
     what: Optional[list[str]] = typer.Option(None, "--run", help="throughput | kill | speedup (repeatable; default all)."),

@@ -42,7 +42,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except Exception as exc:  # a database that is unreachable or refuses: one line, no traceback
             from tmafbench.store.database import database_error_message
 

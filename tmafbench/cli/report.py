@@ -18,9 +18,11 @@ def build(
     storage: Optional[str] = typer.Option(None, "--storage", help="Database URL (default: TMAFBENCH_STORAGE or sqlite:///tmafbench.db)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: reports/<study names joined by +>)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Activation label to compare against (default: relu when present)."),
-    formats: Optional[str] = typer.Option(None, "--format", help="Comma list of md,html,tex,csv,png,svg,pdf (default: md,html,tex,csv,png,svg)."),
+    formats: Optional[str] = typer.Option(
+        None, "--format", help="Comma list of md,html,tex,csv,png,svg,pdf (default: md,html,tex,csv,png,svg)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Final metric to report (default: the task's primary metric)."),
-    notes: Optional[Path] = typer.Option(None, "--notes", help="A Markdown file of your own notes (say, how the numbers compare with a paper), shown under the header."),
+    notes: Optional[Path] = typer.Option(None, "--notes", help=(
+        "A Markdown file of your own notes (say, how the numbers compare with a paper), shown under the header.")),
 ) -> None:
     """Write a report folder for STUDY... from the database; never trains."""
     from tmafbench.reports.render import build_report, parse_formats

@@ -43,7 +43,8 @@ study_app = App(help="Run studies (a grid of cells from a TOML file, optionally 
 StorageOpt = typer.Option(None, "--storage", help="Database URL (default: $TMAFBENCH_STORAGE, else sqlite:///tmafbench.db).")
 SetOpt = typer.Option(None, "--set", help="Override a study-file key: --set defaults.training.epochs=3 (repeatable).")
 HeartbeatOpt = typer.Option(10.0, "--heartbeat", help="Seconds between a running worker's heartbeats.")
-GraceOpt = typer.Option(60.0, "--grace", help="A run without heartbeat for this many seconds is taken as dead and its cell retried (at least twice --heartbeat).")
+GraceOpt = typer.Option(60.0, "--grace", help=(
+    "A run without heartbeat for this many seconds is taken as dead and its cell retried (at least twice --heartbeat)."))
 DevicesOpt = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,cuda:1,... (one worker per GPU).")
 PackOpt = typer.Option("1", "--pack", help=(
     "Cells a worker trains together as one packed model (small MLPs: several times the cells per hour): "

@@ -98,7 +98,8 @@ def check_spec(spec: StudySpec, err: MakeError) -> None:
     _check_labels(spec, err)
     for i, act in enumerate(spec.axes.activations):
         if act.name not in activations.available():
-            raise err(("axes", "activations", i, "name"), f"unknown activation {act.name!r}; choose one of: {', '.join(activations.available())}")
+            raise err(("axes", "activations", i, "name"),
+                      f"unknown activation {act.name!r}; choose one of: {', '.join(activations.available())}")
     _check_grid_scopes(spec, err)
     for i, task in enumerate(spec.tasks()):
         loc = ("axes", "tasks", i) if spec.axes.tasks else ("defaults",)
