@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from processes import reap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +44,10 @@ def postgres_url() -> str:
     except Exception as exc:  # unreachable server: skip with the reason
         pytest.skip(f"PostgreSQL at TMAFBENCH_TEST_POSTGRES not reachable: {exc.__class__.__name__}")
     return url
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Kill the process groups a test started (tests/processes.py) once it ends, pass or fail."""
+    yield
+    reap()

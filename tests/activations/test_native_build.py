@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from processes import spawn
 import torch
 
 from tmafbench.activations.kernels import native
@@ -98,7 +99,7 @@ def test_many_processes_using_it_first_at_once_compile_it_once(tmp_path):
         assert torch.equal(activations.create('tmaf', 8)(x), F.relu(x))
     """
     env = child_env(TMAFBENCH_CACHE=str(tmp_path))
-    workers = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, stderr=subprocess.PIPE,
+    workers = [spawn([sys.executable, "-c", textwrap.dedent(script)], env=env, stderr=subprocess.PIPE,
                                 text=True) for _ in range(4)]
     errors = [w.communicate(timeout=900)[1] for w in workers]
     assert [w.returncode for w in workers] == [0] * 4, errors

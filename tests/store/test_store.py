@@ -14,6 +14,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from processes import spawn
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
@@ -274,7 +275,7 @@ def test_sigkilled_worker_is_recovered(url):
     from tmafbench.study.loop import worker_loop
 
     info = prepare(parse_design(SLOW), url)
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = spawn([sys.executable, "-c", WORKER, url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     db = Database(url)
     repo = Repository(db)
     deadline = time.time() + 120

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from processes import run, spawn
 from sqlalchemy import select
 
 from tmafbench.store.database import Database
@@ -92,7 +93,7 @@ def worker_process(url: str, name: str, options: str, env: dict | None = None) -
             "from tmafbench.study.worker import WorkerOptions\n"
             f"stats = worker_loop({name!r}, sys.argv[1], options=WorkerOptions({options}))\n"
             "print(json.dumps({k: v for k, v in dataclasses.asdict(stats).items() if not isinstance(v, list)}))\n")
-    return subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return spawn([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
 
 
@@ -110,8 +111,7 @@ def wait_for(condition, timeout: float = 120, what: str = "condition") -> None:
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tmafbench", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, **kwargs)
+    return run([sys.executable, "-m", "tmafbench", *args], timeout=timeout, env=env, **kwargs)
 
 
 # --- PostgreSQL behind a proxy that the tests cut ---------------------------------------------------
@@ -178,7 +178,7 @@ def test_an_outage_past_the_patience_limit_stops_with_one_line_then_resumes(prox
     spec.write_text(BLINK)
     command = ["study", "run", str(spec), "--storage", through, "--workers", "2", "--devices", "cpu",
                "--db-patience", "3", "--heartbeat", "0.5", "--grace", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "tmafbench", *command], stdout=subprocess.PIPE,
+    proc = spawn([sys.executable, "-m", "tmafbench", *command], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     info = None
 
@@ -369,7 +369,7 @@ def test_sqlite_on_a_disk_that_fills_up_mid_study_stops_with_one_line_then_resum
         spec.write_text(BLINK)
         command = ["study", "run", str(spec), "--storage", url, "--workers", "2", "--devices", "cpu",
                    "--heartbeat", "0.5", "--grace", "2"]
-        proc = subprocess.Popen([sys.executable, "-m", "tmafbench", *command], stdout=subprocess.PIPE,
+        proc = spawn([sys.executable, "-m", "tmafbench", *command], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         wait_for(lambda: (disk / "results.db").is_file() and runs_by_cell(url)
                  and sum(r[-1][1] == "completed" for r in runs_by_cell(url).values()) >= 2, what="two cells")

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from processes import run, spawn
 from sqlalchemy import select
 
 from tmafbench.store.database import Database
@@ -142,8 +143,8 @@ WORKER = (
 def start_worker_and_wait_running(url: str) -> subprocess.Popen:
     # A shell that starts jobs in the background makes them ignore SIGINT, and Python then never
     # installs its KeyboardInterrupt handler: restore the default so the Ctrl-C test means something.
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = spawn([sys.executable, "-c", WORKER, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         runs = runs_by_cell(url)
@@ -192,7 +193,7 @@ def test_a_cell_that_kills_its_worker_is_given_up_after_max_crashes(tiny_spec_te
     ("crashed") and the study ends instead of killing every worker in turn."""
     info = prepare(parse_design(tiny_spec_text, ["axes.activations=[{ name = \"relu\" }]", "max_crashes=2"]),
                    sqlite_url)
-    codes = [subprocess.run([sys.executable, "-c", CRASHER, sqlite_url], capture_output=True, timeout=300).returncode
+    codes = [run([sys.executable, "-c", CRASHER, sqlite_url], timeout=300).returncode
              for _ in range(3)]
     assert codes == [9, 9, 0]  # two workers died on the cell, the third found the study finished
     db = Database(sqlite_url)

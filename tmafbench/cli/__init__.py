@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import os
 
+import typer
+
 from tmafbench.cli import bench, lists, report, results, study, train
-from tmafbench.cli.common import App
+from tmafbench.cli.common import DEBUG_ENV, App
 
 app = App(help="Benchmark trainable matrix activation functions (TMAF) against ReLU and friends.")
+
+
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an unexpected error (a bug).")) -> None:
+    """Benchmark trainable matrix activation functions (TMAF) against ReLU and friends."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 # Each module registers its commands (or sub-app); `tmafbench --help` lists them in this order.
 for _module in (lists, train, bench, study, results, report):

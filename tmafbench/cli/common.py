@@ -16,10 +16,24 @@ DEFAULT_STORAGE = "sqlite:///tmafbench.db"
 STORAGE_ENV = "TMAFBENCH_STORAGE"
 
 EXIT_REFUSED = 2  # every one-line error before anything ran (`fail`)
+EXIT_BUG = 1  # an exception tmafbench did not expect: a bug, reported in one line (`--debug`: the traceback)
+DEBUG_ENV = "TMAFBENCH_DEBUG"  # set by `tmafbench --debug`; worker processes inherit it
+
+# Errors that are the user's input, not our bug: print one line, no traceback. Only the project's
+# own types, and a path the user named that is missing or closed (the OS's message names it).
+USER_ERRORS = (TmafbenchError, FileNotFoundError, PermissionError)
 
 
-# Errors that are the user's input, not our bug: print one line, no traceback.
-USER_ERRORS = (TmafbenchError, ValueError, FileNotFoundError, KeyError, PermissionError)
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def report_bug(exc: BaseException) -> None:
+    """One line for an unexpected exception (a KeyError, a ValueError...): it is a bug, and
+    `--debug` shows where."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    fail(f"unexpected {type(exc).__name__}{': ' + detail if detail else ''} (a bug in tmafbench; rerun with "
+         "`tmafbench --debug ...` for the traceback, and please report it)", EXIT_BUG)
 
 
 def fail(message: str, code: int = EXIT_REFUSED) -> None:
@@ -36,8 +50,6 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except KeyError as exc:  # str(KeyError) adds quotes; keep the message readable
-            fail(exc.args[0] if exc.args else "missing key")
         except USER_ERRORS as exc:
             fail(str(exc))
         except KeyboardInterrupt:
@@ -48,9 +60,11 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
             url = resolve_storage(kwargs["storage"]) if "storage" in kwargs else None
             message = database_error_message(exc, url)
-            if message is None:
+            if message is not None:
+                fail(message)
+            if debugging():
                 raise
-            fail(message)
+            report_bug(exc)
 
     return wrapper
 
