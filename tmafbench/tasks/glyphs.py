@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from tmafbench.errors import TmafbenchError
 from tmafbench.registries import TASKS
-from tmafbench.tasks.base import STREAM_TRAIN, TEST_SEED, TaskData, check_size, rng
+from tmafbench.tasks.base import STREAM_TEST, STREAM_TRAIN, TEST_SEED, TaskData, check_size, rng
 from tmafbench.tasks.vision import ImageTask
 
 # Faces with distinct digit shapes (sans, serif, mono; upright, bold, slanted).
@@ -154,14 +154,15 @@ def generate(count: int, seed: int, stream: int, size: int, colour: bool) -> tup
     masks = glyph_masks()
     images, labels = [], []
     for block in range(math.ceil(count / BLOCK)):
+        # A whole block is always drawn (then cut), so that sample i is the same for any `count`.
         g = rng(seed * 7919 + block, stream)
         n = min(BLOCK, count - block * BLOCK)
-        label = torch.randint(0, 10, (n,), generator=g)
-        style = torch.randint(0, masks.shape[0], (n,), generator=g)
+        label = torch.randint(0, 10, (BLOCK,), generator=g)
+        style = torch.randint(0, masks.shape[0], (BLOCK,), generator=g)
         strokes = _strokes(masks, label, style, size, g)
         image = _colour(strokes, g) if colour else _grey(strokes, g)
-        images.append((image.clamp(0, 1) * 255).round().to(torch.uint8))
-        labels.append(label)
+        images.append((image[:n].clamp(0, 1) * 255).round().to(torch.uint8))
+        labels.append(label[:n])
     return torch.cat(images), torch.cat(labels)
 
 
@@ -177,7 +178,7 @@ class GlyphTask(ImageTask):
     def load(self, seed: int) -> TaskData:
         size = self.input_shape[-1]
         x_train, y_train = _cached(self.train_size, int(seed), STREAM_TRAIN, size, self.colour)
-        x_test, y_test = _cached(self.test_size, TEST_SEED, 0, size, self.colour)
+        x_test, y_test = _cached(self.test_size, TEST_SEED, STREAM_TEST, size, self.colour)
         return TaskData(x_train, y_train, x_test, y_test)
 
 
