@@ -44,10 +44,60 @@ def test_query_formats(url):
 def test_query_refuses_writes(url):
     out = runner.invoke(app, ["results", "query", "delete from tmaf_run", "--storage", url])
     assert out.exit_code == 2
-    assert out.output.startswith("error: refused: the query connection is read-only")
+    assert out.output.startswith("error: refused: DELETE is not allowed")
     check = runner.invoke(app, ["results", "query", "select count(*) as n from tmaf_run", "--storage", url,
                                 "--format", "json"])
     assert json.loads(check.output) == [{"n": 4}]
+
+
+@pytest.mark.parametrize("sql, says", [
+    ("attach database '{dir}/attached.db' as x", "ATTACH is not allowed"),
+    ("vacuum into '{dir}/vacuumed.db'", "VACUUM is not allowed"),
+    ("select 1; select 2", "2 statements"),
+    ("pragma writable_schema = on", "PRAGMA is not allowed"),
+    ("with gone as (delete from tmaf_run returning id) select * from gone", "(DELETE)"),
+    ("select load_extension('x')", "load_extension() acts on the server"),
+    ("explain delete from tmaf_run", "DELETE is not allowed"),
+    ("", "0 statements"),
+])
+def test_query_allowlist_refuses_before_touching_anything(url, tmp_path, sql, says):
+    out = runner.invoke(app, ["results", "query", sql.format(dir=tmp_path), "--storage", url])
+    assert out.exit_code == 2 and out.output.startswith("error: refused: ") and says in out.output, out.output
+    assert len(out.output.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no file created by ATTACH or VACUUM INTO
+
+
+@pytest.mark.parametrize("sql", ["with c as (select * from tmaf_cell) select count(*) as n from c",
+                                 "select count(*) as n from tmaf_cell union all select 1",
+                                 "values (1), (2)", "explain query plan select * from tmaf_cell"])
+def test_query_allowlist_admits_reads(url, sql):
+    out = runner.invoke(app, ["results", "query", sql, "--storage", url, "--format", "json"])
+    assert out.exit_code == 0, out.output
+
+
+def test_query_prints_blobs_as_hex(url):
+    out = runner.invoke(app, ["results", "query", "select x'00ff10' as b, 'text' as t", "--storage", url,
+                              "--format", "json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output) == [{"b": "00ff10", "t": "text"}]
+
+
+@pytest.mark.postgres
+def test_query_on_postgres_runs_read_only_and_refuses_server_actions(postgres_url, tmp_path):
+    from tmafbench.store.scratch import scratch_database
+
+    with scratch_database(postgres_url) as pg:
+        prepare(parse_design(SPEC), pg)
+        for sql, says in [(f"copy tmaf_cell to '{tmp_path}/out.csv'", "COPY is not allowed"),
+                          ("select pg_terminate_backend(pg_backend_pid())", "pg_terminate_backend() acts on the server"),
+                          ("select pg_read_file('/etc/hostname')", "pg_read_file() acts on the server")]:
+            out = runner.invoke(app, ["results", "query", sql, "--storage", pg])
+            assert out.exit_code == 2 and says in out.output, out.output
+        assert not (tmp_path / "out.csv").exists()
+        out = runner.invoke(app, ["results", "query", "select current_setting('transaction_read_only') as ro, "
+                                  "decode('00ff', 'hex') as b", "--storage", pg, "--format", "json"])
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.output) == [{"ro": "on", "b": "00ff"}]
 
 
 def test_export_one_tidy_row_per_run(url, tmp_path):
@@ -77,8 +127,8 @@ def test_export_errors(url):
 
 def test_export_keeps_integers_when_some_runs_lack_them(tmp_path):
     """A CNN cell has no depth: the depth column still reads 1, not 1.0 (and intervals stays empty)."""
-    from tmafbench.store.synthetic import add_cell, add_run, add_study
     from tmafbench.store.database import Database
+    from tmafbench.store.synthetic import add_cell, add_run, add_study
 
     url = f"sqlite:///{tmp_path / 'mixed.db'}"
     db = Database(url)

@@ -21,15 +21,24 @@ CELL_COLUMNS = ["config_hash", "group_hash", "label", "task", "model", "activati
 
 
 def query(url: str, sql: str) -> pd.DataFrame:
-    """Run one SQL statement on a read-only connection; a statement that writes is refused. A shipped
-    `results.db.gz` is read as it is."""
+    """Run one SQL statement that only reads (`readonly_sql.check_read_only`'s allowlist, checked before
+    the database is touched) on a read-only connection. A shipped `results.db.gz` is read as it is.
+    BLOB values come back as hex text."""
+    from sqlalchemy.engine import make_url
+
+    from tmafbench.store.database import normalize_url
+    from tmafbench.store.readonly_sql import check_read_only
+
+    backend = make_url(normalize_url(url)).get_backend_name()
+    check_read_only(sql, "sqlite" if backend == "sqlite" else "postgres")
     engine = read_only_engine(readable_copy(url))
     try:
         with engine.connect() as conn:
             result = conn.execute(text(sql))
             if not result.returns_rows:
                 return pd.DataFrame()
-            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            rows = [tuple(_printable(v) for v in row) for row in result.fetchall()]
+            return pd.DataFrame(rows, columns=list(result.keys()))
     except (OperationalError, DBAPIError) as exc:
         message = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         lowered = message.lower()
@@ -38,6 +47,13 @@ def query(url: str, sql: str) -> pd.DataFrame:
         raise TmafbenchError(f"query failed on {redact(url)}: {message}") from None
     finally:
         engine.dispose()
+
+
+def _printable(value: Any) -> Any:
+    """A BLOB (bytes, memoryview) as hex text; anything else as it is."""
+    if isinstance(value, memoryview):
+        value = value.tobytes()
+    return value.hex() if isinstance(value, (bytes, bytearray)) else value
 
 
 EXPORT_FORMATS = ("csv", "json", "parquet")
