@@ -38,3 +38,14 @@ def test_rows_are_shown_as_written(capsys):
     print_rows("things", [("thing", "Linear on a range [left, right].", "shape=[1, 2]")])
     out = capsys.readouterr().out
     assert "Linear on a range [left, right]." in out and "shape=[1, 2]" in out
+
+
+def test_studies_lists_every_packaged_study_on_one_line_each():
+    from tmafbench.study.files import PACKAGED
+
+    result = runner.invoke(app, ["studies"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    names = sorted(p.stem for p in PACKAGED.glob("*.toml"))
+    assert len(names) >= 20 and [line.split()[0] for line in lines] == names
+    assert any(line.startswith("paper-table-3-2 ") and "Table 3.2" in line for line in lines)

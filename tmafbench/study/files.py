@@ -29,7 +29,7 @@ class PackagedStudy:
 def packaged_studies() -> list[PackagedStudy]:
     """Every study file shipped with the package, by name."""
     out = []
-    for path in sorted(PACKAGED.glob("*.toml")):
+    for path in sorted(PACKAGED.glob("*.toml"), key=lambda p: p.stem):
         try:
             description = str(tomllib.loads(path.read_text(encoding="utf-8")).get("description", ""))
         except (OSError, tomllib.TOMLDecodeError):  # a broken file is still listed; `study cells` says why
