@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import typer
@@ -120,8 +121,39 @@ def model_params(depth: int | None, width: int | None, items: list[str] | None) 
 
 
 def resolve_storage(storage: str | None) -> str:
-    """--storage beats TMAFBENCH_STORAGE beats the default SQLite file in the current folder."""
+    """--storage beats TMAFBENCH_STORAGE beats the default SQLite file in the current folder. An empty
+    --storage is refused (a shell variable that was not set), not taken for the default."""
+    if storage is not None and not storage.strip():
+        raise InputError("--storage is empty; give a database URL (sqlite:///FILE or postgresql://...), or leave "
+                         f"the option out for ${STORAGE_ENV} or {DEFAULT_STORAGE}")
     return storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def out_folder(path: Path | None) -> Path | None:
+    """--out that names a folder (a report, a shipment): refused up front when it, or a folder above
+    it, exists as something else."""
+    if path is not None:
+        if path.exists() and not path.is_dir():
+            raise InputError(f"--out {path} is a file; give a folder (several files are written into it)")
+        _parents_are_folders(path)
+    return path
+
+
+def out_file(path: Path | None) -> Path | None:
+    """--out that names a file (an export): refused up front when it exists as a folder."""
+    if path is not None:
+        if path.is_dir():
+            raise InputError(f"--out {path} is a folder; give a file name, e.g. {path / 'runs.csv'}")
+        _parents_are_folders(path)
+    return path
+
+
+def _parents_are_folders(path: Path) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"--out {path}: {parent} is a file, not a folder")
+            return
 
 
 def is_tty() -> bool:

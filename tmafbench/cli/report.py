@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tmafbench.cli.common import App, resolve_storage
+from tmafbench.cli.common import App, out_folder, resolve_storage
 
 report_app = App(help="Reports from the results database: tables, statistics across seeds, figures.")
 
@@ -29,7 +29,7 @@ def build(
     """Write a report folder for STUDY... from the database; never trains."""
     from tmafbench.reports.render import build_report, parse_formats
 
-    report = build_report(resolve_storage(storage), studies, out=out, baseline=baseline,
+    report = build_report(resolve_storage(storage), studies, out=out_folder(out), baseline=baseline,
                           formats=parse_formats(formats), metric=metric, notes=notes, self_contained=self_contained)
     for note in report.notes:
         typer.echo(f"note: {note}", err=True)

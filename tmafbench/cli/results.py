@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tmafbench.cli.common import App, resolve_storage
+from tmafbench.cli.common import App, out_file, out_folder, resolve_storage
 from tmafbench.errors import InputError
 
 results_app = App(help="Query and export results (read-only).")
@@ -52,7 +52,7 @@ def export_cmd(study: str = typer.Option(..., "--study", help="Study name."),
     """One tidy row per run: config columns, run columns and final metrics."""
     from tmafbench.store.export import export_runs
 
-    frame = export_runs(resolve_storage(storage), study, fmt, out)
+    frame = export_runs(resolve_storage(storage), study, fmt, out_file(out))
     if out is None:
         _print_frame(frame, fmt)
     else:
@@ -67,7 +67,8 @@ def ship_cmd(studies: list[str] = typer.Argument(..., help="Study names (those a
     """Write the raw record beside a report: results.db.gz (the studies' rows a report draws) and runs.csv."""
     from tmafbench.store.ship import ship_studies
 
-    shipment = ship_studies(resolve_storage(storage), studies, out or Path("reports") / "+".join(studies), max_epochs)
+    shipment = ship_studies(resolve_storage(storage), studies, out_folder(out) or Path("reports") / "+".join(studies),
+                            max_epochs)
     typer.echo(f"wrote {shipment.summary()}")
 
 

@@ -49,6 +49,7 @@ DevicesOpt = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,cuda:1,
 PackOpt = typer.Option("1", "--pack", help=(
     "Cells a worker trains together as one packed model (small MLPs: several times the cells per hour): "
     "K, or auto (16 on a CPU, 64 on a GPU). Cells that cannot pack train alone."))
+OversubscribeOpt = typer.Option(False, "--oversubscribe", help="Start more CPU workers than this machine has cores.")
 PatienceOpt = typer.Option(300.0, "--db-patience", help=(
     "Seconds a worker waits for a database that stopped answering (a restart, a failover, a network blink) "
     "before it stops; training goes on meanwhile and finished results are written once it is back."))
@@ -200,6 +201,7 @@ def run_cmd(
     grace: float = GraceOpt,
     pack: str = PackOpt,
     db_patience: float = PatienceOpt,
+    oversubscribe: bool = OversubscribeOpt,
 ) -> None:
     """Create (or resume) a study from a TOML file and run every cell with local workers."""
     from tmafbench.study import api
@@ -210,7 +212,8 @@ def run_cmd(
     url = resolve_storage(storage)
     with phases_progress(console) as progress:
         outcome = api.run(spec_path, set_, url=url, devices=devices, workers=workers, new_name=new_name, force=force,
-                          options=_options(heartbeat, grace, pack, db_patience), on_ready=_announcer(url),
+                          options=_options(heartbeat, grace, pack, db_patience), oversubscribe=oversubscribe,
+                          on_ready=_announcer(url),
                           progress=progress, on_event=_event)
     _report(outcome)
 
@@ -224,6 +227,7 @@ def worker_cmd(
     grace: float = GraceOpt,
     pack: str = PackOpt,
     db_patience: float = PatienceOpt,
+    oversubscribe: bool = OversubscribeOpt,
 ) -> None:
     """Join a study (e.g. from another machine, against one PostgreSQL URL) and work until it is done."""
     from tmafbench.study import api
@@ -231,7 +235,8 @@ def worker_cmd(
     options = _options(heartbeat, grace, pack, db_patience)
     url = resolve_storage(storage)
     with phases_progress(console) as progress:
-        outcome = api.join(name, url=url, devices=devices, workers=workers, options=options, on_ready=_announcer(url),
+        outcome = api.join(name, url=url, devices=devices, workers=workers, options=options, oversubscribe=oversubscribe,
+                           on_ready=_announcer(url),
                            progress=progress, on_event=_event)
     _report(outcome)
 

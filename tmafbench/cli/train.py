@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tmafbench.cli.common import model_params, parse_params
+from tmafbench.cli.common import is_tty, model_params, parse_params
 from tmafbench.core import TrainingConfig, TrialConfig, TrialResult
 from tmafbench.errors import InputError
 
@@ -85,12 +85,24 @@ def train(
             loss_reduction=loss_reduction, evaluate_train=evaluate_train,
         )),
     ))
-    with EpochProgress(progress and not as_json, epochs) as on_epoch:
+    check_names(config)  # a bad name or parameter is one line, before any progress output
+    # A progress bar only on a terminal: a log file or a pipe gets the result alone.
+    with EpochProgress(progress and not as_json and is_tty(), epochs) as on_epoch:
         result = train_trial(config, on_epoch=on_epoch)
     if as_json:
         typer.echo(json.dumps({"config": config.to_dict(), **result.to_dict()}))
     else:
         print_result(result, config.to_dict())
+
+
+def check_names(config: TrialConfig) -> None:
+    """The task, model and activation names and parameters, checked as training would (no data is read)."""
+    from tmafbench import activations, models, tasks  # noqa: F401  (importing them fills the registries)
+    from tmafbench.registries import ACTIVATIONS, MODELS, TASKS
+
+    TASKS.create(config.task, **config.task_params)  # its own checks too (sizes, a formula)
+    MODELS.check_params(config.model, config.model_params)
+    ACTIVATIONS.check_params(config.activation, config.act_params)
 
 
 class EpochProgress:

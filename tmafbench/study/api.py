@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from tmafbench.store.database import Database, sqlite_file_missing
+from tmafbench.store.gzipped import readable_copy
 from tmafbench.store.repository import Repository, StoredStudy, StudySummary
 from tmafbench.study.design import StudyDesign, load_design, stored_form
 from tmafbench.study.lifecycle import StudyInfo, delete as delete_study, info_of, prepare
@@ -42,7 +43,7 @@ def describe_tuning(design: StudyDesign) -> str:
 
 
 def run(path: str | Path, overrides: list[str] | None, *, url: str, devices: str = "auto", workers: int | None = None,
-        new_name: str | None = None, force: bool = False, options: WorkerOptions = WorkerOptions(),
+        new_name: str | None = None, force: bool = False, options: WorkerOptions = WorkerOptions(), oversubscribe: bool = False,
         on_ready: OnReady | None = None, progress: Progress | None = None,
         on_event: OnEvent | None = None) -> StudyOutcome:
     """Create (or resume) the study of a study file and run every cell with local workers.
@@ -60,16 +61,16 @@ def run(path: str | Path, overrides: list[str] | None, *, url: str, devices: str
     design = load_design(path, overrides)
     if new_name:
         design = design.renamed(new_name)
-    device_list = resolve_devices(devices, workers)  # before anything is written
+    device_list = resolve_devices(devices, workers, oversubscribe)  # before anything is written
     info = prepare(design, url, force=force)
     return _work(info, url, device_list, options, on_ready, progress, on_event)
 
 
 def join(name: str, *, url: str, devices: str = "auto", workers: int | None = 1,
-         options: WorkerOptions = WorkerOptions(), on_ready: OnReady | None = None,
+         options: WorkerOptions = WorkerOptions(), oversubscribe: bool = False, on_ready: OnReady | None = None,
          progress: Progress | None = None, on_event: OnEvent | None = None) -> StudyOutcome:
     """Work on a stored study from this machine (e.g. against one PostgreSQL URL)."""
-    device_list = resolve_devices(devices, workers)
+    device_list = resolve_devices(devices, workers, oversubscribe)
     db = Database(url, must_exist=True)
     try:
         db.check_schema()
@@ -134,7 +135,8 @@ def show(name: str, url: str) -> tuple[StoredStudy, list[tuple[str, int, int, st
 
 
 def _read(url: str, fn: Callable[[Repository], T]) -> T:
-    db = Database(url, must_exist=True)
+    """`fn` on the database at `url`, read as it is; a shipped `results.db.gz` is read from a copy."""
+    db = Database(readable_copy(url), must_exist=True)
     try:
         db.check_schema()
         return fn(Repository(db))

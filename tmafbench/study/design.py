@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from tmafbench.errors import SpecError
 from tmafbench.study.cells import CellPlan, cells_hash, expand
 from tmafbench.study.files import locate
-from tmafbench.study.spec import StudySpec, apply_overrides, spec_error
+from tmafbench.study.spec import NAME_MAX, StudySpec, apply_overrides, spec_error
 from tmafbench.study.tune_spec import SpaceParam, TuneSpec, check_tune, parse_space, validate_model
 
 # Keys of a study file that document it without changing what runs.
@@ -72,7 +72,8 @@ class StudyDesign:
         try:
             spec = StudySpec.model_validate({**self.spec.model_dump(), "name": name})
         except ValidationError:
-            raise SpecError(f"--new-name {name!r}: a study name is letters, digits, '_', '.' and '-'") from None
+            raise SpecError(f"--new-name {name[:40]!r}{'...' if len(name) > 40 else ''}: a study name is letters, digits, "
+                            f"'_', '.' and '-', at most {NAME_MAX} characters") from None
         return StudyDesign(spec, self.tune, self.space, {**self.data, "name": name})
 
 

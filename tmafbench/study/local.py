@@ -45,13 +45,19 @@ class WorkerLoop(Protocol):
 # --- devices -----------------------------------------------------------------------------------------
 
 
-def resolve_devices(devices: str, workers: int | None) -> list[str]:
+def resolve_devices(devices: str, workers: int | None, oversubscribe: bool = False) -> list[str]:
     """One device per worker: "cpu", "auto" (every visible GPU, else CPU) or "cuda:0,cuda:1".
 
     CUDA devices this machine does not have are refused here, before anything is written: a study
-    would otherwise be created only to fail every cell.
+    would otherwise be created only to fail every cell. So are more CPU workers than CPU cores
+    (`--workers 1000` on 2 cores), unless `oversubscribe`.
     """
     items = parse_devices(devices, workers)
+    on_cpu, cores = items.count("cpu"), cpu_cores()
+    if on_cpu > cores and not oversubscribe:
+        raise InputError(f"--workers {on_cpu} is more than the {cores} CPU core(s) this process may use; each worker "
+                         "process trains with its own threads, so more only slows every cell down. Use at most "
+                         f"{cores}, or pass --oversubscribe to start {on_cpu} anyway")
     cuda = sorted({d for d in items if d.startswith("cuda:")}, key=lambda d: int(d[5:]))
     if cuda:
         import torch
@@ -64,6 +70,14 @@ def resolve_devices(devices: str, workers: int | None) -> list[str]:
             raise InputError(f"--devices: device {cuda[-1]!r} requested but this machine has {count} CUDA "
                              f"device(s): cuda:0 to cuda:{count - 1}")
     return items
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def parse_devices(devices: str, workers: int | None) -> list[str]:

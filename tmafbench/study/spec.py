@@ -71,6 +71,9 @@ MakeError = Callable[[tuple[Any, ...], str], SpecError]
 
 GRID_KEYS = ("lo", "hi", "intervals", "breakpoints")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+#: The longest study name: every backend stores it (the study table holds 200 characters, PostgreSQL
+#: enforces that), with room for what a tuned study's child adds.
+NAME_MAX = 100
 
 
 class _Strict(BaseModel):
@@ -231,7 +234,7 @@ class Reference(_Strict):
 
 
 class StudySpec(_Strict):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     description: str = ""
     max_retries: int = Field(default=2, ge=1)
     max_crashes: int = Field(default=2, ge=1)

@@ -90,7 +90,9 @@ def check_spec(spec: StudySpec, err: MakeError) -> None:
     for i, task in enumerate(spec.tasks()):
         loc = ("axes", "tasks", i) if spec.axes.tasks else ("defaults",)
         try:
-            check_name_params(tasks, "task", task.name, {**spec.defaults.task_params, **task.params})
+            params = {**spec.defaults.task_params, **task.params}
+            check_name_params(tasks, "task", task.name, params)
+            tasks.create(task.name, **params)  # its own checks (sizes >= 1, a formula); reads no data
         except ValueError as exc:
             raise err(loc + ("params",) if spec.axes.tasks else ("defaults", "task_params"), str(exc)) from None
     _check_cells(spec, err)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import signal
 import socket
 import threading
@@ -38,6 +39,7 @@ T = TypeVar("T")
 log = logging.getLogger("tmafbench.worker")
 
 AUTO_PACK_CPU, AUTO_PACK_GPU = 16, 64
+MAX_DURATION_S = 30 * 24 * 3600.0  # a heartbeat, grace or patience longer than 30 days is a typo (1e15 overflows sleeps)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ class WorkerOptions:
     db_patience_s: float = DEFAULT_PATIENCE_S  # how long a worker waits for a database that does not answer
 
     def __post_init__(self) -> None:
+        for option, value in (("--heartbeat", self.heartbeat_s), ("--grace", self.grace_s),
+                              ("--db-patience", self.db_patience_s), ("poll_s", self.poll_s)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= MAX_DURATION_S):
+                raise TmafbenchError(f"{option} must be a number of seconds from 0 to {MAX_DURATION_S:g} (30 days), "
+                                     f"got {value!r}")
         if self.pack != "auto" and not (isinstance(self.pack, int) and not isinstance(self.pack, bool) and self.pack >= 1):
             raise TmafbenchError(f"--pack must be a positive integer or 'auto', got {self.pack!r}")
         if self.db_patience_s < 0:
