@@ -41,10 +41,6 @@ def test_same_seed_same_json_metrics():
 
 
 def test_activation_params_are_passed():
-    from tmafbench import activations
-
-    if "tmaf" not in activations.available():
-        pytest.skip("tmaf not registered yet")
     result = runner.invoke(app, ["train", *SMALL, "--activation", "tmaf", "--act-param", "intervals=4",
                                  "--act-lr", "0.01", "--json"])
     assert result.exit_code == 0, result.output

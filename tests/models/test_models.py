@@ -65,7 +65,6 @@ def test_resnet18_has_17_distinct_activations_with_channel_counts():
     assert 11_100_000 < total < 11_200_000  # the CIFAR ResNet18: about 11.17M parameters
 
 
-@pytest.mark.skipif("tmaf" not in activations.available(), reason="tmaf not registered yet")
 def test_activation_parameters_are_counted_per_feature():
     model = models.create("mlp", activation=activations.factory("tmaf"), task=MNIST_TASK, depth=2, width=10)
     total, act = models.count_parameters(model)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tmafbench import activations
 from tmafbench.study.cells import cells_hash
 from tmafbench.study.design import parse_design
 
-pytestmark = pytest.mark.skipif("tmaf" not in activations.available(), reason="tmaf not registered yet")
 
 GRIDS = """
 name = "grids"

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tmafbench import activations
 from tmafbench.errors import SpecError
 from tmafbench.study.design import load_design, parse_design
 from tmafbench.study.spec import apply_overrides
 
-HAS_TMAF = "tmaf" in activations.available()
-needs_tmaf = pytest.mark.skipif(not HAS_TMAF, reason="the tmaf activation is not registered yet")
 
 
 def test_good_file_parses(tiny_spec_file):
@@ -124,7 +121,6 @@ def test_missing_task(tiny_spec_text):
         parse_design(tiny_spec_text.replace('task = "sine-sum"\n', "")).spec
 
 
-@needs_tmaf
 def test_grid_on_a_gridless_activation_is_refused(tiny_spec_text):
     text = tiny_spec_text + '[[axes.grids]]\nlabel = "h1"\nlo = -5.0\nhi = 5.0\nintervals = 10\n'
     text = text.replace('name = "relu"', 'name = "relu"\ngrids = ["h1"]')
@@ -132,7 +128,6 @@ def test_grid_on_a_gridless_activation_is_refused(tiny_spec_text):
         parse_design(text).spec
 
 
-@needs_tmaf
 def test_impossible_activation_params_are_refused(tiny_spec_text):
     text = tiny_spec_text + '[[axes.activations]]\nname = "tmaf"\nparams = { intervals = 0 }\n'
     with pytest.raises(SpecError, match=r"axes\.activations\[2\]\.params"):

@@ -100,7 +100,7 @@ def test_the_matrix_covers_the_documented_options():
     assert {kernel for name, _, kernel in (c.values for c in CASES) if name == "tmaf"} == set(KERNELS)
 
 
-@pytest.mark.skipif("native" not in KERNELS, reason="native kernel unavailable")
+@pytest.mark.skipif("native" not in KERNELS, reason="no C++ compiler here")
 @pytest.mark.parametrize("name, params", [("tmaf", {"train_breakpoints": True}),
                                           ("tmaf-tridiag", {"train_breakpoints": True, "share": "layer"}),
                                           ("tmaf-banded", {"init": "random"})])

@@ -18,7 +18,6 @@ from tmafbench.training import TrainingConfig, TrialConfig, seed_everything, tra
 from tmafbench.training.optim import build_optimizer, split_parameters
 from tmafbench.training.schedules import build_scheduler
 
-HAS_TMAF = "tmaf" in activations.available()
 
 
 def config(task="sine-sum", activation="relu", seed=0, task_params=None, model_params=None, act_params=None, **training):
@@ -53,7 +52,7 @@ def test_training_reduces_the_error():
     assert result.epochs[-1].train_loss < 0.5 * result.epochs[0].train_loss
 
 
-@pytest.mark.parametrize("activation", ["relu"] + (["tmaf"] if HAS_TMAF else []))
+@pytest.mark.parametrize("activation", ["relu", "tmaf"])
 def test_same_seed_is_bit_identical(activation):
     a = train_trial(config(activation=activation, seed=3))
     b = train_trial(config(activation=activation, seed=3))
@@ -150,7 +149,6 @@ def test_predictions_artifact_on_the_fixed_grid():
     assert "predictions" not in off.artifacts
 
 
-@pytest.mark.skipif(not HAS_TMAF, reason="tmaf not registered yet")
 def test_tmaf_trains_and_keeps_its_parameters_and_curves():
     result = train_trial(config(activation="tmaf", act_params={"intervals": 10}, act_lr=0.05,
                                 model_params={"depth": 2, "width": 12}))
@@ -162,7 +160,6 @@ def test_tmaf_trains_and_keeps_its_parameters_and_curves():
     assert len(curves["modules"]["body.1"]) == 8 and len(curves["modules"]["body.1"][0]) == 241
 
 
-@pytest.mark.skipif(not HAS_TMAF, reason="tmaf not registered yet")
 def test_activation_parameters_get_their_own_group():
     from tmafbench import models, tasks
 
@@ -238,7 +235,7 @@ def test_real_mnist_one_epoch_784_10_10_relu(real_data_dir):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("activation", ["relu"] + (["tmaf"] if HAS_TMAF else []))
+@pytest.mark.parametrize("activation", ["relu", "tmaf"])
 def test_cuda_run_matches_cpu_closely(activation):
     cpu = train_trial(config(activation=activation, epochs=1))
     gpu = train_trial(config(activation=activation, epochs=1, device="cuda"))
@@ -258,7 +255,7 @@ def _weights_after(cfg: TrialConfig) -> list[torch.Tensor]:
     return [p.detach().clone() for p in setup.model.parameters()]
 
 
-@pytest.mark.parametrize("activation", ["relu"] + (["tmaf"] if HAS_TMAF else []))
+@pytest.mark.parametrize("activation", ["relu", "tmaf"])
 def test_summed_loss_is_the_mean_loss_times_the_batch_size(activation):
     # SGD without momentum at lr / B on the summed loss takes the same steps as lr on the mean loss
     # (256 samples, batches of 64: every batch is full), for the weights and the activation values.

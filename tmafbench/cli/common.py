@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import click
 import typer
 
 from tmafbench.errors import InputError, TmafbenchError
@@ -51,6 +52,8 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+            raise  # typer.Exit(code) and the like: an outcome already reported, not an error
         except USER_ERRORS as exc:
             fail(str(exc))
         except KeyboardInterrupt:
