@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import click
 import typer
 
 from tmafbench.errors import InputError, TmafbenchError
@@ -19,6 +18,8 @@ STORAGE_ENV = "TMAFBENCH_STORAGE"
 
 EXIT_REFUSED = 2  # every one-line error before anything ran (`fail`)
 EXIT_BUG = 1  # an exception tmafbench did not expect: a bug, reported in one line (`--debug`: the traceback)
+# click's base of usage errors (typer re-exports click, or ships its own copy): it is click's to report.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 DEBUG_ENV = "TMAFBENCH_DEBUG"  # set by `tmafbench --debug`; worker processes inherit it
 
 # Errors that are the user's input, not our bug: print one line, no traceback. Only the project's
@@ -52,7 +53,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+        except (typer.Exit, typer.Abort, _ClickException):
             raise  # typer.Exit(code) and the like: an outcome already reported, not an error
         except USER_ERRORS as exc:
             fail(str(exc))
