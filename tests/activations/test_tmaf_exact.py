@@ -148,8 +148,9 @@ def test_banded_one_is_tridiag_and_banded_zero_is_tmaf(backend):
     ({"breakpoints": [0, 1], "intervals": 4}, "either breakpoints or lo/hi/intervals"),
     ({"intervals": 3}, "0 must be a breakpoint for an exact relu/leaky init"),
     ({"breakpoints": [-1, 1], "init": "leaky"}, "0 must be a breakpoint"),
-    ({"init": "zero"}, "unknown init 'zero'; choose one of: relu, leaky, identity, random"),
-    ({"share": "channel"}, "share must be one of feature, layer"),
+    # Checked against the constructor's annotation (Literal) before it runs: registries.Registry.check_params.
+    ({"init": "zero"}, "init must be one of 'relu', 'leaky', 'identity', 'random', got str 'zero'"),
+    ({"share": "channel"}, "share must be one of 'feature', 'layer', got str 'channel'"),
 ])
 @pytest.mark.parametrize("name", ["tmaf", "tmaf-tridiag", "tmaf-banded"])
 def test_bad_parameters_raise_clear_errors(name, kwargs, message):
