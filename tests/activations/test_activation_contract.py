@@ -134,7 +134,7 @@ def test_fixed_formulas():
         scaled.omega.copy_(torch.tensor([2.0, 0.5]))
     z = torch.randn(5, 2)
     assert torch.allclose(scaled(z), torch.tanh(z * torch.tensor([2.0, 0.5])))
-    with pytest.raises(ValueError, match="unknown sigma 'swish'; choose one of"):
+    with pytest.raises(ValueError, match="sigma must be one of 'relu', .*got str 'swish'"):
         activations.create("scaled", 2, sigma="swish")
     prelu = activations.create("prelu", 3)
     assert torch.equal(prelu(z.new_ones(2, 3) * -2), torch.full((2, 3), -0.5))

@@ -202,12 +202,12 @@ def test_spline_and_swish_start_as_silu():
 @pytest.mark.parametrize("name, params, message", [
     ("pau", {"numerator_degree": 0}, "pau degrees must be >= 1"),
     ("apl", {"hinges": 0}, "apl hinges must be >= 1"),
-    ("apl", {"init": "zeros"}, "unknown apl init 'zeros'; choose one of: paper, relu"),
+    ("apl", {"init": "zeros"}, "init must be one of 'paper', 'relu', got str 'zeros'"),
     ("pwlu", {"left": 1.0, "right": 1.0}, "pwlu needs left < right"),
     ("pwlu", {"pieces": 0}, "pwlu pieces must be >= 1"),
     ("pwlu", {"align_steps": 0}, "pwlu align_steps must be >= 1"),
     ("kan-spline", {"grid_size": 0}, "kan-spline grid_size must be >= 1"),
-    ("swish", {"share": "channel"}, "share must be one of feature, layer"),
+    ("swish", {"share": "channel"}, "share must be one of 'feature', 'layer', got str 'channel'"),
 ])
 def test_bad_parameters_are_clear_errors(name, params, message):
     with pytest.raises(ValueError, match=message):

@@ -25,7 +25,10 @@ from tiny_specs import study_toml
 
 
 def test_resolve_devices():
-    assert resolve_devices("cpu", 3) == ["cpu"] * 3
+    assert resolve_devices("cpu", 1) == ["cpu"]
+    with pytest.raises(ValueError, match="more than the .* CPU core"):  # --workers 1000 on 2 cores
+        resolve_devices("cpu", 1000)
+    assert resolve_devices("cpu", 1000, oversubscribe=True) == ["cpu"] * 1000
     assert parse_devices("cuda:0,cuda:1", None) == ["cuda:0", "cuda:1"]
     assert parse_devices("cuda:0,cuda:1", 3) == ["cuda:0", "cuda:1", "cuda:0"]
     with pytest.raises(ValueError, match="not cpu, auto or cuda:N"):

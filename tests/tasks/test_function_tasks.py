@@ -12,7 +12,8 @@ from tmafbench.tasks.formula import compile_formula
 
 
 def test_registry_lists_every_task():
-    assert set(tasks.available()) == {"sine-sum", "oscillatory", "expression", "mnist", "fashion-mnist", "cifar10"}
+    assert set(tasks.available()) == {"sine-sum", "oscillatory", "expression", "mnist", "fashion-mnist", "cifar10",
+                                     "glyphs", "glyphs-color"}
     with pytest.raises(ValueError, match="choose one of"):
         tasks.create("sine")
 
@@ -116,7 +117,7 @@ def test_expression_checks_domain_and_variables():
 
 @pytest.mark.parametrize("params", [{"train_size": 0}, {"test_size": -3}, {"train_size": 2.5}])
 def test_bad_sizes(params):
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="positive integer|must be an integer, got float 2.5"):
         tasks.create("oscillatory", **params)
 
 
