@@ -48,6 +48,7 @@ def test_durations_that_are_not_finite_or_huge_are_refused(spec_file, tmp_path, 
     assert not db.exists()
 
 
+@pytest.mark.slow  # the forced run trains the study with more workers than cores (about a minute on 2 cores)
 def test_workers_above_the_cpu_cores_are_refused_unless_forced(spec_file, tmp_path):
     db = tmp_path / "r.db"
     too_many = str(cpu_cores() + 1)
