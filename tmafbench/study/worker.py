@@ -48,12 +48,15 @@ class WorkerOptions:
     max_runs: int | None = None  # stop after this many runs (tests, benchmarks)
     pack: int | str = 1  # cells trained together as one packed model: K, or "auto" (training/packed.py)
     db_patience_s: float = DEFAULT_PATIENCE_S  # how long a worker waits for a database that does not answer
+    threads: int | None = None  # torch threads per CPU worker; None: the usable CPUs shared (study/threads.py)
 
     def __post_init__(self) -> None:
         if self.pack != "auto" and not (isinstance(self.pack, int) and not isinstance(self.pack, bool) and self.pack >= 1):
             raise TmafbenchError(f"--pack must be a positive integer or 'auto', got {self.pack!r}")
         if self.db_patience_s < 0:
             raise TmafbenchError(f"--db-patience must be >= 0 seconds, got {self.db_patience_s:g}")
+        if self.threads is not None and self.threads < 1:
+            raise TmafbenchError(f"--threads must be >= 1, got {self.threads}")
         if self.heartbeat_s <= 0:
             raise TmafbenchError(f"--heartbeat must be > 0 seconds, got {self.heartbeat_s:g}")
         # A live run is silent for up to one heartbeat interval (longer on a loaded machine): a grace
