@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from tmafbench.store.database import Database, sqlite_file_missing
 from tmafbench.store.repository import Repository, StoredStudy, StudySummary
@@ -22,6 +22,7 @@ from tmafbench.study.worker import WorkerOptions
 if TYPE_CHECKING:
     from tmafbench.study.submit import JobResources, Submitted
 
+T = TypeVar("T")
 OnReady = Callable[[StudyInfo, list[str]], None]
 Progress = Callable[[PhaseCounts, float | None], None]
 OnEvent = Callable[[str], None]
@@ -171,14 +172,14 @@ def summaries(url: str) -> list[StudySummary]:
 
 def show(name: str, url: str) -> tuple[StoredStudy, list[tuple[str, int, int, str | None, float | None]]]:
     """The study's provenance and a summary per group."""
-    def both(repo: Repository) -> Any:
+    def both(repo: Repository) -> tuple[StoredStudy, list[tuple[str, int, int, str | None, float | None]]]:
         study = repo.require_study(name)
         return study, repo.group_summary(study.id)
 
     return _read(url, both)
 
 
-def _read(url: str, fn: Callable[[Repository], Any]) -> Any:
+def _read(url: str, fn: Callable[[Repository], T]) -> T:
     db = Database(url, must_exist=True)
     try:
         db.check_schema()
