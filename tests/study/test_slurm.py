@@ -188,6 +188,9 @@ def wait_for_job_logs(folder: Path, text: str, count: int, timeout: float = 120.
     raise AssertionError(f"fewer than {count} job logs in {folder} say {text!r} after {timeout:.0f} s")
 
 
+@pytest.mark.skipif(not os.environ.get("TMAFBENCH_TEST_SLURM_REQUEUE"), reason=(
+    "Slurm holds a requeued job about 2 minutes before it runs again (138 s measured), past CI's 3-minute "
+    "budget for Slurm: set TMAFBENCH_TEST_SLURM_REQUEUE=1 to run it"))
 def test_time_limit_signal_requeues_a_submitted_task(cluster_env, tmp_path):
     """`study submit` asks Slurm for USR2 60 s before the time limit (submitit's --signal); sending it
     now is what Slurm does then. The worker stops cleanly and submitit requeues the task."""
@@ -197,7 +200,7 @@ def test_time_limit_signal_requeues_a_submitted_task(cluster_env, tmp_path):
     wait_for_job_logs(tmp_path / "tmafbench-jobs", "tmafbench job task", 2)  # submitit's handler is in place
     wait_for_running_run(url, "cluster-smoke")
     subprocess.run(["scancel", "--signal=USR2", array], check=True)
-    wait_for_jobs(array, tmp_path)
+    wait_for_jobs(array, tmp_path, timeout=JOB_WAIT_S + 180)
     tasks = job_tasks(array)
     assert any(int(t.get("Restarts", "0")) >= 1 for t in tasks), tasks
     assert {t["JobState"] for t in tasks} == {"COMPLETED"}, tasks

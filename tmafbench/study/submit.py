@@ -69,8 +69,10 @@ class JobResources:
 def parse_time(text: str) -> int:
     """Slurm's time formats (`MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`) in whole
     minutes, rounded up as Slurm does."""
-    days, _, rest = text.strip().rpartition("-")
+    days, dash, rest = text.strip().rpartition("-")
     try:
+        if dash and not days:  # "-5": a negative time, not a day count
+            raise ValueError(text)
         parts = [int(p) for p in rest.split(":")]
         day_count = int(days) if days else 0
     except ValueError:
@@ -167,13 +169,24 @@ class WorkerJob:
         from submitit.helpers import DelayedSubmission
 
         process = self._process
-        if process is not None and process.poll() is None:
+        if process is not None and not _has_exited(process.pid):
             process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
+            deadline = time.monotonic() + STOP_WAIT_S
+            while not _has_exited(process.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not _has_exited(process.pid):
                 process.kill()
         return DelayedSubmission(self, task)
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether the child has ended, without reaping it. `checkpoint` runs in a signal handler while
+    `__call__` sits in `Popen.wait()`, which holds the Popen's wait lock: a `wait` or `poll` here
+    would never see the exit (seen on Slurm: every stop then took the full STOP_WAIT_S)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped
+        return True
 
 
 # --- submitting ------------------------------------------------------------------------------------
