@@ -85,6 +85,7 @@ stop_pid_file() {
   local file=$1 pid
   [ -f "$file" ] || return 0
   pid=$(cat "$file")
+  rm -f "$file"  # stopped once: a second stop must not signal a PID the system has given to another process
   kill "$pid" 2>/dev/null || return 0
   for _ in $(seq 1 40); do
     kill -0 "$pid" 2>/dev/null || return 0
