@@ -72,6 +72,7 @@ def join(name: str, *, url: str, devices: str = "auto", workers: int | None = 1,
     db = Database(url, must_exist=True)
     try:
         db.check_schema()
+        db.add_missing_columns()  # a database made by an earlier release: this worker records more
         info = info_of(Repository(db), name)
     finally:
         db.dispose()

@@ -185,7 +185,7 @@ def _prepare_tuned(repo: Repository, design: StudyDesign, existing: StoredStudy 
     tune = repo.get_study(tune_study_name(name))
     tune_id = tune.id if tune else repo.create_study(
         name=tune_study_name(name), cells=slot_plans(design, groups), kind="tune", parent_id=main_id,
-        **{**meta, "reference": None})
+        **{**meta, "reference": None, "spec": {**meta["spec"], "tune": design.tune.as_run()}})  # as it runs
     slots = len(groups) * design.tune.trials
     message = (f"{'resuming' if existing else 'created'} tuned study {name!r}: {len(groups)} groups x "
                f"{design.tune.trials} trials = {slots} tuning slots, then {len(design.cells)} evaluation cells"

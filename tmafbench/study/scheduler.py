@@ -285,6 +285,8 @@ class WorkerContext:
         blinks; a late result for a cell that another run completed is recorded as a redundant
         attempt. Time in training is added to the stats.
         """
+        from tmafbench.training.packed import record_packs
+
         train_many = train_many or self.many_fn
         numbers = trial_numbers or [None] * len(claims)
         cell_start = time.perf_counter()
@@ -296,6 +298,7 @@ class WorkerContext:
         try:
             with Heartbeat(self.repo, [c.run_id for c in claims], self.options.heartbeat_s) as beat:
                 outcomes = train_many(configs, [beat.check(c.run_id) for c in claims])
+                record_packs(configs, outcomes, [c.config_hash for c in claims])  # the "pack" artifact
                 if _STOP.is_set():  # a Ctrl-C that Python swallowed during the trial
                     raise KeyboardInterrupt
         except (KeyboardInterrupt, SystemExit):
@@ -417,6 +420,7 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
     than `options.db_patience_s`, refuses writes (a full disk) or fails otherwise stops the worker
     cleanly: `stats.stopped` says why in one line, and running the study again resumes it.
     """
+    from tmafbench.activations.kernels import kernel_on
     from tmafbench.store.environment import collect
     from tmafbench.study.runners import runner_for
 
@@ -427,7 +431,7 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
         ctx = WorkerContext(repo, device, options, stats, trial_fn or default_trial_fn(), default_many_fn(trial_fn))
         ctx.retry(db.check_schema)
         info = ctx.retry(lambda: info_of(repo, study_name))
-        environment = collect(device)
+        environment = collect(device, kernel_on(device))  # after the worker process set its threads
         with stop_guard():
             ctx.environment_id = ctx.retry(lambda: repo.environment_id(environment))
             for phase in info.phases:
