@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import delete, select, update
+from tiny_specs import TINY
 
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import Database
@@ -14,8 +17,6 @@ from tmafbench.study.design import parse_design
 from tmafbench.study.lifecycle import prepare
 from tmafbench.study.scheduler import WorkerOptions, worker_loop
 from tmafbench.study.verify import verify
-
-from tiny_specs import TINY
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_a_live_study_re_runs_bit_for_bit_in_its_packs(packed):
 
 
 def test_a_shipped_database_re_runs_too_and_a_cell_can_be_named(packed):
-    url, shipped = packed
+    _url, shipped = packed
     chosen = verify(shipped, "tiny", cells=2, seed=1)
     assert len(chosen.checks) == 2 and chosen.ok and all(c.identical for c in chosen.checks)
     assert [c.cell_id for c in chosen.checks] == [c.cell_id for c in verify(shipped, "tiny", cells=2, seed=1).checks]
@@ -54,7 +55,7 @@ def test_a_shipped_database_re_runs_too_and_a_cell_can_be_named(packed):
 def test_drift_beyond_the_tolerance_fails_and_says_how_far(packed, tmp_path):
     url, _ = packed
     copy = tmp_path / "changed.db"
-    copy.write_bytes(open(url.removeprefix("sqlite:///"), "rb").read())
+    copy.write_bytes(Path(url.removeprefix("sqlite:///")).read_bytes())
     changed = f"sqlite:///{copy}"
     db = Database(changed)
     with db.session() as s:
@@ -76,7 +77,7 @@ def test_drift_beyond_the_tolerance_fails_and_says_how_far(packed, tmp_path):
 def test_a_run_stored_before_packs_were_recorded_finds_its_pack_from_the_claim(packed, tmp_path):
     url, _ = packed
     copy = tmp_path / "old.db"
-    copy.write_bytes(open(url.removeprefix("sqlite:///"), "rb").read())
+    copy.write_bytes(Path(url.removeprefix("sqlite:///")).read_bytes())
     old = f"sqlite:///{copy}"
     db = Database(old)
     with db.session() as s:

@@ -16,7 +16,16 @@ from tmafbench.core import RunStatus
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import read_only_engine
 from tmafbench.store.gzipped import readable_copy
-from tmafbench.store.schema import Artifact, Cell, Environment, EpochMetric, FinalMetric, Run, Study, Timing
+from tmafbench.store.schema import (
+    Artifact,
+    Cell,
+    Environment,
+    EpochMetric,
+    FinalMetric,
+    Run,
+    Study,
+    Timing,
+)
 
 PACK_ARTIFACT = "pack"
 
