@@ -108,7 +108,7 @@ def test_the_tuning_study_stores_its_table_as_run_and_the_report_picks_the_highe
     assert spec["tune"]["startup_trials"] == 1 and spec["tune"]["max_pack"] == 1
     assert spec["tune"]["seeds"] == [0] and spec["tune"]["eval_seeds"] == [1] and spec["tune"]["pruner"] == "none"
     _row, notes = _chosen(accuracy_study, tmp_path)
-    assert "1 random startup trials; a pack held at most 1 slots" in notes[0] and "val_accuracy" in notes[0]
+    assert "1 random startup trials; a pack held at most 1 tuning slots" in notes[0] and "val_accuracy" in notes[0]
 
 
 def test_a_study_stored_before_the_record_still_reads_its_metric_and_packs_from_the_runs(accuracy_study, tmp_path):
@@ -121,7 +121,7 @@ def test_a_study_stored_before_the_record_still_reads_its_metric_and_packs_from_
         s.execute(update(Timing).where(Timing.name == "pack_size", Timing.run_id.in_(tune_runs)).values(value=4.0))
     db.dispose()
     _row, notes = _chosen(accuracy_study, tmp_path)
-    assert "in name only" in notes[0] and "up to 4 slots of a group trained in one pack" in notes[0]
+    assert "in name only" in notes[0] and "up to 4 tuning slots trained in one pack" in notes[0]
     assert "in effect a random search" in notes[0]
 
 

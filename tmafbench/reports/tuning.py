@@ -77,12 +77,12 @@ def sampler_text(tune: dict, packs: pd.Series | None = None) -> str:
     seed = tune.get("sampler_seed", 0)
     if tune.get("sampler"):
         return (f"Optuna TPE sampler (seed {seed}, {startup} random startup trials; a pack held at most "
-                f"{tune.get('max_pack', startup)} slots of a group, so TPE proposed the later trials from finished ones)")
+                f"{tune.get('max_pack', startup)} tuning slots, so TPE proposed the later trials from finished ones)")
     largest = int(packs.max()) if packs is not None and packs.notna().any() else None
     if largest is not None and largest > startup:
         return (f"Optuna TPE sampler (seed {seed}) in name only: this study ran before tuning packs were capped, and "
-                f"up to {largest} slots of a group trained in one pack, proposed together before any of them "
-                f"finished, against a random start of {startup}: in effect a random search")
+                f"up to {largest} tuning slots trained in one pack, proposed together before any of them "
+                f"finished, against a random start of {startup} per group: in effect a random search")
     return f"Optuna TPE sampler (seed {seed}, {startup} random startup trials; sampler behaviour not recorded)"
 
 
