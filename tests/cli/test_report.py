@@ -40,6 +40,18 @@ def test_build_writes_the_report(db_url, tmp_path):
     assert not (out / "index.html").exists()
 
 
+@pytest.mark.slow  # renders every figure (~10 s on 2 busy cores)
+def test_self_contained_embeds_the_figures(db_url, tmp_path):
+    out = tmp_path / "rep"
+    result = runner.invoke(app, ["report", "build", "hand", "--storage", db_url, "--out", str(out),
+                                 "--format", "html", "--self-contained"])
+    assert result.exit_code == 0, result.output
+    html = (out / "index.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(list((out / "figures").glob("*.png"))) > 0
+    linked = runner.invoke(app, ["report", "build", "hand", "--storage", db_url, "--out", str(out), "--format", "html"])
+    assert linked.exit_code == 0 and 'src="figures/seeds.png"' in (out / "index.html").read_text()
+
+
 def test_storage_from_environment_and_default_folder(db_url, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TMAFBENCH_STORAGE", db_url)
