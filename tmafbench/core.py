@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, field_validator
 
@@ -39,6 +39,15 @@ class RunStatus(StrEnum):
 
 # A cell with a run in one of these states is done.
 FINAL_OK = (RunStatus.COMPLETED, RunStatus.DIVERGED)
+
+
+class Ending(StrEnum):
+    """How a run of a study ended, for a scheduler or a script (the CLI maps each to an exit status)."""
+
+    DONE = "done"  # every cell completed or diverged
+    CELLS_FAILED = "cells failed"  # every cell is final, but some failed for good (max_retries, max_crashes)
+    STOPPED = "stopped"  # cells are left: a worker stopped early (database away, disk full) or died
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
 
 
 class SlotState(StrEnum):
@@ -335,3 +344,10 @@ class TrialResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# What a cell's training gives back: its result, or the exception that ended it (a bad config, a
+# pruned tuning trial); and the callback each finished epoch is handed to (the worker's check that
+# the run is still its own, a tuning slot's pruning report).
+Outcome = TrialResult | BaseException
+OnEpoch = Callable[[EpochRecord], None] | None

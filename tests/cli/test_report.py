@@ -106,7 +106,8 @@ def test_report_of_a_fresh_tuned_study(tmp_path):
     from tiny_specs import study_toml
     from tmafbench.study.design import parse_design
     from tmafbench.study.lifecycle import prepare
-    from tmafbench.study.scheduler import WorkerOptions, worker_loop
+    from tmafbench.study.worker import WorkerOptions
+    from tmafbench.study.loop import worker_loop
 
     url = f"sqlite:///{tmp_path / 'tuned.db'}"
     text = study_toml("tuned", model="mlp", train_size=96, epochs=2, seeds=None, activations=("relu", "tanh"), tail="""\

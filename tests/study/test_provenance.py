@@ -16,7 +16,8 @@ from tmafbench.store.environment import collect
 from tmafbench.store.schema import Artifact, Cell, Environment, Run, Study, Timing
 from tmafbench.study.design import parse_design
 from tmafbench.study.lifecycle import prepare
-from tmafbench.study.scheduler import WorkerOptions, worker_loop
+from tmafbench.study.loop import worker_loop
+from tmafbench.study.worker import WorkerOptions
 from tmafbench.study.tune_spec import SAMPLER
 
 

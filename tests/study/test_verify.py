@@ -15,7 +15,8 @@ from tmafbench.store.schema import Artifact, Environment, FinalMetric, Run
 from tmafbench.store.ship import ship_studies
 from tmafbench.study.design import parse_design
 from tmafbench.study.lifecycle import prepare
-from tmafbench.study.scheduler import WorkerOptions, worker_loop
+from tmafbench.study.loop import worker_loop
+from tmafbench.study.worker import WorkerOptions
 from tmafbench.study.verify import verify
 
 

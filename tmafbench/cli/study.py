@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from tmafbench.cli.common import EXIT_STATUS_HELP, App, exit_for_outcome, phases_progress, resolve_storage
+from tmafbench.cli.common import EXIT_REFUSED, App, resolve_storage
+from tmafbench.core import Ending
+
+if TYPE_CHECKING:
+    from tmafbench.study.local import PhaseCounts, StudyOutcome
+
+# The exit status of `study run` and `study worker` for each way a run ends, and what it means (shown
+# in their --help; README.md's "exit status" table says the same).
+EXIT_STATUSES: tuple[tuple[int, Ending | None, str], ...] = (
+    (0, Ending.DONE, "every cell done (completed or diverged)"),
+    (EXIT_REFUSED, None, "refused before anything ran (bad input, missing data, devices this machine lacks, a "
+                         "database that cannot be reached or written)"),
+    (3, Ending.CELLS_FAILED, "every cell is final but some failed for good (max_retries failures or max_crashes "
+                             "lost workers)"),
+    (4, Ending.STOPPED, "stopped early with cells left (database away longer than --db-patience, disk full, a "
+                        "worker died): run the same command again to resume"),
+    (130, Ending.INTERRUPTED, "interrupted (Ctrl-C, SIGTERM)"),
+)
+EXIT_CODES = {ending: code for code, ending, _meaning in EXIT_STATUSES if ending is not None}
+EXIT_STATUS_HELP = "Exit status: " + "; ".join(f"{code} {meaning}" for code, _e, meaning in EXIT_STATUSES) + "."
 
 study_app = App(help="Run studies (a grid of cells from a TOML file, optionally tuned first) and inspect them.")
 
@@ -27,6 +47,54 @@ PatienceOpt = typer.Option(300.0, "--db-patience", help=(
     "before it stops; training goes on meanwhile and finished results are written once it is back."))
 
 console = Console(stderr=True, soft_wrap=True)  # whole lines when the output is not a terminal
+
+
+@contextlib.contextmanager
+def phases_progress(console: Console) -> Iterator[Callable[[PhaseCounts, float | None], None]]:
+    """A rich progress display with one bar per phase of a study (cells; or tuning slots, then
+    evaluation cells); yields the `progress(phases, eta_s)` callback the study runner calls. The
+    display starts with the first update, so an error before any work prints its line alone."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+    tasks: dict[str, Any] = {}
+
+    def update(phases: PhaseCounts, eta_s: float | None) -> None:
+        if not tasks:
+            bars.start()
+        for phase, counts in phases:
+            if phase.label not in tasks:
+                tasks[phase.label] = bars.add_task(phase.label, total=None, detail="")
+            crashed = f"  crashed {counts.crashed}" if counts.crashed else ""
+            detail = (f"done {counts.completed}  running {counts.running}  failed {counts.failed}{crashed}  "
+                      f"pending {counts.pending}")
+            if not counts.done and eta_s is not None:
+                detail += f"  ETA {eta_s / 60:.1f} min" if eta_s >= 60 else f"  ETA {eta_s:.0f} s"
+            bars.update(tasks[phase.label], total=counts.total, completed=counts.finished, detail=detail)
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bars.stop()
+
+
+def exit_for_outcome(console: Console, outcome: StudyOutcome, resume_hint: str = "run the same command again to resume") -> None:
+    """After local workers: say why the run ended unless every cell is done, and exit with its code."""
+    crashed = [code for code in outcome.exit_codes if code not in (0, None)]
+    if crashed and not outcome.interrupted:
+        console.print(f"{len(crashed)} worker process(es) exited with an error (codes {crashed}); see the messages above")
+    ending = outcome.ending
+    if ending is Ending.INTERRUPTED:
+        console.print(f"interrupted: {resume_hint}")
+    elif ending is Ending.STOPPED:
+        console.print(f"stopped early: {outcome.stopped or 'cells are left'}; {resume_hint}", markup=False)
+    elif ending is Ending.CELLS_FAILED:
+        console.print(f"some cells failed for good; `tmafbench study status {outcome.name}` counts them and "
+                      "`tmafbench results export` gives their errors", markup=False)
+    if EXIT_CODES[ending]:
+        raise typer.Exit(EXIT_CODES[ending])
 
 
 def _cells_table(cells: list[Any], limit: int) -> Table:
@@ -61,7 +129,7 @@ def cells_cmd(spec_path: str = typer.Argument(..., metavar="STUDY_FILE", help="S
 
 
 def _options(heartbeat: float, grace: float, pack: str, patience: float) -> Any:
-    from tmafbench.study.scheduler import WorkerOptions
+    from tmafbench.study.worker import WorkerOptions
 
     size: int | str = int(pack) if pack.strip().isdigit() else pack.strip()
     return WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, pack=size,
@@ -87,7 +155,7 @@ def _announcer(url: str) -> Any:
     return announce
 
 
-def _report(outcome: Any) -> None:
+def _report(outcome: StudyOutcome) -> None:
     parts = []
     for phase, c in outcome.phases:
         crashed = f", {c.crashed} crashed" if c.crashed else ""
@@ -97,7 +165,7 @@ def _report(outcome: Any) -> None:
     exit_for_outcome(console, outcome)
 
 
-def _faults(outcome: Any) -> str:
+def _faults(outcome: StudyOutcome) -> str:
     """What the workers rode out, when they had to: database outages, abandoned cells, late results."""
     workers = outcome.workers
     waited, reconnects = max((w.db_wait_s for w in workers), default=0.0), sum(w.reconnects for w in workers)

@@ -75,15 +75,6 @@ class Counts:
         return self.completed + self.failed + self.crashed
 
 
-@dataclass(frozen=True)
-class LostRun:
-    """A run the sweep marked lost: enough to close its Optuna trial."""
-
-    run_id: int
-    group_hash: str
-    optuna_trial_number: int | None
-
-
 def finite(value: float | None) -> float | None:
     """NaN/inf are stored as NULL (schema convention)."""
     if value is None:
@@ -129,16 +120,16 @@ class RunQueue:
 
     # --- claiming ----------------------------------------------------------------------------
 
-    def mark_stale_runs(self, study_id: int, grace_s: float) -> list[LostRun]:
-        """Runs of this study whose heartbeat is older than `grace_s`: marked "lost"; returns them."""
+    def mark_stale_runs(self, study_id: int, grace_s: float) -> list[int]:
+        """Runs of this study whose heartbeat is older than `grace_s`: marked "lost"; returns their ids."""
         cutoff = utcnow() - timedelta(seconds=grace_s)
         with self.db.session() as s:
-            stale = s.execute(select(Run.id, Cell.group_hash, Run.optuna_trial_number).join(Cell).where(
-                Cell.study_id == study_id, Run.status == RunStatus.RUNNING, Run.heartbeat_at < cutoff)).all()
+            stale = list(s.scalars(select(Run.id).join(Cell).where(
+                Cell.study_id == study_id, Run.status == RunStatus.RUNNING, Run.heartbeat_at < cutoff)))
             if stale:
-                s.execute(update(Run).where(Run.id.in_([r[0] for r in stale]), Run.status == RunStatus.RUNNING).values(
+                s.execute(update(Run).where(Run.id.in_(stale), Run.status == RunStatus.RUNNING).values(
                     status=RunStatus.LOST, ended_at=utcnow(), error=f"no heartbeat for {grace_s:g} s: worker died"))
-            return [LostRun(*row) for row in stale]
+            return stale
 
     def _claimable(self, study_id: int, limits: Limits):
         busy = exists().where(Run.cell_id == Cell.id, Run.status.in_(BUSY))

@@ -12,11 +12,11 @@ through `tmafbench/reports/frames.py` on a read-only connection.
 from __future__ import annotations
 
 from tmafbench.store.database import Database
-from tmafbench.store.queue import Claim, Counts, Limits, LostRun, RunQueue, as_utc, finite, timings
+from tmafbench.store.queue import Claim, Counts, Limits, RunQueue, as_utc, finite, timings
 from tmafbench.store.results import ResultStore, StudySummary
 from tmafbench.store.studies import StoredStudy, StudyNotFoundError, StudyStore
 
-__all__ = ["Claim", "Counts", "Limits", "LostRun", "Repository", "StoredStudy", "StudyNotFoundError", "StudySummary",
+__all__ = ["Claim", "Counts", "Limits", "Repository", "StoredStudy", "StudyNotFoundError", "StudySummary",
            "as_utc", "finite", "timings"]
 
 

@@ -13,7 +13,9 @@ from tmafbench.store.database import Database, sqlite_file_missing
 from tmafbench.store.repository import Repository, StoredStudy, StudySummary
 from tmafbench.study.design import StudyDesign, load_design, stored_form
 from tmafbench.study.lifecycle import StudyInfo, delete as delete_study, info_of, prepare
-from tmafbench.study.scheduler import PhaseCounts, StudyOutcome, WorkerOptions, phase_counts, resolve_devices, run_local
+from tmafbench.study.local import PhaseCounts, StudyOutcome, phase_counts, resolve_devices, run_local
+from tmafbench.study.plan import groups_of, tune_of
+from tmafbench.study.worker import WorkerOptions
 
 OnReady = Callable[[StudyInfo, list[str]], None]
 Progress = Callable[[PhaseCounts, float | None], None]
@@ -29,13 +31,11 @@ def cells(path: str | Path, overrides: list[str] | None = None) -> StudyDesign:
 
 def describe_tuning(design: StudyDesign) -> str:
     """One line on a tuned study: budget, seeds, metric, pruner and each group's search space."""
-    from tmafbench.study.tuning import groups_of
-
-    tune = design.tune
+    tune = tune_of(design)
     groups = groups_of(design, design.name)
     spaces = "; ".join(f"{g.label}: {', '.join(g.space) or '(nothing)'}" for g in groups)
     return (f"tuning: {len(groups)} groups x {tune.trials} trials (TPE, sampler seed {tune.sampler_seed}, pruner "
-            f"{tune.pruner}) on {tune.metric} with val_fraction {tune.val_fraction:g}, tuning seeds "
+            f"{tune.pruner}) on {tune.objective} with val_fraction {tune.val_fraction:g}, tuning seeds "
             f"{tune.tune_seed_list()}; the table shows the evaluation cells (seeds {tune.eval_seed_list()}) before "
             f"their settings are chosen. Space per group: {spaces}")
 

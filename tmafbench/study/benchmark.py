@@ -26,7 +26,8 @@ from tmafbench.store.repository import Repository
 from tmafbench.store.scratch import scratch_database
 from tmafbench.study.design import parse_design
 from tmafbench.study.lifecycle import prepare
-from tmafbench.study.scheduler import WorkerOptions, run_local
+from tmafbench.study.local import run_local
+from tmafbench.study.worker import WorkerOptions
 
 INSTANT = """
 name = "{name}"
@@ -81,7 +82,7 @@ def throughput(base_url: str | None, workers: int = 4, trials: int = 200) -> Thr
 
 
 WORKER = (
-    "import sys; from tmafbench.study.scheduler import worker_loop, WorkerOptions; "
+    "import sys; from tmafbench.study.loop import worker_loop; from tmafbench.study.worker import WorkerOptions; "
     "worker_loop(sys.argv[1], sys.argv[2], options=WorkerOptions(heartbeat_s=float(sys.argv[3]), "
     "grace_s=float(sys.argv[4]), poll_s=0.2))"
 )

@@ -120,6 +120,13 @@ class TuneSpec(_Strict):
     def n_startup(self) -> int:
         return self.startup_trials if self.startup_trials is not None else max(1, min(10, self.trials // 3))
 
+    @property
+    def objective(self) -> str:
+        """The validation metric tuning reads: `metric`, which `check_tune` always sets."""
+        if self.metric is None:
+            raise ValueError("tune.metric is set by check_tune; this TuneSpec was not checked")
+        return self.metric
+
     def max_pack(self) -> int:
         """The most slots of a group one pack may hold: slots packed together are proposed before any
         of them finishes, which TPE's random start can do well and nothing after it."""

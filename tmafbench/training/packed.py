@@ -44,14 +44,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tmafbench import activations
-from tmafbench.core import EpochRecord, RunStatus, TrialConfig, TrialResult
+from tmafbench.core import EpochRecord, OnEpoch, Outcome, RunStatus, TrialConfig, TrialResult
 from tmafbench.tasks.base import Task
 from tmafbench.training.optim import activation_group, group_settings
 from tmafbench.training.timing import Timer
 from tmafbench.training.trainer import Setup, build_setup, collect_artifacts, evaluate_all, train_trial
-
-OnEpoch = Callable[[EpochRecord], None] | None
-Outcome = TrialResult | BaseException
 
 PACKABLE_MODELS = ("mlp",)
 PACKABLE_SCHEDULES = ("constant", "step-half", "cosine")
