@@ -16,8 +16,8 @@ from tmafbench.store.ship import ship_studies
 from tmafbench.study.design import parse_design
 from tmafbench.study.lifecycle import prepare
 from tmafbench.study.loop import worker_loop
-from tmafbench.study.worker import WorkerOptions
 from tmafbench.study.verify import verify
+from tmafbench.study.worker import WorkerOptions
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,30 @@ def test_bad_input_is_one_line(packed):
         verify(url, "tiny", tolerance=-1)
     with pytest.raises(TmafbenchError, match=r"--cells must be at least 1"):
         verify(url, "tiny", cells=0)
+
+
+def test_the_command_prints_the_checks_and_its_exit_status_says_whether_all_matched(packed, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tmafbench.cli import app
+
+    url, shipped = packed
+    runner = CliRunner()
+    done = runner.invoke(app, ["study", "verify", "tiny", "--storage", shipped, "--cells", "2"])
+    assert done.exit_code == 0, done.output
+    assert "2 of 2 cells matched within a relative drift of 0 (bit for bit)" in done.output
+    assert "identical" in done.output and "in its recorded pack of 2" in done.output
+    data = json.loads(runner.invoke(app, ["study", "verify", "tiny", "--storage", url, "--cell", "1", "--json"]).output)
+    assert data["ok"] and data["checks"][0]["identical"] and data["checks"][0]["drift"] == 0.0
+    copy = tmp_path / "changed.db"
+    copy.write_bytes(Path(url.removeprefix("sqlite:///")).read_bytes())
+    db = Database(f"sqlite:///{copy}")
+    with db.session() as s:
+        s.execute(update(FinalMetric).where(FinalMetric.name == "rel_l2").values(value=FinalMetric.value * 1.5))
+    db.dispose()
+    drifted = runner.invoke(app, ["study", "verify", "tiny", "--storage", f"sqlite:///{copy}", "--cells", "1"])
+    assert drifted.exit_code == 1 and "0 of 1 cells matched" in drifted.output and "NO" in drifted.output
+    refused = runner.invoke(app, ["study", "verify", "tiny", "--storage", url, "--tolerance", "-0.5"])
+    assert refused.exit_code == 2 and refused.output.strip().startswith("error: --tolerance must be")

@@ -82,7 +82,7 @@ def _runs(conn: Connection, study_id: int) -> list[StoredRun]:
                      .where(EpochMetric.run_id.in_(run_ids), EpochMetric.name == "train_loss"))
     sizes = {run: int(v) for run, v in conn.execute(select(Timing.run_id, Timing.value).where(
         Timing.run_id.in_(run_ids), Timing.name == "pack_size"))}
-    packs = dict(conn.execute(select(Artifact.run_id, Artifact.data).where(
+    packs: dict[int, dict[str, Any]] = dict(conn.execute(select(Artifact.run_id, Artifact.data).where(
         Artifact.run_id.in_(run_ids), Artifact.name == PACK_ARTIFACT)).all())
     environments = _environments(conn, {r[7] for r in rows if r[7] is not None})
     claimed = _claimed_together(conn, study_id)
@@ -96,7 +96,7 @@ def _runs(conn: Connection, study_id: int) -> list[StoredRun]:
         run.pack = record.get("cells") if record else ([config_hash] if run.pack_size <= 1 else None)
         run.claimed_with = claimed.get(run_id, [])
         out.append(run)
-    configs = dict(conn.execute(select(Cell.config_hash, Cell.config).where(
+    configs: dict[str, dict[str, Any]] = dict(conn.execute(select(Cell.config_hash, Cell.config).where(
         Cell.study_id == study_id, Cell.config_hash.in_({h for r in out for h in (r.pack or [])}))).all())
     for run in out:
         run.pack_configs = {h: configs[h] for h in run.pack or [] if h in configs}

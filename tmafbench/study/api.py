@@ -15,13 +15,15 @@ from tmafbench.study.design import StudyDesign, load_design, stored_form
 from tmafbench.study.lifecycle import StudyInfo, delete as delete_study, info_of, prepare
 from tmafbench.study.local import PhaseCounts, StudyOutcome, phase_counts, resolve_devices, run_local
 from tmafbench.study.plan import groups_of, tune_of
+from tmafbench.study.verify import Verification, verify
 from tmafbench.study.worker import WorkerOptions
 
 OnReady = Callable[[StudyInfo, list[str]], None]
 Progress = Callable[[PhaseCounts, float | None], None]
 OnEvent = Callable[[str], None]
 
-__all__ = ["cells", "delete_study", "describe_tuning", "join", "run", "show", "status", "summaries"]
+__all__ = ["Verification", "cells", "delete_study", "describe_tuning", "join", "run", "show", "status", "summaries",
+           "verify"]
 
 
 def cells(path: str | Path, overrides: list[str] | None = None) -> StudyDesign:
