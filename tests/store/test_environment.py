@@ -30,7 +30,8 @@ CONFIG = """PyTorch built with:
   - Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build 20240605 for Intel(R) 64 architecture applications
   - Intel(R) MKL-DNN v3.12.0 (Git Hash 80afa71049cd69a3df32adcccb623b12cd7baa22)
   - CPU capability usage: AVX2
-  - Build settings: BLAS_INFO=mkl, BUILD_TYPE=Release, CUDA_FLAGS= -Xfatbin -gencode arch=compute_90,code=sm_90, CXX_FLAGS= -O2 -fPIC -DNDEBUG, TORCH_VERSION=2.14.1, USE_MKL=ON, USE_MKLDNN=ON,
+  - Build settings: BLAS_INFO=mkl, BUILD_TYPE=Release, CUDA_FLAGS= -Xfatbin -gencode arch=compute_90,code=sm_90, \
+CXX_FLAGS= -O2 -fPIC -DNDEBUG, TORCH_VERSION=2.14.1, USE_MKL=ON, USE_MKLDNN=ON,
 """
 
 

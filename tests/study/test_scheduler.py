@@ -175,7 +175,8 @@ def test_ctrl_c_marks_the_run_interrupted_and_it_runs_again(sqlite_url):
 
 
 CRASHER = (
-    "import os, sys; from tmafbench.study.loop import worker_loop; from tmafbench.study.worker import WorkerOptions; from tmafbench.training.dispatch import default_trial_fn\n"
+    "import os, sys; from tmafbench.study.loop import worker_loop; from tmafbench.study.worker import WorkerOptions\n"
+    "from tmafbench.training.dispatch import default_trial_fn\n"
     "train = default_trial_fn()\n"
     "def trial(config, on_epoch=None):\n"
     "    if config.seed == 0:\n"

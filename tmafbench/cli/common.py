@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import typer
 
@@ -43,7 +42,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except Exception as exc:  # a database that is unreachable or refuses: one line, no traceback
             from tmafbench.store.database import database_error_message
 
@@ -96,6 +95,13 @@ def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, 
         if not sep or not key.strip():
             raise ValueError(f"{option} expects key=value, got {item!r}")
         params[key.strip()] = parse_value(value)
+    return params
+
+
+def model_params(depth: int | None, width: int | None, items: list[str] | None) -> dict[str, Any]:
+    """--model-param k=v, with --depth/--width as shorthands."""
+    params = parse_params(items, "--model-param")
+    params.update({k: v for k, v in (("depth", depth), ("width", width)) if v is not None})
     return params
 
 

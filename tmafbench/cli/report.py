@@ -18,10 +18,13 @@ def build(
     storage: Optional[str] = typer.Option(None, "--storage", help="Database URL (default: TMAFBENCH_STORAGE or sqlite:///tmafbench.db)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: reports/<study names joined by +>)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Activation label to compare against (default: relu when present)."),
-    formats: Optional[str] = typer.Option(None, "--format", help="Comma list of md,html,tex,csv,png,svg,pdf (default: md,html,tex,csv,png)."),
+    formats: Optional[str] = typer.Option(
+        None, "--format", help="Comma list of md,html,tex,csv,png,svg,pdf (default: md,html,tex,csv,png)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Final metric to report (default: the task's primary metric)."),
-    notes: Optional[Path] = typer.Option(None, "--notes", help="A Markdown file of your own notes (say, how the numbers compare with a paper), shown under the header."),
-    self_contained: bool = typer.Option(False, "--self-contained", help="Embed the figures in index.html (one file to mail) instead of linking the PNG files beside it."),
+    notes: Optional[Path] = typer.Option(None, "--notes", help=(
+        "A Markdown file of your own notes (say, how the numbers compare with a paper), shown under the header.")),
+    self_contained: bool = typer.Option(False, "--self-contained", help=(
+        "Embed the figures in index.html (one file to mail) instead of linking the PNG files beside it.")),
 ) -> None:
     """Write a report folder for STUDY... from the database; never trains."""
     from tmafbench.reports.render import build_report, parse_formats
@@ -42,7 +45,7 @@ def benchmark(
     formats: Optional[str] = typer.Option(None, "--format", help="Formats to render (default: all defaults)."),
 ) -> None:
     """Time the rendering of a synthetic study (default 5 x 5 x 20 = 500 runs) in a temporary SQLite file."""
-    from tmafbench.reports.benchmark import time_synthetic_report
+    from tmafbench.bench.reports import time_synthetic_report
     from tmafbench.reports.render import parse_formats
 
     timing = time_synthetic_report(activations, ns, seeds, epochs, parse_formats(formats))

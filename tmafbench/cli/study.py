@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -15,7 +15,14 @@ from tmafbench.cli.common import EXIT_REFUSED, App, resolve_storage
 from tmafbench.core import Ending
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from tmafbench.study.cells import CellPlan
+    from tmafbench.study.design import StudyDesign
+    from tmafbench.study.lifecycle import StudyInfo
+    from tmafbench.study.verify import Verification
     from tmafbench.study.local import PhaseCounts, StudyOutcome
+    from tmafbench.study.worker import WorkerOptions
 
 # The exit status of `study run` and `study worker` for each way a run ends, and what it means (shown
 # in their --help; README.md's "exit status" table says the same).
@@ -37,7 +44,8 @@ study_app = App(help="Run studies (a grid of cells from a TOML file, optionally 
 StorageOpt = typer.Option(None, "--storage", help="Database URL (default: $TMAFBENCH_STORAGE, else sqlite:///tmafbench.db).")
 SetOpt = typer.Option(None, "--set", help="Override a study-file key: --set defaults.training.epochs=3 (repeatable).")
 HeartbeatOpt = typer.Option(10.0, "--heartbeat", help="Seconds between a running worker's heartbeats.")
-GraceOpt = typer.Option(60.0, "--grace", help="A run without heartbeat for this many seconds is taken as dead and its cell retried (at least twice --heartbeat).")
+GraceOpt = typer.Option(60.0, "--grace", help=(
+    "A run without heartbeat for this many seconds is taken as dead and its cell retried (at least twice --heartbeat)."))
 DevicesOpt = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,cuda:1,... (one worker per GPU).")
 PackOpt = typer.Option("1", "--pack", help=(
     "Cells a worker trains together as one packed model (small MLPs: several times the cells per hour): "
@@ -58,7 +66,7 @@ def phases_progress(console: Console) -> Iterator[Callable[[PhaseCounts, float |
 
     bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
-    tasks: dict[str, Any] = {}
+    tasks: dict[str, TaskID] = {}
 
     def update(phases: PhaseCounts, eta_s: float | None) -> None:
         if not tasks:
@@ -97,7 +105,7 @@ def exit_for_outcome(console: Console, outcome: StudyOutcome, resume_hint: str =
         raise typer.Exit(EXIT_CODES[ending])
 
 
-def _cells_table(cells: list[Any], limit: int) -> Table:
+def _cells_table(cells: list[CellPlan], limit: int) -> Table:
     table = Table(title=f"{len(cells)} cells")
     for col in ("#", "hash", "task", "activation", "grid", "depth", "width", "other axes", "seed"):
         table.add_column(col)
@@ -111,7 +119,7 @@ def _cells_table(cells: list[Any], limit: int) -> Table:
     return table
 
 
-def _show_cells(design: Any, limit: int) -> None:
+def _show_cells(design: StudyDesign, limit: int) -> None:
     from tmafbench.study.api import describe_tuning
 
     Console(width=160).print(_cells_table(design.cells, limit))
@@ -128,7 +136,7 @@ def cells_cmd(spec_path: str = typer.Argument(..., metavar="STUDY_FILE", help="S
     _show_cells(cells(spec_path, set_), limit)
 
 
-def _options(heartbeat: float, grace: float, pack: str, patience: float) -> Any:
+def _options(heartbeat: float, grace: float, pack: str, patience: float) -> WorkerOptions:
     from tmafbench.study.worker import WorkerOptions
 
     size: int | str = int(pack) if pack.strip().isdigit() else pack.strip()
@@ -141,11 +149,11 @@ def _event(line: str) -> None:
     console.print(line, markup=False, highlight=False)
 
 
-def _announcer(url: str) -> Any:
+def _announcer(url: str) -> Callable[[StudyInfo, list[str]], None]:
     """Prints what the study is and who works on it, once it is ready."""
     from tmafbench.store.database import redact
 
-    def announce(info: Any, devices: list[str]) -> None:
+    def announce(info: StudyInfo, devices: list[str]) -> None:
         if not devices:  # nothing to run
             console.print(info.message)
             return
@@ -326,7 +334,7 @@ def verify_cmd(
     raise typer.Exit(0 if result.ok else 1)
 
 
-def _print_verification(result: Any) -> None:
+def _print_verification(result: Verification) -> None:
     out = Console()
     table = Table(title=f"{result.study}: {len(result.checks)} of {result.completed} completed cells re-run "
                         f"({result.threads} thread(s))")
@@ -354,7 +362,7 @@ def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.7g}"
 
 
-def register(app: Any) -> None:
+def register(app: typer.Typer) -> None:
     study_app.command("run", epilog=EXIT_STATUS_HELP)(run_cmd)
     study_app.command("cells")(cells_cmd)
     study_app.command("worker", epilog=EXIT_STATUS_HELP)(worker_cmd)
@@ -364,25 +372,3 @@ def register(app: Any) -> None:
     study_app.command("delete")(delete_cmd)
     study_app.command("verify", epilog=VERIFY_HELP)(verify_cmd)
     app.add_typer(study_app, name="study")
-    try:
-        from tmafbench.cli.bench import bench_app
-    except ImportError:  # the bench commands are optional
-        return
-    _register_bench(bench_app)
-
-
-def _register_bench(bench_app: Any) -> None:
-    """`tmafbench bench scheduler`; the heavy imports happen only when it runs."""
-
-    @bench_app.command("scheduler")
-    def scheduler_cmd(
-        storage: str = typer.Option("sqlite", "--storage", help="'sqlite' (a temporary file) or a PostgreSQL server URL; a fresh database is made and dropped per run."),
-        workers: int = typer.Option(4, "--workers", help="Workers for the throughput run."),
-        trials: int = typer.Option(200, "--trials", help="Near-instant trials for the throughput run."),
-        what: Optional[list[str]] = typer.Option(None, "--run", help="throughput | kill | speedup (repeatable; default all)."),
-    ) -> None:
-        """Scheduler figures: lock errors, duplicates, overhead; SIGKILL recovery; 2-vs-1 worker speed-up."""
-        from tmafbench.study.benchmark import run_benchmarks
-
-        typer.echo(json.dumps(run_benchmarks(storage, workers, trials, what or ["throughput", "kill", "speedup"]),
-                              indent=2, default=str))

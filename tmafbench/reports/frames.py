@@ -1,6 +1,6 @@
 """Database -> pandas DataFrames. The only module of the reports that touches SQL.
 
-Reports read the `tmaf_*` tables and nothing else (DESIGN.md section 1); they never write.
+Reports read the `tmaf_*` tables and nothing else (docs/design.md section 1); they never write.
 SQLite databases are opened read-only (URI `mode=ro`), PostgreSQL sessions read-only.
 
 One row of `ReportData.cells` is one cell with its *outcome*: the completed run when there is

@@ -1,4 +1,4 @@
-"""Statistics across seeds (DESIGN.md section 5): summaries, paired tests, Holm, timing.
+"""Statistics across seeds (docs/design.md section 5): summaries, paired tests, Holm, timing.
 
 Seeds are paired across activations (same seed = same data order and, where possible, the same
 initial weights), so comparisons with the baseline are made seed by seed.

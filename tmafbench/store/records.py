@@ -125,7 +125,7 @@ def _environments(conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
 CLAIM_GAP_S = 0.5  # runs a worker claims in one transaction start within milliseconds of each other
 
 
-def _claimed_together(conn: Connection, study_id: int) -> dict[int, list[tuple[str, dict]]]:
+def _claimed_together(conn: Connection, study_id: int) -> dict[int, list[tuple[str, dict[str, Any]]]]:
     """run id -> [(config hash, config)] of the runs claimed in the same transaction, in claim order: a
     worker claims a pack in one transaction, so its runs have consecutive ids and start within
     CLAIM_GAP_S of each other (store/queue.py); its next claim comes after training."""

@@ -7,7 +7,7 @@ every message belong to the caller (the CLI passes callbacks).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from tmafbench.store.database import Database, sqlite_file_missing
 from tmafbench.store.repository import Repository, StoredStudy, StudySummary
@@ -18,6 +18,7 @@ from tmafbench.study.plan import groups_of, tune_of
 from tmafbench.study.verify import Verification, verify
 from tmafbench.study.worker import WorkerOptions
 
+T = TypeVar("T")
 OnReady = Callable[[StudyInfo, list[str]], None]
 Progress = Callable[[PhaseCounts, float | None], None]
 OnEvent = Callable[[str], None]
@@ -128,14 +129,14 @@ def summaries(url: str) -> list[StudySummary]:
 
 def show(name: str, url: str) -> tuple[StoredStudy, list[tuple[str, int, int, str | None, float | None]]]:
     """The study's provenance and a summary per group."""
-    def both(repo: Repository) -> Any:
+    def both(repo: Repository) -> tuple[StoredStudy, list[tuple[str, int, int, str | None, float | None]]]:
         study = repo.require_study(name)
         return study, repo.group_summary(study.id)
 
     return _read(url, both)
 
 
-def _read(url: str, fn: Callable[[Repository], Any]) -> Any:
+def _read(url: str, fn: Callable[[Repository], T]) -> T:
     db = Database(url, must_exist=True)
     try:
         db.check_schema()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from logging.handlers import QueueHandler
 from multiprocessing.queues import Queue
 from queue import Empty
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from tmafbench.core import Ending
 from tmafbench.errors import TmafbenchError
@@ -31,8 +31,9 @@ from tmafbench.study.loop import worker_loop
 from tmafbench.study.worker import WorkerOptions, WorkerStats, log, stop_guard, stopped_by_sigterm
 
 PhaseCounts = list[tuple[Phase, Counts]]
-# What a worker process sends its parent: its log records while it runs, its stats (as a dict) when it ends.
-WorkerMessages = Queue  # of logging.LogRecord | dict[str, Any]
+if TYPE_CHECKING:
+    # What a worker process sends its parent: its log records while it runs, its stats (as a dict) when it ends.
+    WorkerMessages = Queue[logging.LogRecord | dict[str, Any]]
 
 
 class WorkerLoop(Protocol):

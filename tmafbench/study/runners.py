@@ -146,7 +146,7 @@ class CellRunner:
         from optuna.trial import TrialState
 
         try:
-            if status == RunStatus.COMPLETED and _finite(value):
+            if status == RunStatus.COMPLETED and value is not None and math.isfinite(value):
                 self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
                 return
             self.storage.set_trial_user_attr(trial_id, "status", str(status))  # diverged, failed or interrupted

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tmafbench.activations import benchmark
-from tmafbench.activations.benchmark import bench_activations, configurations, parse_shape
+from tmafbench.bench import activations as benchmark
+from tmafbench.bench.activations import bench_activations, configurations, parse_shape
 
 
 @pytest.mark.slow  # the profiler pass per row costs about half a second

@@ -14,6 +14,7 @@ import torch
 
 from tmafbench import activations, models, tasks
 from tmafbench.core import TrainingConfig, TrialConfig
+from tmafbench.registries import ACTIVATIONS
 from tmafbench.training.optim import build_optimizer
 from tmafbench.training.seeding import seed_everything
 from tmafbench.training.timing import Timer
@@ -96,8 +97,7 @@ def bench_steps(task: str, model: str, activation_names: list[str], *, task_para
 def _params_for(name: str, act_params: dict | None) -> dict:
     """Activation params apply to the activations that take them (relu takes none)."""
     params = dict(act_params or {})
-    accepted = {row[0]: row[2] for row in activations.describe()}.get(name, "")
-    names = {part.strip().split("=")[0] for part in accepted.split(",") if part.strip()}
+    names = {p.name for p in ACTIVATIONS.entry(name).params} if name in ACTIVATIONS.available() else set()
     return {k: v for k, v in params.items() if k in names}
 
 
