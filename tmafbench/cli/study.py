@@ -1,4 +1,4 @@
-"""`tmafbench study run|create|cells|worker|submit|list|status|show|delete`: parse, call tmafbench.study.api, print."""
+"""`tmafbench study run|create|cells|worker|submit|list|status|show|delete|verify`: parse, call tmafbench.study.api, print."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from tmafbench.study.cells import CellPlan
     from tmafbench.study.design import StudyDesign
     from tmafbench.study.lifecycle import StudyInfo
+    from tmafbench.study.verify import Verification
     from tmafbench.study.local import PhaseCounts, StudyOutcome
     from tmafbench.study.worker import WorkerOptions
 
@@ -411,6 +412,65 @@ def delete_cmd(name: str = typer.Argument(...), storage: Optional[str] = Storage
     typer.echo(f"deleted study {name!r}")
 
 
+VERIFY_HELP = ("Exit status: 0 every re-run cell matched its stored result within --tolerance; 1 some cell "
+               "drifted further; 2 refused (bad input, unknown study or cell, unreadable database).")
+
+
+def verify_cmd(
+    name: str = typer.Argument(..., help="Study name (a tuned study: its evaluation cells)."),
+    storage: Optional[str] = StorageOpt,
+    cells: int = typer.Option(3, "--cells", help="Completed cells to re-run, drawn at random (--seed)."),
+    cell: Optional[str] = typer.Option(None, "--cell", help="Re-run this one cell instead: its id or a config-hash prefix."),
+    tolerance: float = typer.Option(0.0, "--tolerance", help=(
+        "Largest relative drift of a cell's primary metric that counts as a match (0: bit for bit).")),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random draw of --cells."),
+    alone: bool = typer.Option(False, "--alone", help=(
+        "Re-run each cell by itself, not in its stored pack (cheaper; not the stored arithmetic).")),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: the stored runs', when recorded)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+) -> None:
+    """Re-run stored cells from their stored configs on this machine: bit-identical or not, first-epoch
+    loss, final metric, relative drift, and what differs from the stored environment. Works on a live
+    database and on a shipped .db.gz."""
+    from tmafbench.study import api
+
+    result = api.verify(resolve_storage(storage), name, cells=cells, cell=cell, seed=seed, tolerance=tolerance,
+                        alone=alone, threads=threads)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+    else:
+        _print_verification(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_verification(result: Verification) -> None:
+    out = Console()
+    table = Table(title=f"{result.study}: {len(result.checks)} of {result.completed} completed cells re-run "
+                        f"({result.threads} thread(s))")
+    for col in ("cell", "group", "seed", "re-run", "bits", "epoch-1 loss stored / here", "final stored / here",
+                "drift", "match"):
+        table.add_column(col)
+    for c in result.checks:
+        drift = "0" if c.drift == 0 else f"{c.drift:.2e}"
+        table.add_row(f"{c.cell_id} ({c.config_hash[:8]})", c.label, str(c.seed), c.pack,
+                      "identical" if c.identical else f"differ ({c.compared} values compared)",
+                      f"{_num(c.first_loss[0])} / {_num(c.first_loss[1])}",
+                      f"{_num(c.final[0])} / {_num(c.final[1])} {c.metric}", drift,
+                      "yes" if c.within(result.tolerance) else "NO")
+    natural = Measurement.get(out, out.options.update(width=10_000), table).maximum  # whole rows, as `study list`
+    Console(width=max(out.width, natural)).print(table)
+    differences = list(dict.fromkeys(d for c in result.checks for d in c.differences))
+    out.print("environment: " + ("the same as the stored runs' (CPU extensions, threads, kernel, torch build, pack)"
+                                 if not differences else "; ".join(differences)))
+    within = sum(c.within(result.tolerance) for c in result.checks)
+    out.print(f"{within} of {len(result.checks)} cells matched within a relative drift of {result.tolerance:g}"
+              + ("" if result.tolerance else " (bit for bit)"))
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.7g}"
+
+
 def register(app: typer.Typer) -> None:
     study_app.command("run", epilog=EXIT_STATUS_HELP)(run_cmd)
     study_app.command("cells")(cells_cmd)
@@ -421,4 +481,5 @@ def register(app: typer.Typer) -> None:
     study_app.command("status")(status_cmd)
     study_app.command("show")(show_cmd)
     study_app.command("delete")(delete_cmd)
+    study_app.command("verify", epilog=VERIFY_HELP)(verify_cmd)
     app.add_typer(study_app, name="study")

@@ -17,6 +17,7 @@ from tmafbench.study.design import StudyDesign, load_design, stored_form
 from tmafbench.study.lifecycle import StudyInfo, delete as delete_study, info_of, prepare
 from tmafbench.study.local import PhaseCounts, StudyOutcome, phase_counts, resolve_devices, run_local
 from tmafbench.study.plan import groups_of, tune_of
+from tmafbench.study.verify import Verification, verify
 from tmafbench.study.worker import WorkerOptions
 
 if TYPE_CHECKING:
@@ -27,8 +28,8 @@ OnReady = Callable[[StudyInfo, list[str]], None]
 Progress = Callable[[PhaseCounts, float | None], None]
 OnEvent = Callable[[str], None]
 
-__all__ = ["cells", "create", "delete_study", "describe_tuning", "join", "run", "show", "status", "submit_workers",
-           "summaries", "wait_for_jobs"]
+__all__ = ["Verification", "cells", "create", "delete_study", "describe_tuning", "join", "run", "show", "status",
+           "submit_workers", "summaries", "verify", "wait_for_jobs"]
 
 
 def cells(path: str | Path, overrides: list[str] | None = None) -> StudyDesign:
@@ -94,6 +95,7 @@ def join(name: str, *, url: str, devices: str = "auto", workers: int | None = 1,
     db = Database(url, must_exist=True)
     try:
         db.check_schema()
+        db.add_missing_columns()  # a database made by an earlier release: this worker records more
         repo = Repository(db)
         info = info_of(repo, name)
         phases = phase_counts(repo, info)

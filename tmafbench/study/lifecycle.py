@@ -170,7 +170,7 @@ def _prepare_tuned(repo: Repository, design: StudyDesign, existing: StoredStudy 
     tune = repo.get_study(tune_study_name(name))
     tune_id = tune.id if tune else repo.create_study(
         name=tune_study_name(name), cells=slot_plans(design, groups), kind="tune", parent_id=main_id,
-        **{**meta, "reference": None})
+        **{**meta, "reference": None, "spec": {**meta["spec"], "tune": tune_of(design).as_run()}})  # as it runs
     trials = tune_of(design).trials
     slots = len(groups) * trials
     message = (f"{'resuming' if existing else 'created'} tuned study {name!r}: {len(groups)} groups x "

@@ -260,6 +260,8 @@ class CellExecutor:
         blinks; a late result for a cell that another run completed is recorded as a redundant
         attempt. Time in training is added to the stats.
         """
+        from tmafbench.training.packed import record_packs  # torch: imported once a cell trains
+
         train = train_many or self.many_fn
         numbers = trial_numbers or [None] * len(claims)
         cell_start = time.perf_counter()
@@ -271,6 +273,7 @@ class CellExecutor:
         try:
             with Heartbeat(self.repo, [c.run_id for c in claims], self.options.heartbeat_s) as beat:
                 outcomes = train(configs, [beat.check(c.run_id) for c in claims])
+                record_packs(configs, outcomes, [c.config_hash for c in claims])  # each run's "pack" artifact
                 if stop_requested():  # a Ctrl-C that Python swallowed during the trial
                     raise KeyboardInterrupt
         except (KeyboardInterrupt, SystemExit):

@@ -16,12 +16,18 @@ from tmafbench.activations.kernels import native
 from tmafbench.activations.kernels.reference import ReferenceBandedTMAF
 from tmafbench.activations.kernels.spec import BandSpec, GridTensors, grid_tensors
 
-__all__ = ["BandSpec", "GridTensors", "backend_for", "banded_tmaf", "grid_tensors"]
+__all__ = ["BandSpec", "GridTensors", "backend_for", "banded_tmaf", "grid_tensors", "kernel_on"]
 
 
 def backend_for(x: torch.Tensor) -> str:
     """"native" or "torch": the implementation `banded_tmaf` uses for x."""
     return "native" if native.supports(x) else "torch"
+
+
+def kernel_on(device: str) -> str:
+    """"native" or "torch": the implementation TMAF layers use on `device` in this process (builds
+    the native kernel on a CPU if it is not built yet, as the first TMAF call would)."""
+    return "native" if device == "cpu" and native.load() else "torch"
 
 
 def banded_tmaf(
