@@ -84,8 +84,8 @@ TMAF_INLINE int32_t search(T v, const T* thr, int32_t m) {
 
 // The loops below are written for the vectoriser: restrict pointers, int32 indices, selects.
 
-// The same count for L inputs at once, branch-free: every lane takes the same ceil(log2(m)) + 1
-// steps (each a gathered comparison), so the loop over the inputs vectorises. thr[rowoff[e] + k]
+// The same count for L inputs at once, branch-free (the bucket index's fallback): every lane takes
+// the same ceil(log2(m)) + 1 steps (each a gathered comparison), so the loop over the inputs vectorises. thr[rowoff[e] + k]
 // is input e's threshold k (rowoff null: one row for all). Khuong and Morin's layout-free
 // lower bound: the count stays within [base, base + n] while n halves.
 template <typename T>
@@ -105,6 +105,46 @@ TMAF_INLINE void search_body(const T* __restrict x, int32_t* __restrict q, int64
     const int32_t k = b - (rowoff ? rowoff[e] : 0) + (thr[b] < x[e]);
     q[e] = x[e] != x[e] ? m : k;
   }
+}
+
+// Other grids (explicit or trainable breakpoints): a bucket table first. A diagonal's rows share
+// one scale: the bucket of v is b(v) = floor(clamp((v - lo) * inv_w, -1, B)) + 1, in 0..B+1,
+// computed in T; it never decreases as v grows (every step rounds monotonically), whatever lo and
+// inv_w > 0 are. So every threshold t with b(t) < b(v) lies below v and every one with b(t) > b(v)
+// above it, and when at most one threshold of the row shares v's bucket, q = e + [thr[e] < v] with
+// e = #{t : b(t) < b(v)}, the row's table entry (the row's next threshold, or +inf, when none
+// shares it). Entries of buckets that hold two or more thresholds are -1: the block then takes
+// the search. Two table reads per input instead of the search's ceil(log2 m) + 1.
+constexpr int32_t BUCKETS_PER_INTERVAL = 2;
+
+template <typename T>
+TMAF_INLINE int32_t bucket_of(T v, T lo, T inv_w, T top) {
+  T u = (v - lo) * inv_w;
+  u = u >= T(-1) ? u : T(-1);  // (NaN -> -1: a valid bucket; NaN is handled by the caller)
+  u = u <= top ? u : top;
+  return (int32_t)std::floor(u) + 1;
+}
+
+// thr: the padded threshold row (index 0 is -inf), bk: the row's B + 2 bucket entries; throff and
+// bkoff (null: one row for all) move them to each input's own row. Returns nonzero when some
+// input's bucket holds several thresholds (its q is then -1).
+template <typename T>
+TMAF_INLINE int32_t bucket_index_body(const T* __restrict x, int32_t* __restrict q, int64_t L,
+                                      const T* __restrict thr, const int32_t* __restrict throff,
+                                      const int32_t* __restrict bk, const int32_t* __restrict bkoff, int32_t m,
+                                      T lo, T inv_w, T top) {
+  int32_t multi = 0;
+  for (int64_t e = 0; e < L; e++) {
+    const T v = x[e];
+    const int32_t k = bk[(bkoff ? bkoff[e] : 0) + bucket_of(v, lo, inv_w, top)];
+    const int32_t many = k < 0;
+    const int32_t kk = many ? 0 : k;
+    int32_t r = kk + (thr[(throff ? throff[e] : 0) + kk + 1] < v);
+    r = v != v ? m : r;
+    q[e] = many ? -1 : r;
+    multi |= many;
+  }
+  return multi;
 }
 
 // Uniform grids: the interval index is ceil(u) clamped to [0, m], with u = (v - lo) / h evaluated
@@ -304,10 +344,11 @@ TMAF_INLINE void bump_body(const T* __restrict x, const T* __restrict t, const i
                            double* __restrict left, double* __restrict right, int64_t L) {
   for (int64_t e = 0; e < L; e++) {
     const int32_t k = q[e];
-    const int32_t kl = k > 0 ? k - 1 : 0, kr = k < m ? k : m - 1;
+    const int32_t kl = k > 0 ? k - 1 : 0, kr = k < m ? k : m - 1, kn = k < m ? k + 1 : m;
     const int32_t tb = cb[e], pb = prow[e];
     const double v = (double)x[e], pe = p[e];
-    const double jl = (double)(t[tb + kl + 1] - t[tb + kl]), jr = (double)(t[tb + kr + 1] - t[tb + kr]);
+    const T here = t[tb + k];
+    const double jl = (double)(here - t[tb + kl]), jr = (double)(t[tb + kn] - here);
     left[e] = (pe * jl) * bump(v - pos[pb + kl], inv_a, kc);
     right[e] = (pe * jr) * bump(v - pos[pb + kr], inv_a, kc);
   }
@@ -347,6 +388,10 @@ struct Loops;
   TMAF_CLONES void tmaf_search_##SUF(const T* x, int32_t* q, int64_t L, const T* thr, const int32_t* rowoff, \
                                      int32_t m) {                                                          \
     search_body<T>(x, q, L, thr, rowoff, m);                                                               \
+  }                                                                                                        \
+  TMAF_CLONES int32_t tmaf_bucket_##SUF(const T* x, int32_t* q, int64_t L, const T* thr, const int32_t* throff, \
+                                        const int32_t* bk, const int32_t* bkoff, int32_t m, T lo, T inv_w, T top) { \
+    return bucket_index_body<T>(x, q, L, thr, throff, bk, bkoff, m, lo, inv_w, top);                      \
   }                                                                                                        \
   TMAF_CLONES void tmaf_fwd_main_##SUF(const T* x, T* o, const T* t, const int32_t* cb, const int32_t* q,  \
                                        int64_t L) {                                                        \
@@ -394,6 +439,7 @@ struct Loops;
   template <>                                                                                              \
   struct Loops<T> {                                                                                        \
     static constexpr auto search = tmaf_search_##SUF;                                                      \
+    static constexpr auto bucket = tmaf_bucket_##SUF;                                                      \
     static constexpr auto fwd_main = tmaf_fwd_main_##SUF;                                                  \
     static constexpr auto fwd_main_u = tmaf_fwd_main_u_##SUF;                                              \
     static constexpr auto fwd_off = tmaf_fwd_off_##SUF;                                                    \
@@ -456,6 +502,11 @@ struct Call {
   // (column * K for per-feature tables in rows mode, else 0) and threshold row offset (rows mode
   // with per-feature breakpoints: column * (m + 2)).
   std::vector<int32_t> colpat, lanepat, cbpat, rowpat;
+  // Other grids: B buckets per row, the table [D, Cb, B + 2], each diagonal's (lo, inv_w), and in
+  // rows mode with per-feature breakpoints the per-element row offset into the table.
+  int32_t B = 0;
+  std::vector<int32_t> buckets, bkpat;
+  std::vector<T> bscale;
 
   bool plane() const { return S > 1; }
   int32_t cstride() const { return Cf > 1 && !plane() ? (int32_t)K : 0; }
@@ -472,8 +523,39 @@ struct Call {
   // or -1 when it is each element's own column (per-feature breakpoints in rows mode; the block
   // then starts at the element whose column pattern starts at `e`).
   void index(int64_t d, const T* x, int32_t* q, int64_t L, int64_t bp_row, int64_t e) const {
-    if (bp_row >= 0) Loops<T>::search(x, q, L, padded(d, bp_row) + 1, nullptr, m);
-    else Loops<T>::search(x, q, L, padded(d, 0) + 1, rowpat.data() + col_at(e), m);
+    const int64_t row = bp_row >= 0 ? bp_row : 0;
+    const int32_t* throff = bp_row >= 0 ? nullptr : rowpat.data() + col_at(e);
+    const int32_t* bk = buckets.data() + (d * Cb + row) * (B + 2);
+    if (Loops<T>::bucket(x, q, L, padded(d, row), throff, bk, bp_row >= 0 ? nullptr : bkpat.data() + col_at(e), m,
+                         bscale[2 * d], bscale[2 * d + 1], T(B)))
+      Loops<T>::search(x, q, L, padded(d, row) + 1, throff, m);
+  }
+
+  // The bucket tables of every row (see bucket_index_body).
+  void build_buckets() {
+    B = BUCKETS_PER_INTERVAL * (m + 1);
+    buckets.assign(D * Cb * (B + 2), 0);
+    bscale.resize(2 * D);
+    std::vector<int32_t> count(B + 2);
+    for (int64_t d = 0; d < D; d++) {
+      double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+      for (int64_t row = 0; row < Cb; row++) {
+        const T* t = padded(d, row) + 1;
+        if (std::isfinite((double)t[0])) lo = std::min(lo, (double)t[0]);
+        if (std::isfinite((double)t[m - 1])) hi = std::max(hi, (double)t[m - 1]);
+      }
+      const T lo_t = std::isfinite(lo) ? (T)lo : T(0);
+      const double scale = hi > lo ? B / (hi - lo) : 1.0;
+      const T inv_w = std::isfinite((T)scale) && (T)scale > T(0) ? (T)scale : T(1);
+      bscale[2 * d] = lo_t, bscale[2 * d + 1] = inv_w;
+      for (int64_t row = 0; row < Cb; row++) {
+        const T* t = padded(d, row) + 1;
+        std::fill(count.begin(), count.end(), 0);
+        for (int32_t k = 0; k < m; k++) count[bucket_of(t[k], lo_t, inv_w, T(B))]++;
+        int32_t* entry = buckets.data() + (d * Cb + row) * (B + 2);
+        for (int32_t b = 0, below = 0; b < B + 2; below += count[b], b++) entry[b] = count[b] >= 2 ? -1 : below;
+      }
+    }
   }
 
   // Entries of a uniform pass that need the search (q < 0): their index.
@@ -521,10 +603,11 @@ Call<T> make_call(const Tensor& x, const Tensor& tables, const Tensor& threshold
   c.colpat.assign(span, 0);
   c.cbpat.assign(span, 0);
   c.lanepat.resize(span);
-  if (!c.plane() && c.Cb > 1) c.rowpat.resize(span);
+  if (c.uniform.empty()) c.build_buckets();
+  if (!c.plane() && c.Cb > 1) c.rowpat.resize(span), c.bkpat.resize(span);
   for (int64_t i = 0, col = 0; i < span; i++) {  // (no division: this runs on every call)
     if (!c.plane()) c.colpat[i] = (int32_t)col, c.cbpat[i] = (int32_t)col * cs;
-    if (!c.rowpat.empty()) c.rowpat[i] = (int32_t)(col * (c.m + 2));
+    if (!c.rowpat.empty()) c.rowpat[i] = (int32_t)(col * (c.m + 2)), c.bkpat[i] = (int32_t)(col * (c.B + 2));
     c.lanepat[i] = (int32_t)((c.plane() ? i : col) & (LANES - 1));
     if (++col == c.C) col = 0;
   }
