@@ -19,7 +19,9 @@ def test_bench_activations_table_and_json():
 
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    report = json.loads(result.output)
+    assert report["machine"]["threads"] == 1 and report["machine"]["cpu"] and "torch" in report["machine"]
+    rows = report["rows"]
     assert [(r["name"], r["grid"], r["shape"]) for r in rows] == [("relu", None, "32x4"), ("tmaf", "[-5,5]/4", "32x4")]
     assert rows[0]["vs_relu"] == 1.0 and rows[1]["median_ms"] > 0 and rows[1]["saved_bytes"] >= 32 * 4 * 4
 
@@ -30,3 +32,36 @@ def test_bench_activations_bad_input_is_one_line():
     assert "error: unknown activation 'relu7'; choose one of:" in result.output
     result = runner.invoke(app, ["bench", "activations", "relu", "--shape", "8"])
     assert result.exit_code == 2 and "error: bad shape '8'" in result.output
+
+
+def _machine_of_a_run(env_extra: dict[str, str]) -> dict:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(env_extra, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run([sys.executable, "-m", "tmafbench", "bench", "activations", "relu", "--shape", "8x2",
+                           "--repeats", "1", "--warmup", "0", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["machine"]
+
+
+def test_the_command_makes_waiting_threads_sleep_unless_the_user_chose():
+    """OMP_WAIT_POLICY=PASSIVE (set before torch loads libgomp) keeps thread pools from collapsing on
+    busy cores; the record names the policy the run had."""
+    assert _machine_of_a_run({})["omp_wait_policy"] == "PASSIVE"
+    assert _machine_of_a_run({"OMP_WAIT_POLICY": "ACTIVE"})["omp_wait_policy"] == "ACTIVE"
+
+
+def test_under_load_times_every_row_twice():
+    args = ["bench", "activations", "tmaf", "--shape", "64x4", "--threads", "1", "--intervals", "4", "--repeats", "2",
+            "--warmup", "0", "--under-load", "1", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    assert [(r["name"], r["load"]) for r in rows] == [("tmaf", 0), ("tmaf", 1)]
+    assert rows[0]["vs_unloaded"] is None and rows[1]["vs_unloaded"] > 0
+    result = runner.invoke(app, ["bench", "activations", "relu", "--shape", "8x2", "--under-load", "-1"])
+    assert result.exit_code == 2 and "--under-load must be >= 0" in result.output

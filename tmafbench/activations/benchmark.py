@@ -6,6 +6,11 @@ the default [-5, 5] grid), interleaved across the activations of a shape. We rep
 interquartile range in milliseconds and each row's median as a ratio to relu and to prelu on the
 same shape, measured in the same run.
 
+`under_load=N` measures every shape twice: as the machine is, then with N busy processes of our
+own running (each keeps one CPU busy; they stop with the benchmark, or when this process dies),
+and gives each loaded row its slowdown against the same row unloaded (`vs_unloaded`): which
+operations collapse on a busy machine, ours or PyTorch's.
+
 Memory, per call:
 - saved: bytes of the distinct tensors autograd keeps for backward (saved_tensors_hooks);
 - peak: the high-water mark of bytes allocated through PyTorch's CPU allocator during forward
@@ -17,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -50,9 +57,81 @@ class BenchRow:
     peak_bytes: int
     vs_relu: float | None = None
     vs_prelu: float | None = None
+    load: int = 0  # busy processes of our own running while this row was timed
+    vs_unloaded: float | None = None  # this row's median over the same row's without them
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# A busy process: a pure-Python loop (no torch, no threads of its own) that ends soon after the
+# benchmark's process does, even one killed by SIGKILL, because it watches its parent.
+_SPIN = "import os, sys\nparent = int(sys.argv[1])\nwhile os.getppid() == parent:\n    for _ in range(200000): pass\n"
+
+
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """Run `n` processes that each keep one CPU busy, for the duration of the block."""
+    if n < 0:
+        raise ValueError(f"the number of busy processes must be >= 0, got {n}")
+    procs = [subprocess.Popen([sys.executable, "-c", _SPIN, str(os.getpid())], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        time.sleep(0.2 if procs else 0.0)  # let them start spinning
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+#: CPU features that decide which code paths the kernels and PyTorch take.
+_CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+              "amx_tile", "hypervisor")
+
+
+def cpu_flags() -> list[str]:
+    """The vector features of this CPU (Linux: /proc/cpuinfo; elsewhere an empty list)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in _CPU_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def _parallel_backend(torch) -> str:
+    lines = [ln.split(":", 1)[1].strip() for ln in torch.__config__.parallel_info().splitlines()
+             if ln.startswith("ATen parallel backend")]
+    return lines[0] if lines else "unknown"
+
+
+def machine_record(threads: int | None = None) -> dict:
+    """Where and how a benchmark ran: CPU model and features, cores and the CPUs this process may use,
+    load average, torch and its parallel backend, threads, the wait policy, and the TMAF kernel."""
+    import torch
+
+    from tmafbench.activations.kernels import native
+    from tmafbench.store.environment import collect
+
+    env = collect("cpu")
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    return {
+        "cpu": env.cpu, "cpu_flags": cpu_flags(), "cpu_count": env.cpu_count, "cpus_usable": usable,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "platform": env.platform, "python": env.python, "machine": platform.machine(),
+        "torch": env.torch, "packages": env.packages,
+        "threads": threads or torch.get_num_threads(), "parallel_backend": _parallel_backend(torch),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "mkl_cbwr": os.environ.get("MKL_CBWR"),
+        "tmaf_kernel": "native" if native.load() else f"torch ({native.unavailable_reason() or 'TMAFBENCH_KERNEL=torch'})",
+    }
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -185,21 +264,32 @@ def bench_activations(
     repeats: int = 10,
     warmup: int = 3,
     threads: int | None = None,
+    under_load: int = 0,
 ) -> list[BenchRow]:
     """Benchmark every configuration on every shape; relu and prelu are always measured for the ratios.
 
     `threads` sets torch's (and the native kernel's) thread count for the run; on a shared machine
     1 thread gives steadier figures, because a parallel region waits for its slowest thread.
+    `under_load` > 0 adds the same rows measured beside that many busy processes (module docstring).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if under_load < 0:
+        raise ValueError(f"--under-load must be >= 0, got {under_load}")
     configs = configurations(names, intervals)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
     try:
-        return _bench_all(configs, list(shapes), repeats, warmup)
+        rows = _bench_all(configs, list(shapes), repeats, warmup)
+        if not under_load:
+            return rows
+        with busy_processes(under_load):
+            loaded = _bench_all(configs, list(shapes), repeats, warmup)
+        for quiet, row in zip(rows, loaded):
+            row.load, row.vs_unloaded = under_load, row.median_ms / quiet.median_ms
+        return rows + loaded
     finally:
         torch.set_num_threads(previous)
 

@@ -20,4 +20,10 @@ def main() -> None:
     # any --workers); measured free on an MNIST MLP epoch. Set before torch loads MKL; a user's own
     # value wins. Worker processes inherit it.
     os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+    # Threads that wait for work sleep instead of spinning. On busy cores a spinning OpenMP thread
+    # holds the CPU that the thread it waits for needs: measured here, a sine-sum MLP epoch with 2
+    # threads beside 2 busy processes took 3.9x its 1-thread time with the default policy and 0.5x
+    # with PASSIVE (`tmafbench bench epoch --threads 1 --threads 2 --under-load 2`). Read when
+    # libgomp loads, so it is set before torch is imported; a user's own value wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()

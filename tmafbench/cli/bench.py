@@ -20,12 +20,16 @@ def _mib(n: int) -> str:
 
 def _table(rows: list, title: str) -> Table:
     table = Table(title=title)
-    for column in ("activation", "grid", "shape", "kernel", "median ms", "IQR ms", "saved MiB", "peak MiB", "/relu", "/prelu"):
+    loaded = any(r.load for r in rows)
+    columns = ["activation", "grid", "shape", "kernel", *(["load"] if loaded else []), "median ms", "IQR ms", "saved MiB",
+               "peak MiB", "/relu", "/prelu", *(["/unloaded"] if loaded else [])]
+    for column in columns:
         table.add_column(column, justify="left" if column in ("activation", "grid", "shape", "kernel") else "right")
     for r in rows:
         table.add_row(
-            r.name, r.grid or "-", r.shape, r.backend, f"{r.median_ms:.2f}", f"{r.q1_ms:.2f}-{r.q3_ms:.2f}",
-            _mib(r.saved_bytes), _mib(r.peak_bytes), f"{r.vs_relu:.2f}", f"{r.vs_prelu:.2f}",
+            r.name, r.grid or "-", r.shape, r.backend, *([str(r.load)] if loaded else []), f"{r.median_ms:.2f}",
+            f"{r.q1_ms:.2f}-{r.q3_ms:.2f}", _mib(r.saved_bytes), _mib(r.peak_bytes), f"{r.vs_relu:.2f}", f"{r.vs_prelu:.2f}",
+            *([f"{r.vs_unloaded:.2f}" if r.vs_unloaded else "-"] if loaded else []),
         )
     return table
 
@@ -38,20 +42,26 @@ def activations_cmd(
     repeats: int = typer.Option(10, "--repeats", help="Timed forward+backward calls per row."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed calls before timing."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: torch's setting)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+    under_load: int = typer.Option(0, "--under-load", help="Also time every row beside N busy processes started for the run."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (the machine's record and the rows) instead of a table."),
 ) -> None:
     """Time forward+backward of activations; memory saved for backward and peak; ratios to relu and prelu."""
     import torch
 
-    from tmafbench.activations.benchmark import DEFAULT_INTERVALS, DEFAULT_SHAPES, bench_activations, parse_shape
+    from tmafbench.activations.benchmark import (DEFAULT_INTERVALS, DEFAULT_SHAPES, bench_activations, machine_record,
+                                                 parse_shape)
 
     parsed = [parse_shape(s) for s in shapes] if shapes else list(DEFAULT_SHAPES)
-    rows = bench_activations(names or None, parsed, intervals or DEFAULT_INTERVALS, repeats, warmup, threads)
+    rows = bench_activations(names or None, parsed, intervals or DEFAULT_INTERVALS, repeats, warmup, threads, under_load)
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        settings = {"repeats": repeats, "warmup": warmup, "under_load": under_load, "dtype": "float32"}
+        typer.echo(json.dumps({"machine": machine_record(threads), "settings": settings, "rows": [r.to_dict() for r in rows]},
+                              indent=2))
         return
     title = f"forward+backward, float32, {threads or torch.get_num_threads()} threads, median of {repeats} after {warmup} warm-up"
-    Console(width=160).print(_table(rows, title))
+    if under_load:
+        title += f"; then beside {under_load} busy processes"
+    Console(width=180).print(_table(rows, title))
 
 
 def register(app: typer.Typer) -> None:

@@ -142,17 +142,29 @@ def bench_epoch(
     model_param: Optional[list[str]] = typer.Option(None, "--model-param"),
     batch_size: int = typer.Option(64, "--batch-size", "-b"),
     repeats: int = typer.Option(3, help="epochs timed per activation; the median is shown"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    threads: Optional[list[int]] = typer.Option(None, help="torch CPU threads; repeat it to time several counts"),
+    warmup: int = typer.Option(1, "--warmup", help="untimed epochs per activation first"),
+    under_load: int = typer.Option(0, "--under-load", help="run beside N busy processes started for the run"),
     device: str = typer.Option("cpu"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (the machine's record and the rows) instead of a table."),
 ) -> None:
-    """Time one training epoch per activation (median of --repeats) and the ratio to the first."""
+    """Time one training epoch per activation (median of --repeats, interleaved) and the ratio to the first."""
     from tmafbench.training.benchmark import bench_epochs
 
     rows = bench_epochs(task, model, activation or ["relu", "tmaf"], task_params=parse_params(task_param, "--task-param"),
                         model_params=model_params(depth, width, model_param),
                         act_params=parse_params(act_param, "--act-param"), batch_size=batch_size,
-                        repeats=repeats, threads=threads, device=device)
-    print_bench(f"one epoch: {task} / {model}, batch {batch_size}", rows)
+                        repeats=repeats, threads=threads, device=device, warmup=warmup, under_load=under_load)
+    if as_json:
+        from tmafbench.activations.benchmark import machine_record
+
+        settings = {"task": task, "model": model, "task_params": parse_params(task_param, "--task-param"),
+                    "model_params": model_params(depth, width, model_param), "act_params": parse_params(act_param, "--act-param"),
+                    "batch_size": batch_size, "repeats": repeats, "warmup": warmup, "under_load": under_load, "device": device}
+        typer.echo(json.dumps({"machine": machine_record(), "settings": settings, "rows": [r.to_dict() for r in rows]}, indent=2))
+        return
+    load = f", beside {under_load} busy processes" if under_load else ""
+    print_bench(f"one epoch: {task} / {model}, batch {batch_size}{load}", rows)
 
 
 def bench_step(
@@ -177,11 +189,11 @@ def bench_step(
 
 def print_bench(title: str, rows: list) -> None:
     table = Table(title=title)
-    for column in ("activation", "median s", "min s", "max s", "samples/s", "ratio", "params"):
+    for column in ("activation", "threads", "median s", "min s", "max s", "samples/s", "ratio", "params"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row.activation, f"{row.median_s:.4f}", f"{min(row.times_s):.4f}", f"{max(row.times_s):.4f}",
-                      f"{row.samples_per_s:,.0f}", f"{row.ratio:.2f}x", f"{row.num_params:,}")
+        table.add_row(row.activation, str(row.threads or "-"), f"{row.median_s:.4f}", f"{min(row.times_s):.4f}",
+                      f"{max(row.times_s):.4f}", f"{row.samples_per_s:,.0f}", f"{row.ratio:.2f}x", f"{row.num_params:,}")
     Console(width=120).print(table)
 
 
