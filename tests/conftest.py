@@ -9,6 +9,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The suite runs the trainable-activation family eagerly: torch.compile takes tens of seconds per
+# graph here. tests/activations/test_compiled.py compiles on purpose. (Set before anything reads
+# it, and inherited by the worker processes tests start.)
+os.environ.setdefault("TMAFBENCH_COMPILE", "off")
+
 
 def shared_data_dir() -> Path | None:
     """TMAFBENCH_DATA, else ../shared/data beside the checkout; None when neither exists."""
