@@ -247,7 +247,7 @@ def bench_shape(configs: Sequence[tuple[str, dict]], shape: Sequence[int], repea
             name=name,
             grid=activations.grid_info(name, params)[0],
             shape="x".join(map(str, shape)),
-            backend=backend_for(x) if isinstance(module, BandedTMAFBase) else "torch",
+            backend=backend_for(x, module.spec) if isinstance(module, BandedTMAFBase) else "torch",
             median_ms=median,
             q1_ms=q1,
             q3_ms=q3,
