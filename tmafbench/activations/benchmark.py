@@ -195,7 +195,15 @@ def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def peak_bytes(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> int:
-    """High-water mark of CPU-allocator bytes during one forward+backward (profiler memory events)."""
+    """High-water mark of CPU-allocator bytes during one forward+backward (profiler memory events);
+    on a GPU, of the CUDA caching allocator's allocated bytes."""
+    if x.is_cuda:
+        _sync(x)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        _fwd_bwd(module, x, grad)
+        _sync(x)
+        return torch.cuda.max_memory_allocated(x.device) - base
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         _fwd_bwd(module, x, grad)
     events = sorted(
@@ -208,11 +216,17 @@ def peak_bytes(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> 
     return peak
 
 
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
 def time_ms(modules: Sequence[torch.nn.Module], x: torch.Tensor, grad: torch.Tensor, repeats: int,
             warmup: int) -> list[list[float]]:
     """Wall-clock milliseconds of `repeats` forward+backward calls of each module, after `warmup`
-    untimed ones. Interleaved: each round times every module once, so a change in the machine's load
-    during the run hits all of them alike and the ratios between them stay fair."""
+    untimed ones (on a GPU, synchronised before and after each call). Interleaved: each round times
+    every module once, so a change in the machine's load during the run hits all of them alike and
+    the ratios between them stay fair."""
     for module in modules:
         for _ in range(warmup):
             _fwd_bwd(module, x, grad)
@@ -220,8 +234,10 @@ def time_ms(modules: Sequence[torch.nn.Module], x: torch.Tensor, grad: torch.Ten
     for _ in range(repeats):
         for module, series in zip(modules, times):
             module.zero_grad(set_to_none=True)
+            _sync(x)
             start = time.perf_counter()
             _fwd_bwd(module, x, grad)
+            _sync(x)
             series.append((time.perf_counter() - start) * 1e3)
     return times
 
@@ -234,12 +250,12 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def bench_shape(configs: Sequence[tuple[str, dict]], shape: Sequence[int], repeats: int, warmup: int,
-                seed: int = 0) -> list[BenchRow]:
+                seed: int = 0, device: str = "cpu") -> list[BenchRow]:
     """Time and measure every configuration on one input shape (float32), interleaved (time_ms)."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(*shape, generator=gen) * 3.0
-    grad = torch.randn(*shape, generator=gen)
-    modules = [activations.create(name, shape[1], **params) for name, params in configs]
+    x = (torch.randn(*shape, generator=gen) * 3.0).to(device)
+    grad = torch.randn(*shape, generator=gen).to(device)
+    modules = [activations.create(name, shape[1], **params).to(device) for name, params in configs]
     rows = []
     for (name, params), module, series in zip(configs, modules, time_ms(modules, x, grad, repeats, warmup)):
         q1, median, q3 = _quartiles(series)
@@ -265,6 +281,7 @@ def bench_activations(
     warmup: int = 3,
     threads: int | None = None,
     under_load: int = 0,
+    device: str = "cpu",
 ) -> list[BenchRow]:
     """Benchmark every configuration on every shape; relu and prelu are always measured for the ratios.
 
@@ -282,11 +299,11 @@ def bench_activations(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
     try:
-        rows = _bench_all(configs, list(shapes), repeats, warmup)
+        rows = _bench_all(configs, list(shapes), repeats, warmup, device)
         if not under_load:
             return rows
         with busy_processes(under_load):
-            loaded = _bench_all(configs, list(shapes), repeats, warmup)
+            loaded = _bench_all(configs, list(shapes), repeats, warmup, device)
         for quiet, row in zip(rows, loaded):
             row.load, row.vs_unloaded = under_load, row.median_ms / quiet.median_ms
         return rows + loaded
@@ -294,11 +311,12 @@ def bench_activations(
         torch.set_num_threads(previous)
 
 
-def _bench_all(configs: list[tuple[str, dict]], shapes: list[Sequence[int]], repeats: int, warmup: int) -> list[BenchRow]:
+def _bench_all(configs: list[tuple[str, dict]], shapes: list[Sequence[int]], repeats: int, warmup: int,
+               device: str = "cpu") -> list[BenchRow]:
     baselines = [(b, {}) for b in BASELINES if (b, {}) not in configs]
     rows: list[BenchRow] = []
     for shape in shapes:
-        measured = bench_shape(baselines + configs, shape, repeats, warmup)
+        measured = bench_shape(baselines + configs, shape, repeats, warmup, device=device)
         base = {r.name: r.median_ms for r in measured if r.name in BASELINES}
         for row in measured:
             row.vs_relu = row.median_ms / base["relu"]

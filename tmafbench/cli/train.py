@@ -203,23 +203,27 @@ def bench_pack(
     pack: int = typer.Option(16, "--pack", help="Cells per pack."),
     epochs: int = typer.Option(1, "--epochs", help="Epochs every cell trains."),
     processes: Optional[int] = typer.Option(None, "--processes", help="Worker processes, one thread each (default: one per core)."),
+    vmap: bool = typer.Option(True, "--vmap/--no-vmap", help="Also time torch.func (vmap) ensembles of K."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (one process per GPU then: pass --processes)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
-    """Cells per hour: packs of K cells against one cell at a time, on the same cores (MNIST needs its data)."""
+    """Cells per hour: packs of K cells against one cell at a time and against vmap ensembles, on the same cores (MNIST needs its data)."""
     from tmafbench.training.pack_benchmark import bench_pack as run
 
-    figures = run(setting or ["table-3-2", "sine-sum", "mnist"], activation or ["relu", "tmaf"], pack, epochs, processes)
+    figures = run(setting or ["table-3-2", "sine-sum", "mnist"], activation or ["relu", "tmaf"], pack, epochs, processes,
+                  device, vmap)
     if as_json:
-        typer.echo(json.dumps([{**f.__dict__, "alone_per_hour": f.alone_per_hour, "packed_per_hour": f.packed_per_hour,
-                                "speedup": f.speedup} for f in figures], indent=2))
+        typer.echo(json.dumps([f.to_dict() for f in figures], indent=2))
         return
     table = Table(title=f"cells per hour on {figures[0].processes} process(es), one thread each, {epochs} epoch(s) a cell")
-    for column in ("setting", "activation", "cells", "one at a time", f"packs of {pack}", "speed-up"):
-        table.add_column(column, justify="left" if column in ("setting", "activation") else "right")
+    for column in ("setting", "activation", "cells", "one at a time", f"packs of {pack}", "speed-up", f"vmap of {pack}",
+                   "packed / vmap"):
+        table.add_column(column, justify="left" if column in ("setting", "activation") else "right", overflow="fold")
     for f in figures:
+        ensemble = (f"{f.vmap_per_hour:,.0f}", f"{f.packed_vs_vmap:.1f}x") if f.vmap_s else (f.vmap_error or "-", "-")
         table.add_row(f.setting, f.activation, str(f.cells), f"{f.alone_per_hour:,.0f}", f"{f.packed_per_hour:,.0f}",
-                      f"{f.speedup:.1f}x")
-    Console(width=120).print(table)
+                      f"{f.speedup:.1f}x", *ensemble)
+    Console(width=140).print(table)
 
 
 def register(app: typer.Typer) -> None:
