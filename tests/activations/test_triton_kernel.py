@@ -83,3 +83,22 @@ def test_selection_and_what_stays_on_the_reference(interpreter):
     assert backend_for(x, fixed.spec) != "triton"  # CPU tensors: the native kernel (or the reference)
     with pytest.raises(ValueError, match="fixed breakpoints"):
         banded_tmaf(x, trainable.tables(), trainable.breakpoints(), trainable.spec, "triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name, params", CASES, ids=[f"{n}-{'-'.join(map(str, p.values())) or 'default'}" for n, p in CASES])
+def test_on_cuda_the_triton_kernel_gives_the_reference_bits(name, params):
+    """Compiled for the GPU (no fused multiply-add), against the reference on the CPU."""
+    act = activations.create(name, 64, **params)
+    randomize(act, 0)
+    gen = torch.Generator().manual_seed(1)
+    x, grad = torch.randn(512, 64, 3, generator=gen) * 3, torch.randn(512, 64, 3, generator=gen)
+    reference = run(act, x, grad, "torch")
+    on_gpu = act.to("cuda")
+    assert backend_for(x.cuda(), on_gpu.spec) == "triton"
+    ours = [t.cpu() for t in run(on_gpu, x.cuda(), grad.cuda(), "triton")]
+    for a, b in zip(ours[:2], reference[:2]):
+        assert torch.equal(bits(a), bits(b))
+    for a, b in zip(ours[2:], reference[2:]):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6 * b.abs().max().item())

@@ -226,6 +226,24 @@ def bench_pack(
     Console(width=140).print(table)
 
 
+def bench_gpu(
+    out: str = typer.Option("gpu-check.json", "--out", help="Where to write the JSON (rewritten after every section)."),
+    device: str = typer.Option("cuda", "--device", help="cuda, or cpu for the CPU stand-in of every section that has one."),
+    budget: float = typer.Option(480.0, "--budget", help="Seconds for the whole run; sections that do not fit are skipped."),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes: checks the code paths in seconds (the tests use it)."),
+    section: Optional[list[str]] = typer.Option(None, "--section", help="Run only these sections (repeatable)."),
+) -> None:
+    """Prove the GPU path: CUDA tests, kernel agreement, packed vs unpacked, bench activations and pack, a CIFAR-10 ResNet18 epoch, a 2-GPU study."""
+    from pathlib import Path
+
+    from tmafbench.training.gpu_benchmark import run_gpu_check
+
+    report = run_gpu_check(Path(out), device=device, budget_s=budget, quick=quick, sections=section or None)
+    for name, result in report["sections"].items():
+        typer.echo(f"{name:18s} {result['status']}" + (f"  ({result['seconds']} s)" if "seconds" in result else ""))
+    typer.echo(f"wrote {out} ({report['wall_s']} s)")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     try:
@@ -235,3 +253,4 @@ def register(app: typer.Typer) -> None:
     bench_app.command("epoch")(bench_epoch)
     bench_app.command("step")(bench_step)
     bench_app.command("pack")(bench_pack)
+    bench_app.command("gpu")(bench_gpu)
