@@ -132,10 +132,17 @@ def print_result(result: TrialResult, config: dict[str, Any]) -> None:
     Console(width=120).print(table)
 
 
+def activation_spec(text: str) -> tuple[str, str, dict]:
+    """'tmaf:intervals=100,train_breakpoints=true' -> (the text, 'tmaf', {'intervals': 100, 'train_breakpoints': True})."""
+    name, _, rest = text.partition(":")
+    return text, name.strip(), parse_params([p for p in rest.split(",") if p.strip()], f"--activation {text!r}")
+
+
 def bench_epoch(
     task: str = typer.Option("mnist", "--task"),
     model: str = typer.Option("mlp", "--model"),
-    activation: Optional[list[str]] = typer.Option(None, "--activation", "-a", help="repeatable; first is the baseline"),
+    activation: Optional[list[str]] = typer.Option(None, "--activation", "-a", help="repeatable; first is the baseline; "
+                                                   "NAME:key=value,... gives one its own parameters"),
     depth: Optional[int] = typer.Option(None), width: Optional[int] = typer.Option(None),
     act_param: Optional[list[str]] = typer.Option(None, "--act-param"),
     task_param: Optional[list[str]] = typer.Option(None, "--task-param"),
@@ -151,7 +158,8 @@ def bench_epoch(
     """Time one training epoch per activation (median of --repeats, interleaved) and the ratio to the first."""
     from tmafbench.training.benchmark import bench_epochs
 
-    rows = bench_epochs(task, model, activation or ["relu", "tmaf"], task_params=parse_params(task_param, "--task-param"),
+    rows = bench_epochs(task, model, [activation_spec(a) for a in activation or ["relu", "tmaf"]],
+                        task_params=parse_params(task_param, "--task-param"),
                         model_params=model_params(depth, width, model_param),
                         act_params=parse_params(act_param, "--act-param"), batch_size=batch_size,
                         repeats=repeats, threads=threads, device=device, warmup=warmup, under_load=under_load)

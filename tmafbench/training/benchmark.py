@@ -53,7 +53,7 @@ class BenchRow:
         return self.samples / self.median_s
 
 
-def bench_epochs(task: str, model: str, activation_names: list[str], *, task_params: dict | None = None,
+def bench_epochs(task: str, model: str, activation_names: list[str | tuple[str, str, dict]], *, task_params: dict | None = None,
                  model_params: dict | None = None, act_params: dict | None = None, batch_size: int = 64,
                  repeats: int = 3, threads: int | list[int] | None = None, device: str = "cpu", seed: int = 0,
                  warmup: int = 1, under_load: int = 0) -> list[BenchRow]:
@@ -67,9 +67,14 @@ def bench_epochs(task: str, model: str, activation_names: list[str], *, task_par
     if min(counts) < 1:
         raise ValueError(f"threads must be >= 1, got {counts}")
     setups = []
-    for name in activation_names:
+    labels = []
+    for item in activation_names:
+        # a name, or (label, name, params): one activation with parameters of its own (they override
+        # act_params), so that one run can time several settings of an activation side by side
+        label, name, own = (item, item, {}) if isinstance(item, str) else item
+        labels.append(label)
         config = TrialConfig(task=task, model=model, activation=name, seed=seed, task_params=dict(task_params or {}),
-                             model_params=dict(model_params or {}), act_params=_params_for(name, act_params),
+                             model_params=dict(model_params or {}), act_params={**_params_for(name, act_params), **own},
                              training=TrainingConfig(epochs=warmup + repeats * len(counts), batch_size=batch_size,
                                                      device=device))
         setups.append(build_setup(config))
@@ -91,7 +96,7 @@ def bench_epochs(task: str, model: str, activation_names: list[str], *, task_par
         torch.set_num_threads(previous)
     rows = [BenchRow(name, times[(i, t)], models.count_parameters(setups[i].model)[0], setups[i].train[0].shape[0],
                      threads=t, load=under_load)
-            for t in counts for i, name in enumerate(activation_names)]
+            for t in counts for i, name in enumerate(labels)]
     return _with_ratios(rows)
 
 
