@@ -65,3 +65,27 @@ def test_under_load_times_every_row_twice():
     assert rows[0]["vs_unloaded"] is None and rows[1]["vs_unloaded"] > 0
     result = runner.invoke(app, ["bench", "activations", "relu", "--shape", "8x2", "--under-load", "-1"])
     assert result.exit_code == 2 and "--under-load must be >= 0" in result.output
+
+
+def test_an_activation_with_parameters_of_its_own():
+    """NAME:key=value,... times one setting of an activation beside another (fixed and trainable grids)."""
+    args = ["bench", "activations", "tmaf", "tmaf:train_breakpoints=true", "--shape", "32x4", "--threads", "1",
+            "--intervals", "4", "--repeats", "2", "--warmup", "1", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    assert [(r["name"], r["params"], r["grid"]) for r in rows] == [
+        ("tmaf", {}, "[-5,5]/4"), ("tmaf", {"train_breakpoints": True}, "[-5,5]/4")]
+    assert all(r["first_ms"] > 0 for r in rows)
+    result = runner.invoke(app, ["bench", "activations", "tmaf:bogus=1", "--shape", "8x2", "--repeats", "1"])
+    assert result.exit_code == 2 and "bogus" in result.output
+
+    result = runner.invoke(app, ["bench", "epoch", "--task", "sine-sum", "--task-param", "train_size=128", "--width", "4",
+                                 "-a", "tmaf:intervals=4", "-a", "tmaf:intervals=4,train_breakpoints=true", "--repeats", "1",
+                                 "--threads", "1", "--threads", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [(r["activation"], r["threads"]) for r in report["rows"]] == [
+        ("tmaf:intervals=4", 1), ("tmaf:intervals=4,train_breakpoints=true", 1),
+        ("tmaf:intervals=4", 2), ("tmaf:intervals=4,train_breakpoints=true", 2)]
+    assert report["rows"][0]["ratio"] == 1.0 and report["machine"]["cpu"]

@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 import torch
@@ -59,6 +59,8 @@ class BenchRow:
     vs_prelu: float | None = None
     load: int = 0  # busy processes of our own running while this row was timed
     vs_unloaded: float | None = None  # this row's median over the same row's without them
+    params: dict = field(default_factory=dict)  # the activation's parameters besides its grid
+    first_ms: float | None = None  # the first call (warm-up): lazy set-up, a kernel build or torch.compile
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +132,10 @@ def machine_record(threads: int | None = None) -> dict:
         "torch": env.torch, "packages": env.packages,
         "threads": threads or torch.get_num_threads(), "parallel_backend": _parallel_backend(torch),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "mkl_cbwr": os.environ.get("MKL_CBWR"),
+        "tmafbench_compile": os.environ.get("TMAFBENCH_COMPILE", "auto"),
+        # glibc's allocator settings: whether large buffers are mapped afresh (first-touch page
+        # faults) on every call decides ReLU's time on [20000, 20] (README, reports/benchmarks)
+        "malloc": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "tmaf_kernel": "native" if native.load() else f"torch ({native.unavailable_reason() or 'TMAFBENCH_KERNEL=torch'})",
     }
 
@@ -146,17 +152,18 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def configurations(names: Sequence[str] | None, intervals: Sequence[int]) -> list[tuple[str, dict]]:
-    """(name, params) for every activation to time; grid activations once per interval count."""
-    chosen = list(names) if names else activations.available()
-    for name in chosen:
-        activations.create(name, 1)  # unknown names fail here, with the valid choices
+def configurations(names: Sequence[str | tuple[str, dict]] | None, intervals: Sequence[int]) -> list[tuple[str, dict]]:
+    """(name, params) for every activation to time; grid activations once per interval count (unless
+    an entry, given as (name, params), sets its own grid)."""
+    chosen = [n if isinstance(n, tuple) else (n, {}) for n in (names or activations.available())]
+    for name, params in chosen:
+        activations.create(name, 1, **params)  # unknown names and parameters fail here, with the valid choices
     configs = []
-    for name in chosen:
-        if activations.grid_info(name, {})[0] is None:
-            configs.append((name, {}))
+    for name, params in chosen:
+        if activations.grid_info(name, params)[0] is None or {"intervals", "breakpoints"} & set(params):
+            configs.append((name, dict(params)))
         else:
-            configs += [(name, {"intervals": int(k)}) for k in intervals]
+            configs += [(name, {**params, "intervals": int(k)}) for k in intervals]
     return configs
 
 
@@ -222,14 +229,21 @@ def _sync(x: torch.Tensor) -> None:
 
 
 def time_ms(modules: Sequence[torch.nn.Module], x: torch.Tensor, grad: torch.Tensor, repeats: int,
-            warmup: int) -> list[list[float]]:
+            warmup: int, first: list[float] | None = None) -> list[list[float]]:
     """Wall-clock milliseconds of `repeats` forward+backward calls of each module, after `warmup`
-    untimed ones (on a GPU, synchronised before and after each call). Interleaved: each round times
-    every module once, so a change in the machine's load during the run hits all of them alike and
-    the ratios between them stay fair."""
+    untimed ones (at least one; on a GPU, synchronised before and after each call). Interleaved:
+    each round times every module once, so a change in the machine's load during the run hits all
+    of them alike and the ratios between them stay fair. `first` receives each module's first call."""
+    first = [] if first is None else first
+    first.clear()
     for module in modules:
-        for _ in range(warmup):
+        for i in range(max(warmup, 1)):  # (at least one: the first call, timed on its own)
+            _sync(x)
+            start = time.perf_counter()
             _fwd_bwd(module, x, grad)
+            _sync(x)
+            if i == 0:
+                first.append((time.perf_counter() - start) * 1e3)
     times: list[list[float]] = [[] for _ in modules]
     for _ in range(repeats):
         for module, series in zip(modules, times):
@@ -257,10 +271,14 @@ def bench_shape(configs: Sequence[tuple[str, dict]], shape: Sequence[int], repea
     grad = torch.randn(*shape, generator=gen).to(device)
     modules = [activations.create(name, shape[1], **params).to(device) for name, params in configs]
     rows = []
-    for (name, params), module, series in zip(configs, modules, time_ms(modules, x, grad, repeats, warmup)):
+    first: list[float] = []
+    timed = time_ms(modules, x, grad, repeats, warmup, first)
+    for (name, params), module, series, first_ms in zip(configs, modules, timed, first):
         q1, median, q3 = _quartiles(series)
         rows.append(BenchRow(
             name=name,
+            params={k: v for k, v in params.items() if k not in ("intervals", "lo", "hi", "breakpoints")},
+            first_ms=first_ms,
             grid=activations.grid_info(name, params)[0],
             shape="x".join(map(str, shape)),
             backend=backend_for(x, module.spec) if isinstance(module, BandedTMAFBase) else "torch",
@@ -274,7 +292,7 @@ def bench_shape(configs: Sequence[tuple[str, dict]], shape: Sequence[int], repea
 
 
 def bench_activations(
-    names: Sequence[str] | None = None,
+    names: Sequence[str | tuple[str, dict]] | None = None,
     shapes: Iterable[Sequence[int]] = DEFAULT_SHAPES,
     intervals: Sequence[int] = DEFAULT_INTERVALS,
     repeats: int = 10,

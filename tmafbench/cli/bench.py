@@ -27,7 +27,7 @@ def _table(rows: list, title: str) -> Table:
         table.add_column(column, justify="left" if column in ("activation", "grid", "shape", "kernel") else "right")
     for r in rows:
         table.add_row(
-            r.name, r.grid or "-", r.shape, r.backend, *([str(r.load)] if loaded else []), f"{r.median_ms:.2f}",
+            r.name + "".join(f" {k}={v}" for k, v in r.params.items()), r.grid or "-", r.shape, r.backend, *([str(r.load)] if loaded else []), f"{r.median_ms:.2f}",
             f"{r.q1_ms:.2f}-{r.q3_ms:.2f}", _mib(r.saved_bytes), _mib(r.peak_bytes), f"{r.vs_relu:.2f}", f"{r.vs_prelu:.2f}",
             *([f"{r.vs_unloaded:.2f}" if r.vs_unloaded else "-"] if loaded else []),
         )
@@ -36,7 +36,7 @@ def _table(rows: list, title: str) -> Table:
 
 @bench_app.command("activations")
 def activations_cmd(
-    names: Optional[list[str]] = typer.Argument(None, help="Activations to time (default: all)."),
+    names: Optional[list[str]] = typer.Argument(None, help="Activations to time (default: all); NAME:key=value,... sets parameters of its own."),
     intervals: Optional[list[int]] = typer.Option(None, "--intervals", help="Interval counts for grid activations (default 10 and 100); repeatable."),
     shapes: Optional[list[str]] = typer.Option(None, "--shape", help="Input shape like 4096x1024 (default: the three standard shapes); repeatable."),
     repeats: int = typer.Option(10, "--repeats", help="Timed forward+backward calls per row."),
@@ -51,8 +51,13 @@ def activations_cmd(
     from tmafbench.activations.benchmark import (DEFAULT_INTERVALS, DEFAULT_SHAPES, bench_activations, machine_record,
                                                  parse_shape)
 
+    from tmafbench.cli.common import parse_params
+
     parsed = [parse_shape(s) for s in shapes] if shapes else list(DEFAULT_SHAPES)
-    rows = bench_activations(names or None, parsed, intervals or DEFAULT_INTERVALS, repeats, warmup, threads, under_load)
+    # NAME:key=value,... gives one activation its own parameters (e.g. tmaf:train_breakpoints=true)
+    specs = [(n.partition(":")[0], parse_params([p for p in n.partition(":")[2].split(",") if p.strip()], n))
+             for n in names or []]
+    rows = bench_activations(specs or None, parsed, intervals or DEFAULT_INTERVALS, repeats, warmup, threads, under_load)
     if as_json:
         settings = {"repeats": repeats, "warmup": warmup, "under_load": under_load, "dtype": "float32"}
         typer.echo(json.dumps({"machine": machine_record(threads), "settings": settings, "rows": [r.to_dict() for r in rows]},
