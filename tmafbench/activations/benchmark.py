@@ -112,6 +112,18 @@ def _parallel_backend(torch) -> str:
     return lines[0] if lines else "unknown"
 
 
+def _commit() -> str | None:
+    """The checkout's git commit (with '+changes' when the tree differs from it), or None."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if head.returncode == 0 else None
+
+
 def machine_record(threads: int | None = None) -> dict:
     """Where and how a benchmark ran: CPU model and features, cores and the CPUs this process may use,
     load average, torch and its parallel backend, threads, the wait policy, and the TMAF kernel."""
@@ -126,7 +138,7 @@ def machine_record(threads: int | None = None) -> dict:
     except AttributeError:  # not on Linux
         usable = os.cpu_count() or 1
     return {
-        "cpu": env.cpu, "cpu_flags": cpu_flags(), "cpu_count": env.cpu_count, "cpus_usable": usable,
+        "commit": _commit(), "cpu": env.cpu, "cpu_flags": cpu_flags(), "cpu_count": env.cpu_count, "cpus_usable": usable,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "platform": env.platform, "python": env.python, "machine": platform.machine(),
         "torch": env.torch, "packages": env.packages,

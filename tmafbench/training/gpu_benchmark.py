@@ -13,7 +13,8 @@ is cut short still leaves what it measured):
 - bench_activations: `bench activations` on the device (forward+backward, ratios to ReLU/PReLU);
 - bench_pack: `bench pack` on the device (one process), with the vmap ensemble column;
 - cifar_epoch: one CIFAR-10 ResNet18 epoch, TMAF against ReLU (real CIFAR-10 where TMAFBENCH_DATA
-  has it; otherwise 391 steps on random batches of the same shape: the same arithmetic);
+  or torchvision's download finds it; otherwise 391 steps on random batches of the same shape: the
+  same arithmetic, without data loading);
 - two_gpu_study: a small study over `--devices cuda:0,cuda:1` when two GPUs are present.
 
 `budget_s` caps the whole run: a section that would start with less than its expected time left
@@ -188,17 +189,23 @@ def bench_pack_on(device: str, quick: bool) -> dict[str, Any]:
 def cifar_epoch(device: str, quick: bool) -> dict[str, Any]:
     from tmafbench.training.benchmark import bench_epochs, bench_steps
 
-    data = os.environ.get("TMAFBENCH_DATA")
-    if not quick and data and (Path(data) / "cifar-10-batches-py").is_dir():
-        rows = bench_epochs("cifar10", "resnet18-cifar", ["relu", "tmaf"], batch_size=128, repeats=1, warmup=0, device=device)
-        source = f"CIFAR-10 from {data}"
-    else:
+    from tmafbench.errors import DataNotFoundError
+
+    rows, source = None, ""
+    if not quick:
+        try:
+            rows = bench_epochs("cifar10", "resnet18-cifar", ["relu", "tmaf"], batch_size=128, repeats=1, warmup=0,
+                                device=device)
+            source = f"CIFAR-10 (TMAFBENCH_DATA={os.environ.get('TMAFBENCH_DATA')}, else torchvision's download)"
+        except DataNotFoundError as exc:
+            source = f"no CIFAR-10 ({exc}); "
+    if rows is None:
         steps = 2 if quick else -(-50000 // 128)
         rows = bench_steps("cifar10", "resnet18-cifar", ["relu", "tmaf"], batch_size=8 if quick else 128, repeats=steps,
                            warmup=1 if quick else 5, device=device)
         for row in rows:  # one epoch = the sum of the steps
             row.extra["epoch_s"] = sum(row.times_s)
-        source = f"{steps} steps on random batches of CIFAR-10's shape (no CIFAR-10 under TMAFBENCH_DATA)"
+        source += f"{steps} steps on random batches of CIFAR-10's shape"
     return {"data": source, "rows": [{"activation": r.activation, "median_s": r.median_s, "ratio": r.ratio,
                                       "epoch_s": r.extra.get("epoch_s", sum(r.times_s)), "params": r.num_params}
                                      for r in rows]}
