@@ -93,6 +93,24 @@ _CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "av
               "amx_tile", "hypervisor")
 
 
+def cpu_identity() -> dict[str, str]:
+    """Vendor, family, model and stepping from /proc/cpuinfo (a VM's model name can be as short as
+    "AMD EPYC"; family 25 model 1 is Zen 3, "Milan"); empty elsewhere."""
+    found: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("vendor_id", "cpu family", "model", "stepping") and key not in found:
+                    found[key] = value.strip()
+                if not line.strip() and found:
+                    break
+    except OSError:
+        pass
+    return found
+
+
 def cpu_flags() -> list[str]:
     """The vector features of this CPU (Linux: /proc/cpuinfo; elsewhere an empty list)."""
     try:
@@ -138,7 +156,7 @@ def machine_record(threads: int | None = None) -> dict:
     except AttributeError:  # not on Linux
         usable = os.cpu_count() or 1
     return {
-        "commit": _commit(), "cpu": env.cpu, "cpu_flags": cpu_flags(), "cpu_count": env.cpu_count, "cpus_usable": usable,
+        "commit": _commit(), "cpu": env.cpu, "cpu_identity": cpu_identity(), "cpu_flags": cpu_flags(), "cpu_count": env.cpu_count, "cpus_usable": usable,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "platform": env.platform, "python": env.python, "machine": platform.machine(),
         "torch": env.torch, "packages": env.packages,
