@@ -361,13 +361,16 @@ __attribute__((noinline)) void accumulate(double* __restrict acc, const int32_t*
   for (int64_t e = 0; e < L; e++) acc[idx[e]] += p[e];
 }
 
-// The breakpoint terms into bacc[bb[e] - bbase + k]: left (k = q - 1) then right (k = q), each where
-// that breakpoint exists, for the entries whose row exists (idx != trash); in element order.
-__attribute__((noinline)) void accumulate_bumps(double* __restrict bacc, const int32_t* __restrict bb, int32_t bbase,
-                                                const int32_t* __restrict q, const int32_t* __restrict idx,
-                                                int32_t trash, int32_t m, const double* __restrict left,
-                                                const double* __restrict right, int64_t L) {
+// `accumulate`, and the breakpoint terms into bacc[bb[e] - bbase + k]: left (k = q - 1) then right
+// (k = q), each where that breakpoint exists, for the entries whose row exists (idx != trash); in
+// element order (the two arrays are apart, so each keeps the order of its own sums).
+__attribute__((noinline)) void accumulate_both(double* __restrict acc, const int32_t* __restrict idx,
+                                               const double* __restrict p, double* __restrict bacc,
+                                               const int32_t* __restrict bb, int32_t bbase, const int32_t* __restrict q,
+                                               int32_t trash, int32_t m, const double* __restrict left,
+                                               const double* __restrict right, int64_t L) {
   for (int64_t e = 0; e < L; e++) {
+    acc[idx[e]] += p[e];
     if (idx[e] == trash) continue;
     const int32_t k = q[e];
     double* b = bacc + bb[e] - bbase;
@@ -802,13 +805,16 @@ struct Backward {
     c.index(d, x, s.q, L, bp_row, pe);
     if (d == 0) Loops<T>::gx_main(x, ga, gx, t, cb, s.q, ab, abase, s.p, s.idx, L);
     else Loops<T>::gx_off(x, ga, gx, t, cb, col, s.q, ab, abase, s.p, s.idx, r, Cv, trash, L);
-    accumulate(acc, s.idx, s.p, L);
-    if (!pos) return;
-    // The relaxed gradient of the two breakpoints around each input (trainable grids only).
+    if (!pos) {
+      accumulate(acc, s.idx, s.p, L);
+      return;
+    }
+    // The relaxed gradient of the two breakpoints around each input (trainable grids only): its terms
+    // come from the same block, and one scalar pass adds them with the values' terms.
     const double* pd = pos + (d * c.Cb + (bp_row >= 0 ? bp_row : 0)) * c.m;
     Loops<T>::bump(x, t, cb, s.q, s.p, pd, pbpat.data() + c.col_at(pe), c.m, inv_a, kc, s.left, s.right, L);
-    accumulate_bumps(s.bacc.data(), bbpat.data() + c.lane_at(pe), blay.cbase * blay.astride, s.q, s.idx, trash,
-                     c.m, s.left, s.right, L);
+    accumulate_both(acc, s.idx, s.p, s.bacc.data(), bbpat.data() + c.lane_at(pe), blay.cbase * blay.astride, s.q,
+                    trash, c.m, s.left, s.right, L);
   }
 
   // this chunk's partial sums of `count` entries: the lanes of each added in order.

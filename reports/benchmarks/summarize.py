@@ -1,0 +1,107 @@
+"""Print the ratios of reports/benchmarks/*.json as ranges over the runs (what README.md quotes).
+
+    python reports/benchmarks/summarize.py [FOLDER]
+
+Reads only the JSON files run.sh writes; every figure is a ratio of medians measured in the same
+run (interleaved), and a range is the smallest and largest over the repeated runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def load(folder: Path, pattern: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(pattern)) if p.stat().st_size]
+
+
+def span(values: list[float]) -> str:
+    values = sorted(values)
+    return f"{values[0]:.2f}" if len(values) == 1 or f"{values[0]:.2f}" == f"{values[-1]:.2f}" else \
+        f"{values[0]:.2f}-{values[-1]:.2f}"
+
+
+def label(row: dict) -> str:
+    extra = "".join(f" {k}={v}" for k, v in row.get("params", {}).items())
+    return f"{row['name']}{extra} {row['grid'] or ''}".strip()
+
+
+def activation_ratios(runs: list[dict], pairs: list[tuple[str, str]], title: str) -> None:
+    """For each shape: each (numerator, denominator) label pair's ratio of medians, per run."""
+    print(f"\n{title} ({len(runs)} run(s); loads {[round(r['machine']['load_average'][0], 1) for r in runs]})")
+    found: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for run in runs:
+        medians = {(r["shape"], label(r), r.get("load", 0)): r["median_ms"] for r in run["rows"]}
+        for (shape, name, load), value in medians.items():
+            for top, bottom in pairs:
+                if name == top and (shape, bottom, load) in medians:
+                    found[(shape, f"{top} / {bottom}" + (f" (load {load})" if load else ""), "")].append(
+                        value / medians[(shape, bottom, load)])
+        for r in run["rows"]:
+            found[(r["shape"], label(r) + " / relu" + (f" (load {r['load']})" if r.get("load") else ""), "")].append(r["vs_relu"])
+            found[(r["shape"], label(r) + " / prelu" + (f" (load {r['load']})" if r.get("load") else ""), "")].append(r["vs_prelu"])
+            if r.get("vs_unloaded"):
+                found[(r["shape"], label(r) + f" loaded {r['load']} / unloaded", "")].append(r["vs_unloaded"])
+    for (shape, what, _), values in sorted(found.items()):
+        print(f"  {shape:14s} {what:60s} {span(values)}")
+
+
+def epoch_ratios(runs: list[dict], title: str) -> None:
+    print(f"\n{title} ({len(runs)} run(s))")
+    found: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        rows = run["rows"]
+        by = {(r["activation"], r["threads"]): r["median_s"] for r in rows}
+        for r in rows:
+            found[f"{r['activation']} ({r['threads']} thr) / first row"].append(r["ratio"])
+            if r["threads"] != 1 and (r["activation"], 1) in by:
+                found[f"{r['activation']}: {r['threads']} threads / 1 thread"].append(r["median_s"] / by[(r["activation"], 1)])
+        fixed = {a.replace(",train_breakpoints=true", ""): a for a, _ in by if a.endswith(",train_breakpoints=true")}
+        for plain, trained in fixed.items():
+            for t in {t for _, t in by}:
+                if (plain, t) in by:
+                    found[f"{trained} / {plain} ({t} thr)"].append(by[(trained, t)] / by[(plain, t)])
+    for what, values in sorted(found.items()):
+        print(f"  {what:70s} {span(values)}")
+
+
+def main() -> None:
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
+    kernel = load(folder, "activations-kernel-run*.json")
+    if kernel:
+        activation_ratios(kernel, [("tmaf-tridiag [-5,5]/10", "tmaf [-5,5]/10"), ("tmaf-tridiag [-5,5]/100", "tmaf [-5,5]/100"),
+                                   ("tmaf train_breakpoints=True [-5,5]/10", "tmaf [-5,5]/10"),
+                                   ("tmaf train_breakpoints=True [-5,5]/100", "tmaf [-5,5]/100"),
+                                   ("tmaf-tridiag train_breakpoints=True [-5,5]/10", "tmaf-tridiag [-5,5]/10"),
+                                   ("tmaf-tridiag train_breakpoints=True [-5,5]/100", "tmaf-tridiag [-5,5]/100")],
+                          "TMAF kernels, 1 thread")
+    for pattern, title in [("activations-family-eager-run*.json", "family, eager"),
+                           ("activations-family-compiled-run*.json", "family, TMAFBENCH_COMPILE=auto"),
+                           ("activations-family-spline-compiled.json", "KAN spline, TMAFBENCH_COMPILE=on"),
+                           ("malloc-fresh-pages-run*.json", "[20000, 20], every call on fresh pages"),
+                           ("malloc-reused-pages-run*.json", "[20000, 20], pages reused"),
+                           ("under-load-activations-active.json", "2 threads, OMP_WAIT_POLICY=ACTIVE"),
+                           ("under-load-activations-passive.json", "2 threads, OMP_WAIT_POLICY=PASSIVE")]:
+        runs = load(folder, pattern)
+        if runs:
+            activation_ratios(runs, [("tmaf-tridiag [-5,5]/10", "tmaf [-5,5]/10")], title)
+            if "family" in pattern or "spline" in pattern:
+                for run in runs:
+                    print("   first call ms:", {f"{r['name']} {r['shape']}": round(r["first_ms"]) for r in run["rows"]
+                                                if r["name"] != "prelu"})
+    for pattern in ("epoch-*-run1.json", "under-load-epoch-*.json"):
+        for path in sorted(folder.glob(pattern)):
+            stem = path.name.replace("-run1.json", "-run*.json") if "run1" in path.name else path.name
+            epoch_ratios(load(folder, stem), stem)
+    for run in load(folder, "pack.json"):
+        print("\nbench pack (cells per hour)")
+        for f in run if isinstance(run, list) else []:
+            vmap = f"{f['packed_vs_vmap']:.2f}x faster than vmap" if f["vmap_s"] else f"vmap: {f['vmap_error']}"
+            print(f"  {f['setting']:10s} {f['activation']:6s} packed {f['speedup']:.1f}x one at a time; {vmap}")
+
+
+if __name__ == "__main__":
+    main()
