@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from tmafbench.activations import benchmark
-from tmafbench.activations.benchmark import bench_activations, configurations, parse_shape
+from tmafbench.activations.benchmark import (
+    bench_activations,
+    configurations,
+    parse_shape,
+)
 
 
 @pytest.mark.slow  # the profiler pass per row costs about half a second
@@ -80,6 +84,5 @@ def test_busy_processes_run_for_the_block_and_outlive_no_one():
     parent.kill()
     parent.wait()
     assert all(_gone(pid, 10.0) for pid in pids)
-    with pytest.raises(ValueError, match=">= 0"):
-        with benchmark.busy_processes(-1):
-            pass
+    with pytest.raises(ValueError, match=">= 0"), benchmark.busy_processes(-1):
+        pass

@@ -66,13 +66,13 @@ def test_compiled_gives_the_eager_results_to_1e_6(name, monkeypatch):
 def test_packed_cells_and_a_study_run_with_compilation_on(tmp_path, monkeypatch):
     """The packed trainer (K cells as one [B, K C] model) and a study's worker processes take the
     compiled path as they take the eager one."""
+    from tiny_specs import study_toml
     from typer.testing import CliRunner
 
     from tmafbench.cli import app
     from tmafbench.core import RunStatus, TrainingConfig, TrialConfig
     from tmafbench.training import train_trial
     from tmafbench.training.packed import train_many
-    from tiny_specs import study_toml
 
     monkeypatch.setenv("TMAFBENCH_COMPILE", "on")
     cells = [TrialConfig(task="sine-sum", model="mlp", activation="apl", seed=seed,

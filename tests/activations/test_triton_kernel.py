@@ -9,11 +9,10 @@ import math
 
 import pytest
 import torch
+from conftest import randomize
 
 from tmafbench import activations
 from tmafbench.activations.kernels import backend_for, banded_tmaf, triton_kernel
-
-from conftest import randomize
 
 pytestmark = [pytest.mark.skipif(not triton_kernel.available(), reason="triton is not installed"),
               # the interpreter computes inf * 0 with NumPy, which warns (the result, NaN, is the reference's)

@@ -42,7 +42,7 @@ def _machine_of_a_run(env_extra: dict[str, str]) -> dict:
 
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env.update(env_extra, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    done = subprocess.run([sys.executable, "-m", "tmafbench", "bench", "activations", "relu", "--shape", "8x2",
+    done = subprocess.run([sys.executable, "-m", "tmafbench", "bench", "activations", "relu", "--shape", "8x2",  # noqa: PLW1510
                            "--repeats", "1", "--warmup", "0", "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["machine"]

@@ -12,8 +12,8 @@ from tmafbench.core import TrainingConfig, TrialConfig
 from tmafbench.training import pack_benchmark
 from tmafbench.training.pack_benchmark import train_vmap_ensemble
 
-TINY = dict(task="sine-sum", task_params={"n": 1, "train_size": 96, "test_size": 32}, model_params={"depth": 1, "width": 6},
-            grid={"intervals": 4}, batch_size=32)
+TINY = {"task": "sine-sum", "task_params": {"n": 1, "train_size": 96, "test_size": 32},
+        "model_params": {"depth": 1, "width": 6}, "grid": {"intervals": 4}, "batch_size": 32}
 
 
 def cells(activation: str, count: int = 2, epochs: int = 2) -> list[TrialConfig]:

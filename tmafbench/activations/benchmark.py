@@ -134,8 +134,8 @@ def _commit() -> str | None:
     """The checkout's git commit (with '+changes' when the tree differs from it), or None."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True, check=False,
                                text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -361,7 +361,7 @@ def bench_activations(
 
 def _bench_all(configs: list[tuple[str, dict]], shapes: list[Sequence[int]], repeats: int, warmup: int,
                device: str = "cpu") -> list[BenchRow]:
-    baselines = [(b, {}) for b in BASELINES if (b, {}) not in configs]
+    baselines: list[tuple[str, dict]] = [(b, {}) for b in BASELINES if (b, {}) not in configs]
     rows: list[BenchRow] = []
     for shape in shapes:
         measured = bench_shape(baselines + configs, shape, repeats, warmup, device=device)

@@ -28,7 +28,8 @@ import os
 import shutil
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -33,15 +33,18 @@ import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+from tmafbench.activations.tmaf import BandedTMAFBase
 
 #: Seconds each section needs at least (a section is skipped when less than this is left).
 NEEDS_S = {"machine": 1, "cuda_tests": 60, "kernel_agreement": 20, "packed": 20, "bench_activations": 40,
            "bench_pack": 60, "cifar_epoch": 60, "two_gpu_study": 40}
-KERNEL_CASES = [("tmaf", {}), ("tmaf", {"intervals": 100}), ("tmaf", {"share": "layer"}), ("tmaf-tridiag", {}),
+KERNEL_CASES: list[tuple[str, dict[str, Any]]] = [("tmaf", {}), ("tmaf", {"intervals": 100}), ("tmaf", {"share": "layer"}), ("tmaf-tridiag", {}),
                 ("tmaf-tridiag", {"breakpoints": [-2, 0, 0.3, 4]}), ("tmaf-banded", {"bandwidth": 2})]
 
 
@@ -62,11 +65,11 @@ def machine(device: str) -> dict[str, Any]:
                         "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
                        for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])
     record["tmaf_kernel_on_device"] = backend_for(torch.zeros(1, device=device))
-    try:
-        import triton
+    from importlib import metadata
 
-        record["triton"] = triton.__version__
-    except ImportError:
+    try:
+        record["triton"] = metadata.version("triton")
+    except metadata.PackageNotFoundError:
         record["triton"] = None
     return record
 
@@ -79,9 +82,11 @@ def cuda_tests(timeout_s: float) -> dict[str, Any]:
         report = Path(tmp) / "junit.xml"
         done = subprocess.run([sys.executable, "-m", "pytest", str(tests), "-m", "gpu", "-q", "-p", "no:cacheprovider",
                                f"--junitxml={report}"], capture_output=True, text=True, timeout=timeout_s,
-                              cwd=tests.parent)
-        suite = ET.parse(report).getroot()
-        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+                              cwd=tests.parent, check=False)
+        root = ET.parse(report).getroot()
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        if suite is None:
+            raise ValueError(f"pytest wrote no test suite into {report.name}")
         counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
         failed = [c.get("classname", "") + "::" + c.get("name", "") for c in suite.iter("testcase")
                   if c.find("failure") is not None or c.find("error") is not None]
@@ -108,12 +113,13 @@ def kernel_agreement(device: str, quick: bool) -> dict[str, Any]:
     from tmafbench.activations.kernels import backend_for, triton_kernel
 
     shapes = [(300, 20), (8, 16, 9, 9)] if quick else [(20000, 20), (256, 512), (32, 64, 32, 32)]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    worst = 0.0
     for name, params in KERNEL_CASES:
         for dtype in (torch.float32, torch.float64):
             for shape in shapes:
                 torch.manual_seed(0)
-                act = activations.create(name, shape[1], **params).to(dtype)
+                act: BandedTMAFBase = activations.create(name, shape[1], **params).to(dtype)  # type: ignore[assignment]
                 with torch.no_grad():
                     for p in act.parameters():
                         p.copy_(torch.rand_like(p) * 1.5 - 0.25)
@@ -127,14 +133,14 @@ def kernel_agreement(device: str, quick: bool) -> dict[str, Any]:
                     got = _run_kernel(on_device, x.to(device), grad.to(device), backend)
                     values = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
                                  for a, b in zip(got[2:], reference[2:]))
+                    worst = max(worst, values)
                     rows.append({"activation": name, "params": params, "dtype": str(dtype).replace("torch.", ""),
                                  "shape": "x".join(map(str, shape)), "backend": backend,
                                  "output_bits_equal": _bits_equal(got[0], reference[0]),
                                  "grad_x_bits_equal": _bits_equal(got[1], reference[1]), "values_grad_max_rel": values})
                 act.to("cpu")
     exact = all(r["output_bits_equal"] and r["grad_x_bits_equal"] for r in rows)
-    return {"all_outputs_and_input_gradients_exact": exact,
-            "values_grad_max_rel": max(r["values_grad_max_rel"] for r in rows), "rows": rows}
+    return {"all_outputs_and_input_gradients_exact": exact, "values_grad_max_rel": worst, "rows": rows}
 
 
 def packed(device: str, quick: bool) -> dict[str, Any]:
@@ -156,8 +162,11 @@ def packed(device: str, quick: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         alone = [train_trial(c) for c in cells]
         alone_s = time.perf_counter() - t0
+        failed = [r for r in together if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
         diffs = [abs(p.final_metrics[k] - a.final_metrics[k]) / max(abs(a.final_metrics[k]), 1e-30)
-                 for p, a in zip(together, alone) for k in a.final_metrics]
+                 for p, a in zip(together, alone) if not isinstance(p, BaseException) for k in a.final_metrics]
         rows.append({"activation": activation, "cells": len(cells), "packed_s": packed_s, "alone_s": alone_s,
                      "all_completed": all(r.status == "completed" for r in (*together, *alone)),
                      "final_metrics_max_rel_diff": max(diffs)})
@@ -178,18 +187,17 @@ def bench_pack_on(device: str, quick: bool) -> dict[str, Any]:
     from tmafbench.training import pack_benchmark
 
     if quick:  # a tiny stand-in setting, so that the code path runs in seconds
-        pack_benchmark.SETTINGS.setdefault("quick", dict(task="sine-sum", task_params={"n": 1, "train_size": 128, "test_size": 32},
-                                                         model_params={"depth": 1, "width": 8}, grid={"intervals": 4},
-                                                         batch_size=32))
+        pack_benchmark.SETTINGS.setdefault("quick", {"task": "sine-sum", "task_params": {"n": 1, "train_size": 128, "test_size": 32},
+                                                     "model_params": {"depth": 1, "width": 8}, "grid": {"intervals": 4},
+                                                     "batch_size": 32})
     figures = pack_benchmark.bench_pack(["quick"] if quick else ["table-3-2"], ["relu", "tmaf"], pack=2 if quick else 64,
                                         epochs=1, processes=1, device=device)
     return {"rows": [f.to_dict() for f in figures]}
 
 
 def cifar_epoch(device: str, quick: bool) -> dict[str, Any]:
-    from tmafbench.training.benchmark import bench_epochs, bench_steps
-
     from tmafbench.errors import DataNotFoundError
+    from tmafbench.training.benchmark import bench_epochs, bench_steps
 
     rows, source = None, ""
     if not quick:
@@ -241,7 +249,7 @@ def two_gpu_study(device: str, quick: bool, timeout_s: float) -> dict[str, Any]:
         url = f"sqlite:///{Path(tmp) / 'gpu-check.db'}"
         t0 = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "tmafbench", "study", "run", str(spec), "--storage", url, *placement],
-                              capture_output=True, text=True, timeout=timeout_s)
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
         wall = time.perf_counter() - t0
         import sqlite3
 
@@ -257,7 +265,9 @@ def run_gpu_check(out: Path, device: str = "cuda", budget_s: float = 480.0, quic
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("bench gpu: CUDA is not available here (use --device cpu to run the CPU stand-in)")
     deadline = time.monotonic() + budget_s
-    left = lambda: deadline - time.monotonic()  # noqa: E731
+    def left() -> float:
+        return deadline - time.monotonic()
+
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "machine": lambda: machine(device),
         "cuda_tests": lambda: cuda_tests(max(30.0, min(left(), 240.0))),
@@ -283,7 +293,7 @@ def run_gpu_check(out: Path, device: str = "cuda", budget_s: float = 480.0, quic
             try:
                 result = step()
                 result.setdefault("status", "ok")
-            except Exception as exc:  # record it; the other sections still run
+            except Exception as exc:  # noqa: BLE001 (any failure is recorded; the other sections still run)
                 result = {"status": f"error: {type(exc).__name__}: {exc}"[:500],
                           "traceback": traceback.format_exc().splitlines()[-6:]}
             result["seconds"] = round(time.perf_counter() - t0, 2)

@@ -78,7 +78,7 @@ class TritonBandedTMAF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, grid: GridTensors, spec: BandSpec, *tables):
-        import triton
+        import triton  # type: ignore[import-untyped]
 
         x3 = x.reshape(x.shape[0], x.shape[1], -1).contiguous()
         tab = torch.stack(tables).to(x.dtype).contiguous()  # [D, Cf, K]
@@ -95,7 +95,7 @@ class TritonBandedTMAF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        import triton
+        import triton  # type: ignore[import-untyped]
 
         x3, tab, thr, rows = ctx.saved_tensors
         total, c, s, cf, cb, k, d, steps = _geometry(x3, tab, ctx.grid)
