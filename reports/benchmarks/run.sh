@@ -47,7 +47,7 @@ load)  # a busy machine: 2 threads beside busy processes, with spinning (ACTIVE)
       --shape 256x512 --threads 2 --repeats 15 --under-load 4 --json > $out/under-load-activations-$p.json
     OMP_WAIT_POLICY=$policy tb bench epoch --task sine-sum --task-param train_size=20000 --width 20 -a relu -a tmaf \
       -a tmaf-tridiag --threads 1 --threads 2 --repeats 3 --under-load 2 --json > $out/under-load-epoch-sine-sum-$p.json
-    OMP_WAIT_POLICY=$policy tb bench epoch --task mnist --depth 1 --width 10 -a relu -a tmaf --threads 1 --threads 2 \
+    OMP_WAIT_POLICY=$policy tb bench epoch --task mnist --task-param train_size=10000 --depth 1 --width 10 -a relu -a tmaf --threads 1 --threads 2 \
       --repeats 3 --under-load 2 --json > $out/under-load-epoch-mnist-$p.json
     OMP_WAIT_POLICY=$policy tb bench epoch --task mnist --task-param train_size=4096 --model cnn --model-param width=8 \
       -a relu -a tmaf --threads 1 --threads 2 --repeats 3 --under-load 2 --json > $out/under-load-epoch-mnist-cnn-$p.json
