@@ -4,7 +4,8 @@ For each activation (grid activations once per interval count) and shape, after 
 untimed calls, `repeats` timed calls of `y = act(x); y.backward(g)` (x of std 3, so inputs cover
 the default [-5, 5] grid), interleaved across the activations of a shape. We report the median and
 interquartile range in milliseconds and each row's median as a ratio to relu and to prelu on the
-same shape, measured in the same run.
+same shape, measured in the same run; and the median CPU time of the process per call, with its
+ratios (on a busy machine, with 1 thread, the better estimate of an idle machine's times).
 
 `under_load=N` measures every shape twice: as the machine is, then with N busy processes of our
 own running (each keeps one CPU busy; they stop with the benchmark, or when this process dies),
@@ -61,6 +62,12 @@ class BenchRow:
     vs_unloaded: float | None = None  # this row's median over the same row's without them
     params: dict = field(default_factory=dict)  # the activation's parameters besides its grid
     first_ms: float | None = None  # the first call (warm-up): lazy set-up, a kernel build or torch.compile
+    # The median of the CPU time this process used per call (all its threads), and its ratios: on a
+    # busy machine, with 1 thread, the best estimate of the time on an idle one (wall time there
+    # includes the waits for a CPU; measured here at load 34: TMAF 19.8 ms wall, 2.5 ms CPU).
+    cpu_ms: float | None = None
+    cpu_vs_relu: float | None = None
+    cpu_vs_prelu: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -259,12 +266,14 @@ def _sync(x: torch.Tensor) -> None:
 
 
 def time_ms(modules: Sequence[torch.nn.Module], x: torch.Tensor, grad: torch.Tensor, repeats: int,
-            warmup: int, first: list[float] | None = None) -> list[list[float]]:
+            warmup: int, first: list[float] | None = None, cpu: list[list[float]] | None = None) -> list[list[float]]:
     """Wall-clock milliseconds of `repeats` forward+backward calls of each module, after `warmup`
     untimed ones (at least one; on a GPU, synchronised before and after each call). Interleaved:
     each round times every module once, so a change in the machine's load during the run hits all
-    of them alike and the ratios between them stay fair. `first` receives each module's first call."""
+    of them alike and the ratios between them stay fair. `first` receives each module's first call,
+    `cpu` each module's series of process CPU milliseconds."""
     first = [] if first is None else first
+    cpu = [] if cpu is None else cpu
     first.clear()
     for module in modules:
         for i in range(max(warmup, 1)):  # (at least one: the first call, timed on its own)
@@ -275,14 +284,16 @@ def time_ms(modules: Sequence[torch.nn.Module], x: torch.Tensor, grad: torch.Ten
             if i == 0:
                 first.append((time.perf_counter() - start) * 1e3)
     times: list[list[float]] = [[] for _ in modules]
+    cpu[:] = [[] for _ in modules]
     for _ in range(repeats):
-        for module, series in zip(modules, times):
+        for module, series, cpu_series in zip(modules, times, cpu):
             module.zero_grad(set_to_none=True)
             _sync(x)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             _fwd_bwd(module, x, grad)
             _sync(x)
             series.append((time.perf_counter() - start) * 1e3)
+            cpu_series.append((time.process_time() - start_cpu) * 1e3)
     return times
 
 
@@ -302,13 +313,15 @@ def bench_shape(configs: Sequence[tuple[str, dict]], shape: Sequence[int], repea
     modules = [activations.create(name, shape[1], **params).to(device) for name, params in configs]
     rows = []
     first: list[float] = []
-    timed = time_ms(modules, x, grad, repeats, warmup, first)
-    for (name, params), module, series, first_ms in zip(configs, modules, timed, first):
+    cpu: list[list[float]] = []
+    timed = time_ms(modules, x, grad, repeats, warmup, first, cpu)
+    for (name, params), module, series, first_ms, cpu_series in zip(configs, modules, timed, first, cpu):
         q1, median, q3 = _quartiles(series)
         rows.append(BenchRow(
             name=name,
             params={k: v for k, v in params.items() if k not in ("intervals", "lo", "hi", "breakpoints")},
             first_ms=first_ms,
+            cpu_ms=statistics.median(cpu_series),
             grid=activations.grid_info(name, params)[0],
             shape="x".join(map(str, shape)),
             backend=backend_for(x, module.spec) if isinstance(module, BandedTMAFBase) else "torch",
@@ -365,9 +378,12 @@ def _bench_all(configs: list[tuple[str, dict]], shapes: list[Sequence[int]], rep
     rows: list[BenchRow] = []
     for shape in shapes:
         measured = bench_shape(baselines + configs, shape, repeats, warmup, device=device)
-        base = {r.name: r.median_ms for r in measured if r.name in BASELINES}
+        base = {r.name: r for r in measured if r.name in BASELINES and not r.params}
         for row in measured:
-            row.vs_relu = row.median_ms / base["relu"]
-            row.vs_prelu = row.median_ms / base["prelu"]
+            row.vs_relu = row.median_ms / base["relu"].median_ms
+            row.vs_prelu = row.median_ms / base["prelu"].median_ms
+            if row.cpu_ms and base["relu"].cpu_ms and base["prelu"].cpu_ms:
+                row.cpu_vs_relu = row.cpu_ms / base["relu"].cpu_ms
+                row.cpu_vs_prelu = row.cpu_ms / base["prelu"].cpu_ms
         rows += [r for r in measured if (r.name, {}) not in baselines]
     return rows

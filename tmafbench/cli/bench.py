@@ -21,14 +21,16 @@ def _mib(n: int) -> str:
 def _table(rows: list, title: str) -> Table:
     table = Table(title=title)
     loaded = any(r.load for r in rows)
-    columns = ["activation", "grid", "shape", "kernel", *(["load"] if loaded else []), "median ms", "IQR ms", "saved MiB",
-               "peak MiB", "/relu", "/prelu", *(["/unloaded"] if loaded else [])]
+    columns = ["activation", "grid", "shape", "kernel", *(["load"] if loaded else []), "median ms", "IQR ms", "cpu ms",
+               "saved MiB", "peak MiB", "/relu", "/prelu", "cpu /relu", *(["/unloaded"] if loaded else [])]
     for column in columns:
         table.add_column(column, justify="left" if column in ("activation", "grid", "shape", "kernel") else "right")
     for r in rows:
         table.add_row(
-            r.name + "".join(f" {k}={v}" for k, v in r.params.items()), r.grid or "-", r.shape, r.backend, *([str(r.load)] if loaded else []), f"{r.median_ms:.2f}",
-            f"{r.q1_ms:.2f}-{r.q3_ms:.2f}", _mib(r.saved_bytes), _mib(r.peak_bytes), f"{r.vs_relu:.2f}", f"{r.vs_prelu:.2f}",
+            r.name + "".join(f" {k}={v}" for k, v in r.params.items()), r.grid or "-", r.shape, r.backend,
+            *([str(r.load)] if loaded else []), f"{r.median_ms:.2f}", f"{r.q1_ms:.2f}-{r.q3_ms:.2f}",
+            f"{r.cpu_ms:.2f}" if r.cpu_ms is not None else "-", _mib(r.saved_bytes), _mib(r.peak_bytes),
+            f"{r.vs_relu:.2f}", f"{r.vs_prelu:.2f}", f"{r.cpu_vs_relu:.2f}" if r.cpu_vs_relu else "-",
             *([f"{r.vs_unloaded:.2f}" if r.vs_unloaded else "-"] if loaded else []),
         )
     return table
@@ -66,7 +68,7 @@ def activations_cmd(
     title = f"forward+backward, float32, {threads or torch.get_num_threads()} threads, median of {repeats} after {warmup} warm-up"
     if under_load:
         title += f"; then beside {under_load} busy processes"
-    Console(width=180).print(_table(rows, title))
+    Console(width=200).print(_table(rows, title))
 
 
 def register(app: typer.Typer) -> None:
