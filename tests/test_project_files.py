@@ -44,6 +44,20 @@ def test_committed_report_carries_its_notes(folder):
     assert not list(folder.rglob("*.db"))  # reports, never databases
 
 
+@pytest.mark.parametrize("folder", REPORTS, ids=lambda p: p.name)
+def test_committed_report_links_its_figures_and_writes_no_none(folder):
+    # Committed HTML links the PNG files beside it (it does not embed them again), no SVG copies ship,
+    # and no title, header or cell reads None or "=–" where a cell has no grid.
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    images = re.findall(r'<img alt="[^"]*" src="([^"]+)">', html)
+    assert images and all((folder / src).is_file() for src in images) and "data:image" not in html
+    assert set(images) == {f"figures/{p.name}" for p in (folder / "figures").glob("*.png")}
+    assert not list(folder.rglob("*.svg"))
+    for document in (folder / "index.md", folder / "index.html"):
+        text = document.read_text(encoding="utf-8")
+        assert "None" not in text and "=–" not in text, document.relative_to(ROOT)
+
+
 @pytest.mark.parametrize("doc", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(doc):
     # Notes are shown inside reports/<study>/index.md, one folder below reports/, like reports/notes/.

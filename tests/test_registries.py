@@ -37,8 +37,8 @@ def test_lists_import_no_torch():
 def test_catalog_reads_defaults_inheritance_and_summaries(tmp_path, monkeypatch):
     """A package written for the test: decorators, an inherited __init__, a module constant, a keyword-only
     parameter, a default that is not a literal, a summary given to register."""
-    import tmafbench.registry as registry_module
-    from tmafbench.registry import Registry
+    import tmafbench.registries as registry_module
+    from tmafbench.registries import Registry
 
     package = tmp_path / "pkg"
     package.mkdir()
@@ -58,3 +58,25 @@ def test_catalog_reads_defaults_inheritance_and_summaries(tmp_path, monkeypatch)
     rows = Registry("thing", reserved=("num_features", "task"), package="pkg").catalog()
     assert rows == [("child", "Base doc.", "width=8, mode='x', scale=2 ** 3"),
                     ("fn", "given summary", "depth=1, shape=(1, 2)")]
+
+
+def test_summaries_are_whole_first_paragraphs(tmp_path, monkeypatch):
+    """A summary is the docstring's whole first paragraph, however its lines wrap (`tmafbench activations`
+    once cut kan-spline's and pwlu's mid-sentence), for the listing and the live registry alike."""
+    import tmafbench.registries as registry_module
+    from tmafbench.registries import Registry
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "a.py").write_text(
+        "@R.register('wrapped')\n"
+        "def wrapped(depth=1):\n"
+        "    \"\"\"A summary that wraps\n    over two lines.\n\n    Details.\"\"\"\n")
+    monkeypatch.setattr(registry_module, "__file__", str(tmp_path / "registries.py"))
+    assert Registry("thing", package="pkg").catalog() == [("wrapped", "A summary that wraps over two lines.", "depth=1")]
+    for registry in (ACTIVATIONS, TASKS, MODELS):
+        for name, summary, _params in registry.catalog():
+            assert summary.endswith("."), (registry.kind, name, summary)
+    summaries = {name: summary for name, summary, _ in ACTIVATIONS.describe()}
+    assert summaries["pwlu"].endswith("[left, right], trainable slopes outside it.")
+    assert summaries["kan-spline"].endswith("plus 3 knots each side; per feature, not per edge.")

@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, field_validator
 
@@ -41,6 +41,15 @@ class RunStatus(StrEnum):
 FINAL_OK = (RunStatus.COMPLETED, RunStatus.DIVERGED)
 
 
+class Ending(StrEnum):
+    """How a run of a study ended, for a scheduler or a script (the CLI maps each to an exit status)."""
+
+    DONE = "done"  # every cell completed or diverged
+    CELLS_FAILED = "cells failed"  # every cell is final, but some failed for good (max_retries, max_crashes)
+    STOPPED = "stopped"  # cells are left: a worker stopped early (database away, disk full) or died
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
+
+
 class SlotState(StrEnum):
     """How a tuning slot's Optuna trial ended (artifact "tuning", key "state")."""
 
@@ -52,6 +61,8 @@ class SlotState(StrEnum):
     def read(cls, raw: str | None) -> "SlotState":
         """A stored state; the first release wrote Optuna's words "complete" and "fail"."""
         legacy = {"complete": cls.COMPLETED, "fail": cls.FAILED}
+        if raw is None:
+            return cls.FAILED
         if raw in legacy:
             return legacy[raw]
         try:
@@ -139,17 +150,20 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"breakpoint_lr": None, "loss_reduction"
 
 # How the training loss combines the samples of a batch (TrainingConfig.loss_reduction).
 LossReduction = Literal["mean", "sum"]
+# Learning-rate schedules by name (training/schedules.py says what each does).
+Schedule = Literal["constant", "step-half", "cosine", "onecycle"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=False)
 
-    def replace(self, **changes: Any):
+    def replace(self, **changes: Any) -> Self:
         """A validated copy with `changes` applied."""
-        return self.__class__.build({**self.model_dump(), **changes})
+        return self.build({**self.model_dump(), **changes})
 
     @classmethod
-    def build(cls, data: dict[str, Any]):
+    def build(cls, data: dict[str, Any]) -> Self:
         """Validate `data`; a bad value raises ValueError with one readable line."""
         try:
             return cls.model_validate(data)
@@ -167,7 +181,7 @@ class TrainingConfig(_Config):
     act_lr: Positive | None = None  # activation parameters' own lr; None = lr
     act_weight_decay: NonNegative | None = None  # None = weight_decay
     breakpoint_lr: Positive | None = None  # trainable breakpoints' own lr; None = act_lr
-    schedule: Literal["constant", "step-half", "cosine", "onecycle"] = "constant"
+    schedule: Schedule = "constant"
     epochs: Annotated[StrictInt, Field(ge=1)] = 10
     batch_size: Annotated[StrictInt, Field(ge=1)] | None = 128  # None = full batch
     grad_clip: Positive | None = None
@@ -335,3 +349,10 @@ class TrialResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# What a cell's training gives back: its result, or the exception that ended it (a bad config, a
+# pruned tuning trial); and the callback each finished epoch is handed to (the worker's check that
+# the run is still its own, a tuning slot's pruning report).
+Outcome = TrialResult | BaseException
+OnEpoch = Callable[[EpochRecord], None] | None

@@ -1,4 +1,4 @@
-"""The contract every registered activation keeps (DESIGN.md section 6: one suite, all implementations)."""
+"""The contract every registered activation keeps (docs/design.md section 6: one suite, all implementations)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exact semantics of the TMAF family (DESIGN.md section 3), on every kernel backend."""
+"""Exact semantics of the TMAF family (docs/design.md section 3), on every kernel backend."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tmafbench import activations
-from tmafbench.activations.benchmark import peak_bytes, saved_bytes
-from tmafbench.activations.matrix import banded_shifts
+from tmafbench.bench.activations import peak_bytes, saved_bytes
+from tmafbench.activations.tmaf_banded import banded_shifts
 
 from conftest import randomize
 

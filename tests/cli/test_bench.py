@@ -12,7 +12,8 @@ runner = CliRunner()
 
 
 def test_bench_activations_table_and_json():
-    args = ["bench", "activations", "relu", "tmaf", "--shape", "32x4", "--threads", "1", "--intervals", "4", "--repeats", "2", "--warmup", "1"]
+    args = ["bench", "activations", "relu", "tmaf", "--shape", "32x4", "--threads", "1", "--intervals", "4",
+            "--repeats", "2", "--warmup", "1"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "tmaf" in result.output and "[-5,5]/4" in result.output and "/prelu" in result.output

@@ -28,3 +28,13 @@ def test_lists_show_names_and_parameters(command, module, param):
 def test_task_list_shows_formula_and_defaults():
     out = runner.invoke(app, ["tasks"]).stdout
     assert "formula" in out and "n=1" in out and "augment=True" in out
+
+
+
+def test_rows_are_shown_as_written(capsys):
+    """Brackets in a summary or a default are text, not rich markup (pwlu's "[left, right]" vanished)."""
+    from tmafbench.cli.lists import print_rows
+
+    print_rows("things", [("thing", "Linear on a range [left, right].", "shape=[1, 2]")])
+    out = capsys.readouterr().out
+    assert "Linear on a range [left, right]." in out and "shape=[1, 2]" in out

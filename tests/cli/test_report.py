@@ -40,6 +40,18 @@ def test_build_writes_the_report(db_url, tmp_path):
     assert not (out / "index.html").exists()
 
 
+@pytest.mark.slow  # renders every figure (~10 s on 2 busy cores)
+def test_self_contained_embeds_the_figures(db_url, tmp_path):
+    out = tmp_path / "rep"
+    result = runner.invoke(app, ["report", "build", "hand", "--storage", db_url, "--out", str(out),
+                                 "--format", "html", "--self-contained"])
+    assert result.exit_code == 0, result.output
+    html = (out / "index.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(list((out / "figures").glob("*.png"))) > 0
+    linked = runner.invoke(app, ["report", "build", "hand", "--storage", db_url, "--out", str(out), "--format", "html"])
+    assert linked.exit_code == 0 and 'src="figures/seeds.png"' in (out / "index.html").read_text()
+
+
 def test_storage_from_environment_and_default_folder(db_url, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TMAFBENCH_STORAGE", db_url)
@@ -94,7 +106,8 @@ def test_report_of_a_fresh_tuned_study(tmp_path):
     from tiny_specs import study_toml
     from tmafbench.study.design import parse_design
     from tmafbench.study.lifecycle import prepare
-    from tmafbench.study.scheduler import WorkerOptions, worker_loop
+    from tmafbench.study.worker import WorkerOptions
+    from tmafbench.study.loop import worker_loop
 
     url = f"sqlite:///{tmp_path / 'tuned.db'}"
     text = study_toml("tuned", model="mlp", train_size=96, epochs=2, seeds=None, activations=("relu", "tanh"), tail="""\

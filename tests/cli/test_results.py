@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from tmafbench.cli import app
 from tmafbench.study.lifecycle import prepare
-from tmafbench.study.scheduler import WorkerOptions, worker_loop
+from tmafbench.study.worker import WorkerOptions
+from tmafbench.study.loop import worker_loop
 from tmafbench.study.design import parse_design
 
 from tiny_specs import study_toml

@@ -235,7 +235,8 @@ def test_resume_checks_data_only_for_cells_that_will_run(tmp_path, monkeypatch):
     from fake_data import write_idx_set
     from tmafbench.study.design import parse_design
     from tmafbench.study.lifecycle import prepare
-    from tmafbench.study.scheduler import WorkerOptions, worker_loop
+    from tmafbench.study.worker import WorkerOptions
+    from tmafbench.study.loop import worker_loop
 
     data = tmp_path / "data"
     write_idx_set(data / "MNIST" / "raw")

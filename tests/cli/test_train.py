@@ -63,6 +63,22 @@ def test_loss_reduction_and_training_set_metrics_from_the_command_line():
     assert default["config"]["training"]["loss_reduction"] == "mean" and "train_rel_l2" not in default["final_metrics"]
 
 
+def test_options_left_unset_train_with_the_training_configs_defaults():
+    """`train` declares no default of its own: what is not given is TrainingConfig's default."""
+    from tmafbench.core import TrainingConfig
+
+    data = json.loads(runner.invoke(app, ["train", *SMALL, "--json"]).stdout)
+    assert data["config"]["training"] == TrainingConfig(epochs=2, device="cpu").model_dump()
+
+
+def test_breakpoint_lr_from_the_command_line():
+    result = runner.invoke(app, ["train", *SMALL, "--json", "--activation", "tmaf", "--act-param", "intervals=4",
+                                 "--act-param", "train_breakpoints=true", "--breakpoint-lr", "0.05"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["status"] == "completed" and data["config"]["training"]["breakpoint_lr"] == 0.05
+
+
 @pytest.mark.parametrize("args, message", [
     (["--loss-reduction", "median"], "unknown loss_reduction 'median'; choose one of: mean, sum"),
     (["--activation", "nope"], "unknown activation 'nope'"),

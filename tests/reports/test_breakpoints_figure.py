@@ -5,7 +5,8 @@ from __future__ import annotations
 from tmafbench.reports.render import build_report
 from tmafbench.study.design import parse_design
 from tmafbench.study.lifecycle import prepare
-from tmafbench.study.scheduler import WorkerOptions, worker_loop
+from tmafbench.study.worker import WorkerOptions
+from tmafbench.study.loop import worker_loop
 
 from tiny_specs import study_toml
 

@@ -65,12 +65,45 @@ def test_database_is_not_modified(full_report):
 
 
 @pytest.mark.slow  # shares one full render (~10 s on 2 busy cores)
-def test_html_is_self_contained(full_report):
+def test_html_links_the_png_files_beside_it(full_report):
     report, _, _ = full_report
     html = (report.folder / "index.html").read_text()
-    assert "http://" not in html and "https://" not in html
-    assert html.count('src="data:image/png;base64,') == len(report.figures)
+    assert "http://" not in html and "https://" not in html and "data:image" not in html
+    links = re.findall(r'<img alt="[^"]*" src="([^"]+)">', html)
+    assert len(links) == len(report.figures) and all(link.startswith("figures/") for link in links)
+    assert all((report.folder / link).is_file() for link in links)
     assert "<link" not in html and "<script" not in html
+
+
+@pytest.mark.slow  # a second render (~5 s)
+def test_self_contained_html_embeds_every_figure(tmp_path, hand_db):
+    report = build_report(hand_db, ["hand"], out=tmp_path / "out", formats=parse_formats("html"), figure_scale=0.4,
+                          self_contained=True)
+    html = (report.folder / "index.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(report.figures) > 0
+    assert 'src="figures/' not in html and "<link" not in html and "<script" not in html
+
+
+def _bare(session) -> None:
+    """Study "bare": final accuracies only (no epochs, timings or artifacts), two activations, two seeds."""
+    study = add_study(session, "bare")
+    for act, values in (("relu", [0.9, 0.91]), ("tmaf", [0.93, 0.92])):
+        for seed, v in enumerate(values):
+            cell = add_cell(session, study, {"activation": act, "seed": seed}, task="mnist")
+            add_run(session, cell, metric=("accuracy", "maximize"), finals={"accuracy": v})
+    session.commit()
+
+
+def test_a_rebuild_removes_figures_it_no_longer_draws(tmp_path, new_db):
+    url, session = new_db
+    _bare(session)
+    figures = tmp_path / "out" / "figures"
+    figures.mkdir(parents=True)
+    for stale in ("predictions_intervals-None.png", "seeds.svg", "notes.txt"):
+        (figures / stale).write_text("from an older build")
+    build_report(url, ["bare"], out=tmp_path / "out", formats=("png",), figure_scale=0.4)
+    # a PNG this build did not write goes; other formats and other files stay
+    assert sorted(p.name for p in figures.iterdir()) == ["notes.txt", "seeds.png", "seeds.svg"]
 
 
 @pytest.mark.slow  # shares one full render (~10 s on 2 busy cores)
@@ -89,12 +122,7 @@ def test_markdown_marks_incomplete_groups_and_links_figures(full_report):
 
 def test_figures_only_when_data_exists(tmp_path, new_db):
     url, session = new_db  # final metrics only: no epochs, timings or artifacts
-    study = add_study(session, "bare")
-    for act, values in (("relu", [0.9, 0.91]), ("tmaf", [0.93, 0.92])):
-        for seed, v in enumerate(values):
-            cell = add_cell(session, study, {"activation": act, "seed": seed}, task="mnist")
-            add_run(session, cell, metric=("accuracy", "maximize"), finals={"accuracy": v})
-    session.commit()
+    _bare(session)
     report = build_report(url, ["bare"], out=tmp_path / "out", formats=parse_formats("md,csv,pdf"), figure_scale=0.5)
     assert [f.name for f in report.figures] == ["seeds"]
     assert report.figures[0].paths["pdf"].read_bytes()[:5] == b"%PDF-"
@@ -331,3 +359,44 @@ def test_reference_rows_go_to_their_own_task_section(tmp_path, new_db):
     assert refs["shallow"]["reference"].tolist() == [0.089]
     assert refs["deep"]["reference"].tolist() == [0.14, 0.21]
     assert refs["deep"]["verdict"].tolist()[1] == "no matching group in the study"
+
+
+def test_a_group_without_the_swept_grid_says_no_grid(tmp_path, new_db):
+    # Table 3.2's search: the grid is swept (100 and 200 intervals) and ReLU has none. Headers, cells
+    # and file names say "no grid", never None or a dash.
+    url, session = new_db
+    study = add_study(session, "grids")
+    for act, intervals, level in (("relu", None, 0.8), ("tmaf", 100, 0.2), ("tmaf", 200, 0.3)):
+        for seed in range(3):
+            axes = {"activation": act, "grid": f"h{2 / intervals:g}" if intervals else None, "intervals": intervals,
+                    "seed": seed}
+            cell = add_cell(session, study, axes)
+            add_run(session, cell, finals={"rel_l2": level + seed / 100},
+                    epochs={"rel_l2": [1.0, level + seed / 100], "train_loss": [1.0, level]})
+    session.commit()
+    report = build_report(url, ["grids"], out=tmp_path / "out", formats=parse_formats("md,html"), figure_scale=0.4)
+    md = (report.folder / "index.md").read_text()
+    assert "| group | no grid | intervals=100 | intervals=200 |" in md
+    assert "| relu | no grid | 3/3 |" in md
+    assert "None" not in md and "=–" not in md
+    assert "predictions_intervals" not in md  # no predictions stored; figures of the sweep are named by slug
+    assert not any("None" in p.name for p in (report.folder / "figures").iterdir())
+
+
+def test_a_timing_ratio_inside_its_spread_is_flagged_noisy(tmp_path, new_db):
+    # Epoch times measured while other work shared the machine: TMAF's epochs overlap ReLU's, so its
+    # ratio (about 1.05) cannot say which is faster; tri-diagonal TMAF's (about 2) can.
+    url, session = new_db
+    study = add_study(session, "noisy")
+    times = {"relu": [0.8, 1.0, 1.2, 1.0], "tmaf": [0.9, 1.05, 1.3, 1.05], "tmaf-tridiag": [1.9, 2.0, 2.1, 2.0]}
+    for act, epoch_times in times.items():
+        for seed in range(2):
+            cell = add_cell(session, study, {"activation": act, "seed": seed})
+            add_run(session, cell, finals={"rel_l2": 0.5}, epochs={"epoch_time_s": epoch_times})
+    session.commit()
+    report = build_report(url, ["noisy"], out=tmp_path / "out", formats=("md", "csv"))
+    md = (report.folder / "index.md").read_text()
+    assert "| 1.05 (noisy: the spread includes 1) | [0.964, 1.17] |" in md  # 1.0125 / 1.05, 1.1125 / 0.95
+    assert "| 2 | [1.88, 2.13] |" in md and "| 1 | (baseline) |" in md
+    raw = next(t for t in report.tables if t.name == "timing").raw
+    assert raw["noisy"].tolist()[1:] == [True, False]

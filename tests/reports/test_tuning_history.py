@@ -7,8 +7,9 @@ import math
 import pandas as pd
 
 from tmafbench.core import SlotState
-from tmafbench.reports.figures import FigureContext
-from tmafbench.reports.tuning import facets_of, history, history_figure
+from tmafbench.reports.curves import history_figure
+from tmafbench.reports.plotting import FigureContext
+from tmafbench.reports.tuning import facets_of, history
 
 
 def _frame() -> pd.DataFrame:

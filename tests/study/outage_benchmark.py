@@ -27,7 +27,8 @@ from tmafbench.store.repository import Repository  # noqa: E402
 from tmafbench.store.scratch import scratch_database  # noqa: E402
 from tmafbench.study.design import load_design  # noqa: E402
 from tmafbench.study.lifecycle import prepare  # noqa: E402
-from tmafbench.study.scheduler import WorkerOptions, run_local  # noqa: E402
+from tmafbench.study.worker import WorkerOptions  # noqa: E402
+from tmafbench.study.local import run_local  # noqa: E402
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "studies" / "quickstart.toml"
 

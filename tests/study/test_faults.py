@@ -27,7 +27,9 @@ from tmafbench.store.schema import Run
 from tmafbench.store.scratch import scratch_database
 from tmafbench.study.design import parse_design
 from tmafbench.study.lifecycle import StudyInfo, prepare
-from tmafbench.study.scheduler import Ending, WorkerOptions, run_local
+from tmafbench.core import Ending
+from tmafbench.study.local import run_local
+from tmafbench.study.worker import WorkerOptions
 
 from tcp_proxy import TcpProxy
 from run_records import runs_by_cell
@@ -86,7 +88,8 @@ def assert_clean(url: str, info: StudyInfo) -> None:
 
 def worker_process(url: str, name: str, options: str, env: dict | None = None) -> subprocess.Popen:
     """`worker_loop` in its own process; it prints its stats as JSON when it ends."""
-    code = ("import dataclasses, json, sys; from tmafbench.study.scheduler import worker_loop, WorkerOptions\n"
+    code = ("import dataclasses, json, sys; from tmafbench.study.loop import worker_loop\n"
+            "from tmafbench.study.worker import WorkerOptions\n"
             f"stats = worker_loop({name!r}, sys.argv[1], options=WorkerOptions({options}))\n"
             "print(json.dumps({k: v for k, v in dataclasses.asdict(stats).items() if not isinstance(v, list)}))\n")
     return subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -12,7 +12,7 @@ from tmafbench.store.schema import Cell, Run
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.scratch import scratch_database
 from tmafbench.study.lifecycle import prepare
-from tmafbench.study.scheduler import run_local
+from tmafbench.study.local import run_local
 from tmafbench.study.design import parse_design
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

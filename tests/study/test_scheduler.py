@@ -15,7 +15,9 @@ from tmafbench.store.repository import Repository
 from tmafbench.store.schema import Cell, Run
 from tmafbench.study.design import parse_design
 from tmafbench.study.lifecycle import SpecChangedError, prepare
-from tmafbench.study.scheduler import WorkerOptions, parse_devices, resolve_devices, run_local, worker_loop
+from tmafbench.study.worker import WorkerOptions
+from tmafbench.study.local import parse_devices, resolve_devices, run_local
+from tmafbench.study.loop import worker_loop
 
 from run_records import runs_by_cell
 from tiny_specs import study_toml
@@ -132,7 +134,7 @@ SLOW_CELL = study_toml("killme", train_size=1024, depth=2, width=32, epochs=20, 
                        activations=("relu",))
 
 WORKER = (
-    "import sys; from tmafbench.study.scheduler import worker_loop, WorkerOptions; "
+    "import sys; from tmafbench.study.loop import worker_loop; from tmafbench.study.worker import WorkerOptions; "
     "worker_loop('killme', sys.argv[1], options=WorkerOptions(heartbeat_s=0.3, grace_s=2.0, poll_s=0.2))"
 )
 
@@ -173,7 +175,8 @@ def test_ctrl_c_marks_the_run_interrupted_and_it_runs_again(sqlite_url):
 
 
 CRASHER = (
-    "import os, sys; from tmafbench.study.scheduler import worker_loop, WorkerOptions, default_trial_fn\n"
+    "import os, sys; from tmafbench.study.loop import worker_loop; from tmafbench.study.worker import WorkerOptions\n"
+    "from tmafbench.training.dispatch import default_trial_fn\n"
     "train = default_trial_fn()\n"
     "def trial(config, on_epoch=None):\n"
     "    if config.seed == 0:\n"
@@ -251,7 +254,7 @@ def test_a_packed_study_stores_what_an_unpacked_one_does(tiny_spec_text, tmp_pat
 
 def test_a_gpu_index_is_taken_among_the_gpus_the_parent_sees():
     from tmafbench.errors import TmafbenchError
-    from tmafbench.study.scheduler import physical_gpu
+    from tmafbench.study.local import physical_gpu
 
     assert physical_gpu("cuda:1", None) == "1" and physical_gpu("cuda:0", "") == "0"
     assert physical_gpu("cuda:1", "2,3") == "3"  # a job restricted to GPUs 2 and 3: its second is GPU 3

@@ -13,10 +13,12 @@ from tmafbench.store.schema import Cell, EpochMetric, FinalMetric, Run, Study, T
 from tmafbench.core import SlotState, best_trial, metric_direction
 from tmafbench.store.repository import Limits, Repository
 from tmafbench.study.design import parse_design
-from tmafbench.study.lifecycle import SpecChangedError, prepare, tune_study_name
-from tmafbench.study.scheduler import WorkerOptions, worker_loop
+from tmafbench.study.lifecycle import SpecChangedError, prepare
+from tmafbench.study.plan import tune_study_name
+from tmafbench.study.worker import WorkerOptions
+from tmafbench.study.loop import worker_loop
 from tmafbench.study.tune_spec import apply_params
-from tmafbench.study.tuning import groups_of
+from tmafbench.study.plan import groups_of
 
 from tiny_specs import study_toml
 
@@ -362,7 +364,8 @@ def test_report_shows_tuning_history_settings_and_eval_seeds_only(finished, tmp_
 
 def test_guard_refuses_a_test_metric_during_tuning(tuned):
     """train_slot on a config that would evaluate the test set stops at the first epoch."""
-    from tmafbench.study.tuning import TuningProtocolError, train_slot, tuning_config
+    from tmafbench.study.plan import tuning_config
+    from tmafbench.study.tuning import TuningProtocolError, train_slot
 
     group = groups_of(tuned, "tuned")[0]
     config = tuning_config(tuned, group)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from torch import nn
 
 # Importing the modules registers their activations.
-from tmafbench.activations import fixed, matrix, piecewise, rational, spline, tmaf, trainable  # noqa: F401
+from tmafbench.activations import fixed, piecewise, rational, spline, tmaf, tmaf_banded, trainable  # noqa: F401
 from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation
 from tmafbench.activations.grid import Grid

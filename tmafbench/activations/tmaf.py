@@ -1,10 +1,10 @@
-"""Diagonal TMAF (paper eq. 2.2 and 2.3) and the banded machinery shared with matrix.py.
+"""Diagonal TMAF (paper eq. 2.2 and 2.3) and the banded machinery shared with tmaf_banded.py.
 
 `y_i = alpha_i(x_i) * x_i`, where alpha_i is piecewise constant on a grid: t_0 on (-inf, s_1],
 t_j on (s_j, s_{j+1}], t_m on (s_m, inf) (closed on the right). The values t are the parameter
 `values`, [features, m + 1] (or [1, m + 1] with share="layer").
 
-Banded form (matrix.py): diagonal d (row offset r_d, grid shifted by delta_d) adds
+Banded form (tmaf_banded.py): diagonal d (row offset r_d, grid shifted by delta_d) adds
 `D_d,j(y_j) * y_j` to output row j + r_d. Bandwidth 0 is this diagonal TMAF.
 
 Trainable breakpoints (`train_breakpoints=True`, the paper's proposed extension). The output

@@ -9,8 +9,7 @@ from tmafbench.cli.common import App
 
 app = App(help="Benchmark trainable matrix activation functions (TMAF) against ReLU and friends.")
 
-# Each module registers its commands (or sub-app). `bench` comes after `train` and `study`,
-# which hang their own sub-commands on its `bench_app`.
+# Each module registers its commands (or sub-app); `tmafbench --help` lists them in this order.
 for _module in (lists, train, bench, study, results, report):
     _module.register(app)
 

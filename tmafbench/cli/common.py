@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import typer
 
@@ -16,16 +15,7 @@ from tmafbench.errors import TmafbenchError
 DEFAULT_STORAGE = "sqlite:///tmafbench.db"
 STORAGE_ENV = "TMAFBENCH_STORAGE"
 
-# Exit status of `study run` and `study worker`, by how the run ended (scheduler.Ending). Kept in
-# step with README.md ("Exit status") and the commands' --help (EXIT_STATUS_HELP).
 EXIT_REFUSED = 2  # every one-line error before anything ran (`fail`)
-EXIT_CODES = {"done": 0, "cells failed": 3, "stopped": 4, "interrupted": 130}
-EXIT_STATUS_HELP = (
-    "Exit status: 0 every cell done (completed or diverged); 2 refused before anything ran (bad input, "
-    "missing data, devices this machine lacks, a database that cannot be reached or written); 3 every cell is "
-    "final but some failed for good (max_retries failures or max_crashes lost workers); 4 stopped early with "
-    "cells left (database away longer than --db-patience, disk full, a worker died): run the same command "
-    "again to resume; 130 interrupted (Ctrl-C, SIGTERM).")
 
 
 # Errors that are the user's input, not our bug: print one line, no traceback.
@@ -52,7 +42,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except Exception as exc:  # a database that is unreachable or refuses: one line, no traceback
             from tmafbench.store.database import database_error_message
 
@@ -108,57 +98,16 @@ def parse_params(items: list[str] | None, option: str = "--param") -> dict[str, 
     return params
 
 
+def model_params(depth: int | None, width: int | None, items: list[str] | None) -> dict[str, Any]:
+    """--model-param k=v, with --depth/--width as shorthands."""
+    params = parse_params(items, "--model-param")
+    params.update({k: v for k, v in (("depth", depth), ("width", width)) if v is not None})
+    return params
+
+
 def resolve_storage(storage: str | None) -> str:
     """--storage beats TMAFBENCH_STORAGE beats the default SQLite file in the current folder."""
     return storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
-
-
-@contextlib.contextmanager
-def phases_progress(console: Any) -> Iterator[Callable[[Any, float | None], None]]:
-    """A rich progress display with one bar per phase of a study (cells; or tuning slots, then
-    evaluation cells); yields the `progress(phases, eta_s)` callback the study runner calls. The
-    display starts with the first update, so an error before any work prints its line alone."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
-    tasks: dict[str, Any] = {}
-
-    def update(phases: Any, eta_s: float | None) -> None:
-        if not tasks:
-            bars.start()
-        for phase, counts in phases:
-            if phase.label not in tasks:
-                tasks[phase.label] = bars.add_task(phase.label, total=None, detail="")
-            crashed = f"  crashed {counts.crashed}" if counts.crashed else ""
-            detail = (f"done {counts.completed}  running {counts.running}  failed {counts.failed}{crashed}  "
-                      f"pending {counts.pending}")
-            if not counts.done and eta_s is not None:
-                detail += f"  ETA {eta_s / 60:.1f} min" if eta_s >= 60 else f"  ETA {eta_s:.0f} s"
-            bars.update(tasks[phase.label], total=counts.total, completed=counts.finished, detail=detail)
-
-    try:
-        yield update
-    finally:
-        if tasks:
-            bars.stop()
-
-
-def exit_for_outcome(console: Any, outcome: Any, resume_hint: str = "run the same command again to resume") -> None:
-    """After local workers: say why the run ended unless every cell is done, and exit with its code."""
-    crashed = [code for code in outcome.exit_codes if code not in (0, None)]
-    if crashed and not outcome.interrupted:
-        console.print(f"{len(crashed)} worker process(es) exited with an error (codes {crashed}); see the messages above")
-    ending = str(outcome.ending)
-    if ending == "interrupted":
-        console.print(f"interrupted: {resume_hint}")
-    elif ending == "stopped":
-        console.print(f"stopped early: {outcome.stopped or 'cells are left'}; {resume_hint}", markup=False)
-    elif ending == "cells failed":
-        console.print(f"some cells failed for good; `tmafbench study status {outcome.name}` counts them and "
-                      "`tmafbench results export` gives their errors", markup=False)
-    if EXIT_CODES[ending]:
-        raise typer.Exit(EXIT_CODES[ending])
 
 
 def is_tty() -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tmafbench.registries import ACTIVATIONS, MODELS, TASKS
@@ -17,8 +18,8 @@ def print_rows(title: str, rows: list[tuple[str, str, str]]) -> None:
     table = Table(title=title, show_lines=False)
     for column in ("name", "parameters", "summary"):
         table.add_column(column, overflow="fold")
-    for name, summary, params in rows:
-        table.add_row(name, params or "-", summary)
+    for name, summary, params in rows:  # shown as written: "[left, right]" is no markup tag
+        table.add_row(escape(name), escape(params) or "-", escape(summary))
     Console(width=max(Console().width, 120)).print(table)
 
 

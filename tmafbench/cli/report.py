@@ -18,15 +18,19 @@ def build(
     storage: Optional[str] = typer.Option(None, "--storage", help="Database URL (default: TMAFBENCH_STORAGE or sqlite:///tmafbench.db)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: reports/<study names joined by +>)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Activation label to compare against (default: relu when present)."),
-    formats: Optional[str] = typer.Option(None, "--format", help="Comma list of md,html,tex,csv,png,svg,pdf (default: md,html,tex,csv,png,svg)."),
+    formats: Optional[str] = typer.Option(
+        None, "--format", help="Comma list of md,html,tex,csv,png,svg,pdf (default: md,html,tex,csv,png)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Final metric to report (default: the task's primary metric)."),
-    notes: Optional[Path] = typer.Option(None, "--notes", help="A Markdown file of your own notes (say, how the numbers compare with a paper), shown under the header."),
+    notes: Optional[Path] = typer.Option(None, "--notes", help=(
+        "A Markdown file of your own notes (say, how the numbers compare with a paper), shown under the header.")),
+    self_contained: bool = typer.Option(False, "--self-contained", help=(
+        "Embed the figures in index.html (one file to mail) instead of linking the PNG files beside it.")),
 ) -> None:
     """Write a report folder for STUDY... from the database; never trains."""
     from tmafbench.reports.render import build_report, parse_formats
 
     report = build_report(resolve_storage(storage), studies, out=out, baseline=baseline,
-                          formats=parse_formats(formats), metric=metric, notes=notes)
+                          formats=parse_formats(formats), metric=metric, notes=notes, self_contained=self_contained)
     for note in report.notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"wrote {len(report.files)} files to {report.folder} in {report.seconds:.1f} s: {report.summary()}")
@@ -41,7 +45,7 @@ def benchmark(
     formats: Optional[str] = typer.Option(None, "--format", help="Formats to render (default: all defaults)."),
 ) -> None:
     """Time the rendering of a synthetic study (default 5 x 5 x 20 = 500 runs) in a temporary SQLite file."""
-    from tmafbench.reports.benchmark import time_synthetic_report
+    from tmafbench.bench.reports import time_synthetic_report
     from tmafbench.reports.render import parse_formats
 
     timing = time_synthetic_report(activations, ns, seeds, epochs, parse_formats(formats))

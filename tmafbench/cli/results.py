@@ -60,7 +60,8 @@ def export_cmd(study: str = typer.Option(..., "--study", help="Study name."),
 
 def ship_cmd(studies: list[str] = typer.Argument(..., help="Study names (those a report shows together)."),
              out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default: reports/<study names joined by +>)."),
-             max_epochs: int = typer.Option(200, "--max-epochs", help="Epochs kept per run for the curves, evenly spaced (0: every epoch)."),
+             max_epochs: int = typer.Option(200, "--max-epochs",
+                                            help="Epochs kept per run for the curves, evenly spaced (0: every epoch)."),
              storage: Optional[str] = StorageOpt) -> None:
     """Write the raw record beside a report: results.db.gz (the studies' rows a report draws) and runs.csv."""
     from tmafbench.store.ship import ship_studies

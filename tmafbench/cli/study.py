@@ -2,22 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from tmafbench.cli.common import EXIT_STATUS_HELP, App, exit_for_outcome, phases_progress, resolve_storage
+from tmafbench.cli.common import EXIT_REFUSED, App, resolve_storage
+from tmafbench.core import Ending
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from tmafbench.study.cells import CellPlan
+    from tmafbench.study.design import StudyDesign
+    from tmafbench.study.lifecycle import StudyInfo
+    from tmafbench.study.local import PhaseCounts, StudyOutcome
+    from tmafbench.study.worker import WorkerOptions
+
+# The exit status of `study run` and `study worker` for each way a run ends, and what it means (shown
+# in their --help; README.md's "exit status" table says the same).
+EXIT_STATUSES: tuple[tuple[int, Ending | None, str], ...] = (
+    (0, Ending.DONE, "every cell done (completed or diverged)"),
+    (EXIT_REFUSED, None, "refused before anything ran (bad input, missing data, devices this machine lacks, a "
+                         "database that cannot be reached or written)"),
+    (3, Ending.CELLS_FAILED, "every cell is final but some failed for good (max_retries failures or max_crashes "
+                             "lost workers)"),
+    (4, Ending.STOPPED, "stopped early with cells left (database away longer than --db-patience, disk full, a "
+                        "worker died): run the same command again to resume"),
+    (130, Ending.INTERRUPTED, "interrupted (Ctrl-C, SIGTERM)"),
+)
+EXIT_CODES = {ending: code for code, ending, _meaning in EXIT_STATUSES if ending is not None}
+EXIT_STATUS_HELP = "Exit status: " + "; ".join(f"{code} {meaning}" for code, _e, meaning in EXIT_STATUSES) + "."
 
 study_app = App(help="Run studies (a grid of cells from a TOML file, optionally tuned first) and inspect them.")
 
 StorageOpt = typer.Option(None, "--storage", help="Database URL (default: $TMAFBENCH_STORAGE, else sqlite:///tmafbench.db).")
 SetOpt = typer.Option(None, "--set", help="Override a study-file key: --set defaults.training.epochs=3 (repeatable).")
 HeartbeatOpt = typer.Option(10.0, "--heartbeat", help="Seconds between a running worker's heartbeats.")
-GraceOpt = typer.Option(60.0, "--grace", help="A run without heartbeat for this many seconds is taken as dead and its cell retried (at least twice --heartbeat).")
+GraceOpt = typer.Option(60.0, "--grace", help=(
+    "A run without heartbeat for this many seconds is taken as dead and its cell retried (at least twice --heartbeat)."))
 DevicesOpt = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,cuda:1,... (one worker per GPU).")
 PackOpt = typer.Option("1", "--pack", help=(
     "Cells a worker trains together as one packed model (small MLPs: several times the cells per hour): "
@@ -29,7 +56,55 @@ PatienceOpt = typer.Option(300.0, "--db-patience", help=(
 console = Console(stderr=True, soft_wrap=True)  # whole lines when the output is not a terminal
 
 
-def _cells_table(cells: list[Any], limit: int) -> Table:
+@contextlib.contextmanager
+def phases_progress(console: Console) -> Iterator[Callable[[PhaseCounts, float | None], None]]:
+    """A rich progress display with one bar per phase of a study (cells; or tuning slots, then
+    evaluation cells); yields the `progress(phases, eta_s)` callback the study runner calls. The
+    display starts with the first update, so an error before any work prints its line alone."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+    tasks: dict[str, TaskID] = {}
+
+    def update(phases: PhaseCounts, eta_s: float | None) -> None:
+        if not tasks:
+            bars.start()
+        for phase, counts in phases:
+            if phase.label not in tasks:
+                tasks[phase.label] = bars.add_task(phase.label, total=None, detail="")
+            crashed = f"  crashed {counts.crashed}" if counts.crashed else ""
+            detail = (f"done {counts.completed}  running {counts.running}  failed {counts.failed}{crashed}  "
+                      f"pending {counts.pending}")
+            if not counts.done and eta_s is not None:
+                detail += f"  ETA {eta_s / 60:.1f} min" if eta_s >= 60 else f"  ETA {eta_s:.0f} s"
+            bars.update(tasks[phase.label], total=counts.total, completed=counts.finished, detail=detail)
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bars.stop()
+
+
+def exit_for_outcome(console: Console, outcome: StudyOutcome, resume_hint: str = "run the same command again to resume") -> None:
+    """After local workers: say why the run ended unless every cell is done, and exit with its code."""
+    crashed = [code for code in outcome.exit_codes if code not in (0, None)]
+    if crashed and not outcome.interrupted:
+        console.print(f"{len(crashed)} worker process(es) exited with an error (codes {crashed}); see the messages above")
+    ending = outcome.ending
+    if ending is Ending.INTERRUPTED:
+        console.print(f"interrupted: {resume_hint}")
+    elif ending is Ending.STOPPED:
+        console.print(f"stopped early: {outcome.stopped or 'cells are left'}; {resume_hint}", markup=False)
+    elif ending is Ending.CELLS_FAILED:
+        console.print(f"some cells failed for good; `tmafbench study status {outcome.name}` counts them and "
+                      "`tmafbench results export` gives their errors", markup=False)
+    if EXIT_CODES[ending]:
+        raise typer.Exit(EXIT_CODES[ending])
+
+
+def _cells_table(cells: list[CellPlan], limit: int) -> Table:
     table = Table(title=f"{len(cells)} cells")
     for col in ("#", "hash", "task", "activation", "grid", "depth", "width", "other axes", "seed"):
         table.add_column(col)
@@ -43,7 +118,7 @@ def _cells_table(cells: list[Any], limit: int) -> Table:
     return table
 
 
-def _show_cells(design: Any, limit: int) -> None:
+def _show_cells(design: StudyDesign, limit: int) -> None:
     from tmafbench.study.api import describe_tuning
 
     Console(width=160).print(_cells_table(design.cells, limit))
@@ -60,8 +135,8 @@ def cells_cmd(spec_path: str = typer.Argument(..., metavar="STUDY_FILE", help="S
     _show_cells(cells(spec_path, set_), limit)
 
 
-def _options(heartbeat: float, grace: float, pack: str, patience: float) -> Any:
-    from tmafbench.study.scheduler import WorkerOptions
+def _options(heartbeat: float, grace: float, pack: str, patience: float) -> WorkerOptions:
+    from tmafbench.study.worker import WorkerOptions
 
     size: int | str = int(pack) if pack.strip().isdigit() else pack.strip()
     return WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, pack=size,
@@ -73,11 +148,11 @@ def _event(line: str) -> None:
     console.print(line, markup=False, highlight=False)
 
 
-def _announcer(url: str) -> Any:
+def _announcer(url: str) -> Callable[[StudyInfo, list[str]], None]:
     """Prints what the study is and who works on it, once it is ready."""
     from tmafbench.store.database import redact
 
-    def announce(info: Any, devices: list[str]) -> None:
+    def announce(info: StudyInfo, devices: list[str]) -> None:
         if not devices:  # nothing to run
             console.print(info.message)
             return
@@ -87,7 +162,7 @@ def _announcer(url: str) -> Any:
     return announce
 
 
-def _report(outcome: Any) -> None:
+def _report(outcome: StudyOutcome) -> None:
     parts = []
     for phase, c in outcome.phases:
         crashed = f", {c.crashed} crashed" if c.crashed else ""
@@ -97,7 +172,7 @@ def _report(outcome: Any) -> None:
     exit_for_outcome(console, outcome)
 
 
-def _faults(outcome: Any) -> str:
+def _faults(outcome: StudyOutcome) -> str:
     """What the workers rode out, when they had to: database outages, abandoned cells, late results."""
     workers = outcome.workers
     waited, reconnects = max((w.db_wait_s for w in workers), default=0.0), sum(w.reconnects for w in workers)
@@ -227,7 +302,7 @@ def delete_cmd(name: str = typer.Argument(...), storage: Optional[str] = Storage
     typer.echo(f"deleted study {name!r}")
 
 
-def register(app: Any) -> None:
+def register(app: typer.Typer) -> None:
     study_app.command("run", epilog=EXIT_STATUS_HELP)(run_cmd)
     study_app.command("cells")(cells_cmd)
     study_app.command("worker", epilog=EXIT_STATUS_HELP)(worker_cmd)
@@ -236,25 +311,3 @@ def register(app: Any) -> None:
     study_app.command("show")(show_cmd)
     study_app.command("delete")(delete_cmd)
     app.add_typer(study_app, name="study")
-    try:
-        from tmafbench.cli.bench import bench_app
-    except ImportError:  # the bench commands are optional
-        return
-    _register_bench(bench_app)
-
-
-def _register_bench(bench_app: Any) -> None:
-    """`tmafbench bench scheduler`; the heavy imports happen only when it runs."""
-
-    @bench_app.command("scheduler")
-    def scheduler_cmd(
-        storage: str = typer.Option("sqlite", "--storage", help="'sqlite' (a temporary file) or a PostgreSQL server URL; a fresh database is made and dropped per run."),
-        workers: int = typer.Option(4, "--workers", help="Workers for the throughput run."),
-        trials: int = typer.Option(200, "--trials", help="Near-instant trials for the throughput run."),
-        what: Optional[list[str]] = typer.Option(None, "--run", help="throughput | kill | speedup (repeatable; default all)."),
-    ) -> None:
-        """Scheduler figures: lock errors, duplicates, overhead; SIGKILL recovery; 2-vs-1 worker speed-up."""
-        from tmafbench.study.benchmark import run_benchmarks
-
-        typer.echo(json.dumps(run_benchmarks(storage, workers, trials, what or ["throughput", "kill", "speedup"]),
-                              indent=2, default=str))

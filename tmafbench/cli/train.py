@@ -1,17 +1,17 @@
-"""`tmafbench train`: train one network and print its result; `tmafbench bench epoch|step`."""
+"""`tmafbench train`: train one network and print its result."""
 
 from __future__ import annotations
 
 import json
 import statistics
-from typing import Any, Optional
+from typing import Any, Optional, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from tmafbench.cli.common import parse_params
-from tmafbench.core import TrialResult
+from tmafbench.cli.common import model_params, parse_params
+from tmafbench.core import TrainingConfig, TrialConfig, TrialResult
 
 
 def parse_batch_size(text: str) -> int | None:
@@ -27,11 +27,15 @@ def parse_batch_size(text: str) -> int | None:
     return value
 
 
-def model_params(depth: int | None, width: int | None, items: list[str] | None) -> dict[str, Any]:
-    """--model-param k=v, with --depth/--width as shorthands."""
-    params = parse_params(items, "--model-param")
-    params.update({k: v for k, v in (("depth", depth), ("width", width)) if v is not None})
-    return params
+def _default(option: str) -> Any:
+    """TrainingConfig's default for `option`: the class is the one place the defaults live."""
+    return TrainingConfig.model_fields[option].default
+
+
+def _choices(option: str) -> str:
+    """'sgd, adam or adamw': the values a `Literal` option of TrainingConfig takes."""
+    values = [str(v) for v in get_args(TrainingConfig.model_fields[option].annotation)]
+    return ", ".join(values[:-1]) + " or " + values[-1]
 
 
 def train(
@@ -43,28 +47,30 @@ def train(
     act_param: Optional[list[str]] = typer.Option(None, "--act-param", help="activation parameter k=v (repeatable)"),
     task_param: Optional[list[str]] = typer.Option(None, "--task-param", help="task parameter k=v (repeatable)"),
     model_param: Optional[list[str]] = typer.Option(None, "--model-param", help="model parameter k=v (repeatable)"),
-    epochs: int = typer.Option(10, help="training epochs"),
-    seed: int = typer.Option(0, help="trial seed: weight init, data order and sampled sets"),
-    lr: float = typer.Option(1e-3, help="learning rate"),
-    optimizer: str = typer.Option("adam", help="sgd, adam or adamw"),
-    momentum: float = typer.Option(0.9, help="sgd momentum"),
-    weight_decay: float = typer.Option(0.0, help="weight decay"),
-    act_lr: Optional[float] = typer.Option(None, help="learning rate of the activation parameters (default: --lr)"),
-    act_weight_decay: Optional[float] = typer.Option(None, help="weight decay of the activation parameters"),
-    schedule: str = typer.Option("constant", help="constant, step-half, cosine or onecycle"),
-    batch_size: str = typer.Option("128", "--batch-size", "-b", help="batch size; 0 or 'full' for full batch"),
-    grad_clip: Optional[float] = typer.Option(None, help="clip the gradient norm to this value"),
-    init_scale: float = typer.Option(1.0, help="multiply the default Linear/Conv init by this"),
-    loss_reduction: str = typer.Option("mean", "--loss-reduction",
-                                       help="mean or sum over the batch; sum is the paper's eq. 1.2"),
-    evaluate_train: bool = typer.Option(False, "--evaluate-train",
+    epochs: int = typer.Option(_default("epochs"), help="training epochs"),
+    seed: int = typer.Option(TrialConfig.model_fields["seed"].default, help="trial seed: weight init, data order and sampled sets"),
+    lr: float = typer.Option(_default("lr"), help="learning rate"),
+    optimizer: str = typer.Option(_default("optimizer"), help=_choices("optimizer")),
+    momentum: float = typer.Option(_default("momentum"), help="sgd momentum"),
+    weight_decay: float = typer.Option(_default("weight_decay"), help="weight decay"),
+    act_lr: Optional[float] = typer.Option(_default("act_lr"), help="learning rate of the activation parameters (default: --lr)"),
+    act_weight_decay: Optional[float] = typer.Option(_default("act_weight_decay"), help="weight decay of the activation parameters"),
+    breakpoint_lr: Optional[float] = typer.Option(_default("breakpoint_lr"), help=(
+        "learning rate of trainable breakpoints (--act-param train_breakpoints=true; default: the activation lr)")),
+    schedule: str = typer.Option(_default("schedule"), help=_choices("schedule")),
+    batch_size: str = typer.Option(str(_default("batch_size")), "--batch-size", "-b", help="batch size; 0 or 'full' for full batch"),
+    grad_clip: Optional[float] = typer.Option(_default("grad_clip"), help="clip the gradient norm to this value"),
+    init_scale: float = typer.Option(_default("init_scale"), help="multiply the default Linear/Conv init by this"),
+    loss_reduction: str = typer.Option(_default("loss_reduction"), "--loss-reduction",
+                                       help=f"{_choices('loss_reduction')} over the batch; sum is the paper's eq. 1.2"),
+    evaluate_train: bool = typer.Option(_default("evaluate_train"), "--evaluate-train",
                                         help="also measure the task's metrics on the training set (train_rel_l2, ...)"),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto"),
+    device: str = typer.Option(_default("device"), help="cpu, cuda, cuda:N or auto"),
     as_json: bool = typer.Option(False, "--json", help="print the whole result as JSON on stdout"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a per-epoch progress bar"),
 ) -> None:
     """Train one network and print its final metrics."""
-    from tmafbench.training import TrainingConfig, TrialConfig, train_trial
+    from tmafbench.training import train_trial
 
     config = TrialConfig.build(dict(
         task=task, model=model, activation=activation, seed=seed,
@@ -73,7 +79,7 @@ def train(
         act_params=parse_params(act_param, "--act-param"),
         training=TrainingConfig.build(dict(
             optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, act_lr=act_lr,
-            act_weight_decay=act_weight_decay, schedule=schedule, epochs=epochs,
+            act_weight_decay=act_weight_decay, breakpoint_lr=breakpoint_lr, schedule=schedule, epochs=epochs,
             batch_size=parse_batch_size(batch_size), grad_clip=grad_clip, device=device, init_scale=init_scale,
             loss_reduction=loss_reduction, evaluate_train=evaluate_train,
         )),
@@ -132,133 +138,5 @@ def print_result(result: TrialResult, config: dict[str, Any]) -> None:
     Console(width=120).print(table)
 
 
-def activation_spec(text: str) -> tuple[str, str, dict]:
-    """'tmaf:intervals=100,train_breakpoints=true' -> (the text, 'tmaf', {'intervals': 100, 'train_breakpoints': True})."""
-    name, _, rest = text.partition(":")
-    return text, name.strip(), parse_params([p for p in rest.split(",") if p.strip()], f"--activation {text!r}")
-
-
-def bench_epoch(
-    task: str = typer.Option("mnist", "--task"),
-    model: str = typer.Option("mlp", "--model"),
-    activation: Optional[list[str]] = typer.Option(None, "--activation", "-a", help="repeatable; first is the baseline; "
-                                                   "NAME:key=value,... gives one its own parameters"),
-    depth: Optional[int] = typer.Option(None), width: Optional[int] = typer.Option(None),
-    act_param: Optional[list[str]] = typer.Option(None, "--act-param"),
-    task_param: Optional[list[str]] = typer.Option(None, "--task-param"),
-    model_param: Optional[list[str]] = typer.Option(None, "--model-param"),
-    batch_size: int = typer.Option(64, "--batch-size", "-b"),
-    repeats: int = typer.Option(3, help="epochs timed per activation; the median is shown"),
-    threads: Optional[list[int]] = typer.Option(None, help="torch CPU threads; repeat it to time several counts"),
-    warmup: int = typer.Option(1, "--warmup", help="untimed epochs per activation first"),
-    under_load: int = typer.Option(0, "--under-load", help="run beside N busy processes started for the run"),
-    device: str = typer.Option("cpu"),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (the machine's record and the rows) instead of a table."),
-) -> None:
-    """Time one training epoch per activation (median of --repeats, interleaved) and the ratio to the first."""
-    from tmafbench.training.benchmark import bench_epochs
-
-    rows = bench_epochs(task, model, [activation_spec(a) for a in activation or ["relu", "tmaf"]],
-                        task_params=parse_params(task_param, "--task-param"),
-                        model_params=model_params(depth, width, model_param),
-                        act_params=parse_params(act_param, "--act-param"), batch_size=batch_size,
-                        repeats=repeats, threads=threads, device=device, warmup=warmup, under_load=under_load)
-    if as_json:
-        from tmafbench.activations.benchmark import machine_record
-
-        settings = {"task": task, "model": model, "task_params": parse_params(task_param, "--task-param"),
-                    "model_params": model_params(depth, width, model_param), "act_params": parse_params(act_param, "--act-param"),
-                    "batch_size": batch_size, "repeats": repeats, "warmup": warmup, "under_load": under_load, "device": device}
-        typer.echo(json.dumps({"machine": machine_record(), "settings": settings, "rows": [r.to_dict() for r in rows]}, indent=2))
-        return
-    load = f", beside {under_load} busy processes" if under_load else ""
-    print_bench(f"one epoch: {task} / {model}, batch {batch_size}{load}", rows)
-
-
-def bench_step(
-    task: str = typer.Option("cifar10", "--task"),
-    model: str = typer.Option("resnet18-cifar", "--model"),
-    activation: Optional[list[str]] = typer.Option(None, "--activation", "-a", help="repeatable; first is the baseline"),
-    act_param: Optional[list[str]] = typer.Option(None, "--act-param"),
-    model_param: Optional[list[str]] = typer.Option(None, "--model-param"),
-    batch_size: int = typer.Option(128, "--batch-size", "-b"),
-    repeats: int = typer.Option(5, help="steps timed per activation after one warm-up; the median is shown"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
-    device: str = typer.Option("cpu"),
-) -> None:
-    """Time one forward+backward+SGD step on a random batch per activation, and the ratio to the first."""
-    from tmafbench.training.benchmark import bench_steps
-
-    rows = bench_steps(task, model, activation or ["relu", "tmaf"], model_params=parse_params(model_param, "--model-param"),
-                       act_params=parse_params(act_param, "--act-param"), batch_size=batch_size, repeats=repeats,
-                       threads=threads, device=device)
-    print_bench(f"one step: {task} / {model}, batch {batch_size}", rows)
-
-
-def print_bench(title: str, rows: list) -> None:
-    table = Table(title=title)
-    for column in ("activation", "threads", "median s", "min s", "max s", "samples/s", "ratio", "params"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row.activation, str(row.threads or "-"), f"{row.median_s:.4f}", f"{min(row.times_s):.4f}",
-                      f"{max(row.times_s):.4f}", f"{row.samples_per_s:,.0f}", f"{row.ratio:.2f}x", f"{row.num_params:,}")
-    Console(width=120).print(table)
-
-
-def bench_pack(
-    setting: Optional[list[str]] = typer.Option(None, "--setting", help="table-3-2 | sine-sum | mnist (repeatable; default all)."),
-    activation: Optional[list[str]] = typer.Option(None, "--activation", "-a", help="repeatable (default: relu and tmaf)."),
-    pack: int = typer.Option(16, "--pack", help="Cells per pack."),
-    epochs: int = typer.Option(1, "--epochs", help="Epochs every cell trains."),
-    processes: Optional[int] = typer.Option(None, "--processes", help="Worker processes, one thread each (default: one per core)."),
-    vmap: bool = typer.Option(True, "--vmap/--no-vmap", help="Also time torch.func (vmap) ensembles of K."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda (one process per GPU then: pass --processes)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
-) -> None:
-    """Cells per hour: packs of K cells against one cell at a time and against vmap ensembles, on the same cores (MNIST needs its data)."""
-    from tmafbench.training.pack_benchmark import bench_pack as run
-
-    figures = run(setting or ["table-3-2", "sine-sum", "mnist"], activation or ["relu", "tmaf"], pack, epochs, processes,
-                  device, vmap)
-    if as_json:
-        typer.echo(json.dumps([f.to_dict() for f in figures], indent=2))
-        return
-    table = Table(title=f"cells per hour on {figures[0].processes} process(es), one thread each, {epochs} epoch(s) a cell")
-    for column in ("setting", "activation", "cells", "one at a time", f"packs of {pack}", "speed-up", f"vmap of {pack}",
-                   "packed / vmap"):
-        table.add_column(column, justify="left" if column in ("setting", "activation") else "right", overflow="fold")
-    for f in figures:
-        ensemble = (f"{f.vmap_per_hour:,.0f}", f"{f.packed_vs_vmap:.1f}x") if f.vmap_s else (f.vmap_error or "-", "-")
-        table.add_row(f.setting, f.activation, str(f.cells), f"{f.alone_per_hour:,.0f}", f"{f.packed_per_hour:,.0f}",
-                      f"{f.speedup:.1f}x", *ensemble)
-    Console(width=140).print(table)
-
-
-def bench_gpu(
-    out: str = typer.Option("gpu-check.json", "--out", help="Where to write the JSON (rewritten after every section)."),
-    device: str = typer.Option("cuda", "--device", help="cuda, or cpu for the CPU stand-in of every section that has one."),
-    budget: float = typer.Option(480.0, "--budget", help="Seconds for the whole run; sections that do not fit are skipped."),
-    quick: bool = typer.Option(False, "--quick", help="Small sizes: checks the code paths in seconds (the tests use it)."),
-    section: Optional[list[str]] = typer.Option(None, "--section", help="Run only these sections (repeatable)."),
-) -> None:
-    """Prove the GPU path: CUDA tests, kernel agreement, packed vs unpacked, bench activations and pack, a CIFAR-10 ResNet18 epoch, a 2-GPU study."""
-    from pathlib import Path
-
-    from tmafbench.training.gpu_benchmark import run_gpu_check
-
-    report = run_gpu_check(Path(out), device=device, budget_s=budget, quick=quick, sections=section or None)
-    for name, result in report["sections"].items():
-        typer.echo(f"{name:18s} {result['status']}" + (f"  ({result['seconds']} s)" if "seconds" in result else ""))
-    typer.echo(f"wrote {out} ({report['wall_s']} s)")
-
-
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
-    try:
-        from tmafbench.cli.bench import bench_app  # the `bench` sub-app, written by a colleague
-    except ImportError:
-        return
-    bench_app.command("epoch")(bench_epoch)
-    bench_app.command("step")(bench_step)
-    bench_app.command("pack")(bench_pack)
-    bench_app.command("gpu")(bench_gpu)

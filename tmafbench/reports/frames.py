@@ -1,6 +1,6 @@
 """Database -> pandas DataFrames. The only module of the reports that touches SQL.
 
-Reports read the `tmaf_*` tables and nothing else (DESIGN.md section 1); they never write.
+Reports read the `tmaf_*` tables and nothing else (docs/design.md section 1); they never write.
 SQLite databases are opened read-only (URI `mode=ro`), PostgreSQL sessions read-only.
 
 One row of `ReportData.cells` is one cell with its *outcome*: the completed run when there is
@@ -445,7 +445,8 @@ def load_tuning(engine: Engine, studies: list[str]) -> tuple[dict, pd.DataFrame]
     with engine.connect() as conn:
         reported = conn.execute(select(Study.id, Study.name, Study.spec).where(Study.name.in_(studies))).all()
         parents = {sid: name for sid, name, _spec in reported}
-        tune_ids = dict(conn.execute(select(Study.id, Study.parent_id).where(Study.kind == "tune", Study.parent_id.in_(list(parents)))).all())
+        tune_ids = dict(conn.execute(select(Study.id, Study.parent_id).where(
+            Study.kind == "tune", Study.parent_id.in_(list(parents)))).all())
         rows = conn.execute(
             select(Cell.study_id, Cell.group_hash, Cell.label, Cell.activation, Cell.axes, Run.status, Artifact.data)
             .join(Run, Run.cell_id == Cell.id)

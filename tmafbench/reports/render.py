@@ -1,7 +1,8 @@
-"""Build a report folder from the database: index.md, self-contained index.html, figures, tables.
+"""Build a report folder from the database: index.md, index.html, figures, tables.
 
 `build_report` is the library function behind `tmafbench report build`. It reads only the
-database (read-only engine) and never trains.
+database (read-only engine) and never trains. index.html links the PNG figures beside it (a folder
+to commit or serve); `self_contained` embeds them instead (one file to mail).
 """
 
 from __future__ import annotations
@@ -16,27 +17,16 @@ import pandas as pd
 
 from tmafbench.core import RunStatus
 from tmafbench.errors import TmafbenchError
-from tmafbench.reports import frames, stats, tables
-from tmafbench.reports.figures import IMAGE_FORMATS, Figure, FigureContext, draw_all, metric_label
+from tmafbench.reports import frames, stats, tables, tuning
+from tmafbench.reports.figures import IMAGE_FORMATS, Figure, FigureContext, draw_all
+from tmafbench.reports.labels import metric_label, slug
+from tmafbench.reports.plotting import Palette
+from tmafbench.reports.section import Section
 from tmafbench.reports.tables import Table
 
 DOC_FORMATS = ("md", "html", "tex", "csv")
 ALL_FORMATS = DOC_FORMATS + IMAGE_FORMATS
-DEFAULT_FORMATS = ("md", "html", "tex", "csv", "png", "svg")
-
-
-@dataclass
-class Section:
-    """One task's part of the report: its own primary metric, tables and figures."""
-
-    task: str
-    prefix: str  # file-name prefix of its tables and figures ("" with a single task)
-    metric: str | None
-    direction: str | None
-    baseline: str | None
-    tables: list[Table] = field(default_factory=list)
-    figures: list[Figure] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+DEFAULT_FORMATS = ("md", "html", "tex", "csv", "png")
 
 
 @dataclass
@@ -108,12 +98,14 @@ def build_report(
     metric: str | None = None,
     figure_scale: float = 1.0,
     notes: Path | None = None,
+    self_contained: bool = False,
 ) -> Report:
     """Read `studies` from `storage` and write the report into `out` (default reports/<names>).
 
     `notes` names a Markdown file of the analyst's own words (how the numbers compare with a paper,
     what was tried); it is copied under the header as written, and is the only text in the report
-    that did not come from the database.
+    that did not come from the database. `self_contained` embeds the figures in index.html instead
+    of linking the PNG files beside it.
     """
     start = time.perf_counter()
     commentary = read_notes(notes) if notes is not None else ""
@@ -121,7 +113,7 @@ def build_report(
     try:
         data = frames.load(engine, list(studies))
         report = _build(data, studies, out or default_folder(studies), baseline, formats, metric, figure_scale,
-                        commentary)
+                        commentary, self_contained)
     finally:
         engine.dispose()
     report.seconds = time.perf_counter() - start
@@ -141,22 +133,24 @@ def read_notes(path: Path) -> str:
     return text
 
 
-def _build(data, studies, folder: Path, baseline, formats, metric, figure_scale, commentary: str = "") -> Report:
+def _build(data, studies, folder: Path, baseline, formats, metric, figure_scale, commentary: str = "",
+           self_contained: bool = False) -> Report:
     """One section per task (tasks differ in metric and direction), then the documents."""
     baseline = stats.check_baseline(data, baseline)
     report = Report(Path(folder), list(studies), commentary=commentary)
     tasks = data.tasks()
-    for task in tasks:
-        sub = data.subset(task) if len(tasks) > 1 else data
-        prefix = f"{_slug(task)}_" if len(tasks) > 1 else ""
-        report.sections.append(_section(sub, task, prefix, report.folder, baseline, formats, metric, figure_scale))
+    subsets = [data.subset(task) if len(tasks) > 1 else data for task in tasks]
+    # One colour per group in every figure of the report, the tuning history's included.
+    palette = Palette(s for sub in subsets for s in sub.cells["series"])
+    for task, sub in zip(tasks, subsets):
+        prefix = f"{slug(task)}_" if len(tasks) > 1 else ""
+        report.sections.append(_section(sub, task, prefix, report.folder, baseline, formats, metric, figure_scale,
+                                        palette))
     if all(s.metric is None for s in report.sections):
         raise frames.NothingFinished("no run has finished yet: nothing to report")
     report.training = tables.training_table(data)
     if data.engine is not None:
-        from tmafbench.reports import tuning
-
-        report.tuning = tuning.build_section(data.engine, list(studies), report.folder, formats, figure_scale)
+        report.tuning = tuning.build_section(data.engine, list(studies), report.folder, formats, figure_scale, palette)
     table_formats = {f for f in formats if f in ("csv", "tex")}
     for table in report.tables:
         report.files += table.write(report.folder / "tables", table_formats)
@@ -164,11 +158,25 @@ def _build(data, studies, folder: Path, baseline, formats, metric, figure_scale,
     if "md" in formats:
         report.files.append(_write(report.folder / "index.md", render_markdown(report, data)))
     if "html" in formats:
-        report.files.append(_write(report.folder / "index.html", render_html(report, data)))
+        report.files.append(_write(report.folder / "index.html", render_html(report, data, self_contained)))
+    _remove_stale(report, table_formats | {f for f in formats if f in IMAGE_FORMATS})
     return report
 
 
-def _section(data, task, prefix, folder: Path, baseline, formats, metric, figure_scale) -> Section:
+def _remove_stale(report: Report, formats: set[str]) -> None:
+    """The report owns its figures/ and tables/ folders: a file there in a format this build wrote,
+    but not written by it (a figure renamed or no longer drawn since the last build), is removed, so
+    that a rebuilt folder holds only what its documents show."""
+    written = {p.resolve() for p in report.files}
+    for sub in ("figures", "tables"):
+        folder = report.folder / sub
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.is_file() and path.suffix.lstrip(".") in formats and path.resolve() not in written:
+                    path.unlink()
+
+
+def _section(data, task, prefix, folder: Path, baseline, formats, metric, figure_scale, palette: Palette) -> Section:
     if baseline is not None and baseline not in set(data.cells["activation"].astype(str)):
         baseline = None  # the baseline ran on other tasks only
     try:
@@ -185,14 +193,10 @@ def _section(data, task, prefix, folder: Path, baseline, formats, metric, figure
         table.name = prefix + table.name
     images = tuple(f for f in formats if f in IMAGE_FORMATS)
     if images:
-        ctx = FigureContext(data, metric, direction, baseline, folder / "figures", images, figure_scale, prefix)
+        ctx = FigureContext(data, metric, direction, baseline, folder / "figures", images, figure_scale, prefix, palette)
         section.figures = draw_all(ctx, summary)
     section.notes += _notes(data, summary, section)
     return section
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
 
 
 def _tables(data, summary: pd.DataFrame, report: Section) -> list[Table]:
@@ -212,7 +216,8 @@ def _tables(data, summary: pd.DataFrame, report: Section) -> list[Table]:
             out.append(tables.paired_table(paired, data, metric, direction, baseline))
     timing = stats.timing_summary(data, baseline)
     if len(timing):
-        out.append(tables.timing_table(timing, data, baseline))
+        spread = stats.timing_spread(data, baseline, timing) if baseline is not None else None
+        out.append(tables.timing_table(timing, data, baseline, spread))
     ref = stats.reference_comparison(data, metric, direction)
     if len(ref):
         out.append(tables.reference_table(ref, direction))
@@ -289,7 +294,7 @@ def _blocks(report: Report) -> list[tuple[str, int, object]]:
         for table in report.tuning.tables:
             blocks += [("heading", 3, table.title), ("table", 0, table.shown), ("note", 0, table.note)]
         for fig in report.tuning.figures:
-            blocks += [("heading", 3, fig.title), ("figure", 0, fig)]
+            blocks += [("heading", 3, fig.title), ("figure", 0, fig)] + ([("note", 0, fig.note)] if fig.note else [])
         blocks.append(("heading", 2, "Comparison on the evaluation seeds"))
     for section in report.sections:
         if several:
@@ -302,7 +307,7 @@ def _blocks(report: Report) -> list[tuple[str, int, object]]:
         if section.figures:
             blocks.append(("heading", level, "Figures"))
         for fig in section.figures:
-            blocks += [("heading", level + 1, fig.title), ("figure", 0, fig)]
+            blocks += [("heading", level + 1, fig.title), ("figure", 0, fig)] + ([("note", 0, fig.note)] if fig.note else [])
     return blocks
 
 
@@ -329,6 +334,14 @@ def render_markdown(report: Report, data) -> str:
     return "\n".join(lines)
 
 
+def _image_source(figure: Figure, folder: Path, self_contained: bool) -> str:
+    """The figure's PNG as a link relative to the report folder, or as a data URL."""
+    png = figure.paths["png"]
+    if self_contained:
+        return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+    return tables.html_escape(png.relative_to(folder).as_posix())
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table.tbl{border-collapse:collapse;margin:.5em 0 .3em;font-size:13px}
@@ -352,8 +365,9 @@ def notes_html(text: str) -> str:
     return MarkdownIt("commonmark", {"html": False}).render(text)
 
 
-def render_html(report: Report, data) -> str:
-    """index.html with inline CSS and the PNG figures embedded as base64: opens with no network."""
+def render_html(report: Report, data, self_contained: bool = False) -> str:
+    """index.html with inline CSS; the PNG figures linked beside it (figures/...), or embedded as base64
+    when `self_contained`. Either way it opens with no network."""
     esc = tables.html_escape
     parts = [
         "<!DOCTYPE html>",
@@ -377,7 +391,6 @@ def render_html(report: Report, data) -> str:
         elif kind == "warn":
             parts.append(f'<p class="warn">{esc(content)}</p>')
         else:
-            encoded = base64.b64encode(content.paths["png"].read_bytes()).decode("ascii")
-            parts.append(f'<img alt="{esc(content.title)}" src="data:image/png;base64,{encoded}">')
+            parts.append(f'<img alt="{esc(content.title)}" src="{_image_source(content, report.folder, self_contained)}">')
     parts.append("</body></html>")
     return "\n".join(parts)

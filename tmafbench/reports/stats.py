@@ -1,4 +1,4 @@
-"""Statistics across seeds (DESIGN.md section 5): summaries, paired tests, Holm, timing.
+"""Statistics across seeds (docs/design.md section 5): summaries, paired tests, Holm, timing.
 
 Seeds are paired across activations (same seed = same data order and, where possible, the same
 initial weights), so comparisons with the baseline are made seed by seed.
@@ -443,6 +443,31 @@ def run_timing_ratios(data: ReportData, baseline: str) -> pd.DataFrame:
         r.run_median_s / base_median.get((pairs.get(r.group), r.hardware), math.nan) for r in per_run.itertuples()
     ]
     return per_run.dropna(subset=["ratio"])
+
+
+def timing_spread(data: ReportData, baseline: str, timing: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per candidate group and hardware: the spread of its time ratio to the baseline, from its 25th
+    percentile epoch time over the baseline's 75th to its 75th over the baseline's 25th (the IQRs of
+    `timing_summary`), and `noisy` when that spread includes 1: the two groups' epochs overlap too much
+    to tell which is faster (timings taken while other work shared the machine). Epochs rather than
+    runs: the cells of a pack share one epoch time, so their runs are not separate measurements.
+    Baseline groups get no row."""
+    timing = timing_summary(data, baseline) if timing is None else timing
+    columns = ["group", "hardware", "ratio_low", "ratio_high", "noisy"]
+    if timing.empty:
+        return pd.DataFrame(columns=columns)
+    quartiles = timing.set_index(["group", "hardware"])[["q25_s", "q75_s"]]
+    pairs = pair_baselines(data, baseline)
+    rows = []
+    for row in timing.itertuples():
+        base = pairs.get(row.group)
+        if base is None or (base, row.hardware) not in quartiles.index:
+            continue
+        base_q25, base_q75 = quartiles.loc[(base, row.hardware)]
+        low, high = row.q25_s / base_q75, row.q75_s / base_q25
+        rows.append({"group": row.group, "hardware": row.hardware, "ratio_low": low, "ratio_high": high,
+                     "noisy": bool(low <= 1.0 <= high)})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _median_count(counts: pd.Series) -> float:

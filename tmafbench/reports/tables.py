@@ -12,6 +12,7 @@ import pandas as pd
 
 from tmafbench.reports import frames, stats
 from tmafbench.reports.frames import ReportData
+from tmafbench.reports.labels import axis_text, axis_title
 
 INCOMPLETE_MARK = "†"
 
@@ -66,7 +67,7 @@ def summary_table(summary: pd.DataFrame, data: ReportData, metric: str, directio
     method = summary["ci_method"].iloc[0]
     shown = pd.DataFrame({
         "group": summary["series"],
-        **{a: summary["sweep"].map(_axis_text) for a in sweep},
+        **{a: [axis_text(v, a) for v in summary["sweep"]] for a in sweep},
         "runs": [_n_cell(n, c) for n, c in zip(summary["n"], summary["cells"])],
         f"{metric} mean ± sd": [f"{fmt(m)} ± {fmt(s)}" for m, s in zip(summary["mean"], summary["sd"])],
         "median [IQR]": [f"{fmt(m)} [{fmt(a)}, {fmt(b)}]" if n else "–"
@@ -107,14 +108,14 @@ def wide_table(summary: pd.DataFrame, data: ReportData, metric: str, direction: 
     text = summary.assign(
         cell=[f"{fmt(m)} ± {fmt(s)}" + ("" if ok else f" {INCOMPLETE_MARK}")
               for m, s, ok in zip(summary["mean"], summary["sd"], summary["complete"])],
-        column=summary["sweep"].map(lambda v: f"{data.sweep}={_axis_text(v)}"),
+        column=summary["sweep"].map(lambda v: axis_title(data.sweep, v)),
     )
     order = list(dict.fromkeys(text["column"]))
     shown = text.pivot_table(index="series", columns="column", values="cell", aggfunc="first", sort=False)
     shown = shown.reindex(columns=order).fillna("–").reset_index().rename(columns={"series": "group"})
     shown.columns.name = None
     raw = summary.pivot_table(index="series", columns="sweep", values="mean", aggfunc="first", sort=False).reset_index()
-    raw.columns = [c if c == "series" else f"{data.sweep}={_axis_text(c)}" for c in raw.columns]
+    raw.columns = [c if c == "series" else axis_title(data.sweep, c) for c in raw.columns]
     return Table("final_metric_wide", f"Final {metric}, mean ± sd over seeds, by {data.sweep} ({better(direction)})",
                  raw, shown, f"{INCOMPLETE_MARK} marks a group with runs missing or failed.")
 
@@ -122,7 +123,7 @@ def wide_table(summary: pd.DataFrame, data: ReportData, metric: str, direction: 
 def paired_table(paired: pd.DataFrame, data: ReportData, metric: str, direction: str, baseline: str) -> Table:
     sweep = [data.sweep] if data.sweep else []
     shown = pd.DataFrame({
-        "group": paired["series"], **{a: paired["sweep"].map(_axis_text) for a in sweep},
+        "group": paired["series"], **{a: [axis_text(v, a) for v in paired["sweep"]] for a in sweep},
         "pairs": paired["pairs"], "mean": paired["mean"].map(fmt), f"{baseline} mean": paired["baseline_mean"].map(fmt),
         f"better than {baseline}": [f"{b}/{n}" + (f", {t} tied" if t else "")
                                     for b, n, t in zip(paired["better"], paired["pairs"], paired["ties"])],
@@ -141,22 +142,48 @@ def paired_table(paired: pd.DataFrame, data: ReportData, metric: str, direction:
                  "d_z: mean improvement / sd of improvements, positive = better than the baseline, 0 for equal means.")
 
 
-def timing_table(timing: pd.DataFrame, data: ReportData, baseline: str | None) -> Table:
+NOISY = "noisy: the spread includes 1"
+
+
+def timing_table(timing: pd.DataFrame, data: ReportData, baseline: str | None,
+                 spread: pd.DataFrame | None = None) -> Table:
+    """`spread` (stats.timing_spread): the range of each group's ratio from the IQRs; a ratio whose
+    range includes 1 says so in its cell."""
     sweep = [data.sweep] if data.sweep else []
+    ranges = {} if spread is None else {(r.group, r.hardware): r for r in spread.itertuples()}
+
+    def ratio(row) -> str:
+        text = fmt(row.ratio_to_baseline, 3)
+        found = ranges.get((row.group, row.hardware))
+        return f"{text} ({NOISY})" if found is not None and found.noisy else text
+
+    def span(row) -> str:
+        found = ranges.get((row.group, row.hardware))
+        if found is None:
+            return "(baseline)" if row.ratio_to_baseline == 1.0 else "–"
+        return f"[{fmt(found.ratio_low, 3)}, {fmt(found.ratio_high, 3)}]"
+
+    name = f"time / {baseline or 'baseline'}"
     shown = pd.DataFrame({
-        "group": timing["series"], **{a: timing["sweep"].map(_axis_text) for a in sweep},
+        "group": timing["series"], **{a: [axis_text(v, a) for v in timing["sweep"]] for a in sweep},
         "hardware": timing["hardware"], "runs": timing["runs"],
         "parameters (activation)": [_param_text(a, b) for a, b in zip(timing["params"], timing["act_params"])],
         "median epoch (s)": timing["median_epoch_s"].map(fmt),
         "IQR (s)": [f"[{fmt(a)}, {fmt(b)}]" for a, b in zip(timing["q25_s"], timing["q75_s"])],
         "samples/s": timing["samples_per_s"].map(lambda v: fmt(v, 3)),
-        f"time / {baseline or 'baseline'}": timing["ratio_to_baseline"].map(lambda v: fmt(v, 3)),
+        name: [ratio(r) for r in timing.itertuples()],
     })
-    return Table("timing", "Epoch time per group (median over all epochs of the completed runs)",
-                 timing.drop(columns=["group"]), shown,
-                 "Ratios compare with the baseline group run on the same hardware in the same study. "
-                 "Parameters: the model's trainable parameters, and in brackets how many of them the "
-                 "activations hold.")
+    note = ("Ratios compare with the baseline group run on the same hardware in the same study. "
+            "Parameters: the model's trainable parameters, and in brackets how many of them the "
+            "activations hold.")
+    raw = timing.drop(columns=["group"])
+    if ranges:
+        shown[f"{name}, spread"] = [span(r) for r in timing.itertuples()]
+        raw = timing.merge(spread, on=["group", "hardware"], how="left").drop(columns=["group"])
+        note += (" Spread: from the group's 25th percentile epoch time over the baseline's 75th to its 75th over the "
+                 "baseline's 25th (the IQR column); where it includes 1, the two groups' epochs overlap too much to "
+                 f"tell which is faster (timings taken while other work shared the machine) and the ratio says '{NOISY}'.")
+    return Table("timing", "Epoch time per group (median over all epochs of the completed runs)", raw, shown, note)
 
 
 def _param_text(total: float, activation: float) -> str:
@@ -198,14 +225,6 @@ def failure_table(failures: pd.DataFrame) -> Table:
     shown.columns.name = None  # crosstab names its columns "status": an empty header column in HTML
     return Table("failures", "Run outcomes per group (statistics use completed runs only)", failures, shown,
                  "retried_attempts: failed/diverged/interrupted attempts that were retried.")
-
-
-def _axis_text(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 # ------------------------------------------------------------------------------------- writers

@@ -14,11 +14,12 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from matplotlib.ticker import MaxNLocator
-
 from tmafbench.core import SlotState, best_trial, metric_direction
+from tmafbench.reports.curves import history_figure
 from tmafbench.reports.frames import load_tuning
-from tmafbench.reports.figures import Figure, FigureContext, _log_axis, metric_label
+from tmafbench.reports.labels import axis_text
+from tmafbench.reports.plotting import IMAGE_FORMATS, FigureContext, Palette
+from tmafbench.reports.section import Section
 from tmafbench.reports.tables import Table, fmt
 
 STATES = tuple(SlotState)  # completed, pruned, failed
@@ -69,10 +70,9 @@ def describe(name: str, tune: dict, several: bool) -> str:
     return f"{name}: {text}" if several else text
 
 
-def build_section(engine: Engine, studies: list[str], folder: Path, formats: tuple[str, ...], scale: float = 1.0):
-    """The tuning Section (render.Section), or None when no reported study was tuned."""
-    from tmafbench.reports.render import Section
-
+def build_section(engine: Engine, studies: list[str], folder: Path, formats: tuple[str, ...], scale: float = 1.0,
+                  palette: Palette | None = None) -> Section | None:
+    """The tuning Section, or None when no reported study was tuned. `palette`: the report's colours."""
     specs, frame = load_tuning(engine, studies)
     if not specs:
         return None
@@ -90,10 +90,10 @@ def build_section(engine: Engine, studies: list[str], folder: Path, formats: tup
     table = pd.concat([chosen(f, d).assign(**({"metric": m} if mixed else {})) for f, m, d in per_study if not f.empty],
                       ignore_index=True)
     section.tables = [settings_table(table, metric, direction, several=len(specs) > 1)]
-    images = tuple(f for f in formats if f in ("png", "svg", "pdf"))
+    images = tuple(f for f in formats if f in IMAGE_FORMATS)
     if images:
         hist = pd.concat([history(f, d) for f, _, d in per_study if not f.empty], ignore_index=True)
-        ctx = FigureContext(None, metric, direction, None, folder / "figures", images, scale, "tuning_")
+        ctx = FigureContext(None, metric, direction, None, folder / "figures", images, scale, "tuning_", palette)
         section.figures = [history_figure(ctx, hist, facets_of(frame, several=len(specs) > 1))]
     return section
 
@@ -126,7 +126,6 @@ def _cell(value) -> str:
 
 # Axes that tell activations apart (the colours) rather than problems (the panels).
 SERIES_AXES = ("activation", "grid", "intervals", "slot", "seed")
-MAX_FACET_COLUMNS = 4
 
 
 def facets_of(frame: pd.DataFrame, several: bool) -> dict[tuple[str, str], tuple[str, str]]:
@@ -137,62 +136,9 @@ def facets_of(frame: pd.DataFrame, several: bool) -> dict[tuple[str, str], tuple
     varying = [k for k in keys if groups["axes"].map(lambda a: str(a.get(k))).nunique() > 1]
     out = {}
     for row in groups.itertuples():
-        panel = " ".join(f"{k}={_cell(row.axes[k])}" for k in varying if row.axes.get(k) is not None)
+        panel = " ".join(f"{k}={axis_text(row.axes[k], k)}" for k in varying if row.axes.get(k) is not None)
         panel = f"{row.study}: {panel}" if several else panel
         series = " ".join(str(v) for v in (row.activation, row.axes.get("grid")) if v)
         out[(row.study, row.group)] = (panel, series or row.group)
     return out
 
-
-def history_figure(ctx: FigureContext, hist: pd.DataFrame, facets: dict[tuple[str, str], tuple[str, str]]) -> Figure:
-    """Best validation value so far against trials, one panel per problem and one line per activation;
-    each trial as a dot (x: pruned)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    hist = hist.assign(panel=[facets[k][0] for k in zip(hist["study"], hist["group"])],
-                       series=[facets[k][1] for k in zip(hist["study"], hist["group"])])
-    panels = list(dict.fromkeys(hist["panel"]))
-    series = list(dict.fromkeys(hist["series"]))
-    colors = dict(zip(series, sns.color_palette("tab10" if len(series) <= 10 else "husl", n_colors=len(series))))
-    cols = min(len(panels), MAX_FACET_COLUMNS)
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=ctx.figsize(3.6 * cols + 2.5, 3.0 * rows + 0.6), squeeze=False,
-                             sharex=True)
-    log = _spans_decades(hist["value"], ctx.direction)
-    for ax, panel in zip(axes.flat, panels):
-        for name, sub in hist[hist["panel"] == panel].groupby("series", sort=False):
-            color = colors[name]
-            ax.step(sub["n"], sub["best_so_far"], where="post", color=color, label=name, linewidth=2)
-            done = sub[sub["state"] == SlotState.COMPLETED]
-            ax.scatter(done["n"], done["value"], color=color, s=16, alpha=0.6)
-            pruned = sub[(sub["state"] == SlotState.PRUNED) & sub["value"].notna()]
-            ax.scatter(pruned["n"], pruned["value"], color=color, marker="x", s=20, alpha=0.6)
-        if log:
-            _log_axis(ax)  # errors spanning decades
-        ax.set_title(panel, fontsize=9)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel("trial")
-    ylabel = ("validation metric: each panel's study's (errors lower, accuracies higher is better)"
-              if ctx.direction == "mixed" else metric_label(ctx.metric, ctx.direction))
-    for ax in axes[:, 0]:
-        ax.set_ylabel(ylabel, fontsize=8)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    for ax in axes.flat[1:len(panels)]:  # panels may lack a series: gather every one
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(h)
-                labels.append(label)
-    # One legend for all panels, beside the top-right one (tight_layout makes room for it).
-    axes[0][-1].legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-    fig.suptitle("Tuning history: best so far (line), each trial (dot; x = pruned)")
-    return ctx.save(fig, "history", "Tuning history: best validation value so far against trials")
-
-
-def _spans_decades(values: pd.Series, direction: str) -> bool:
-    values = values.dropna()
-    return bool(len(values)) and direction == "minimize" and bool((values > 0).all()) and values.max() > 10 * values.min()

@@ -1,7 +1,7 @@
 """Engines for the results store: SQLite (WAL, busy timeout, IMMEDIATE writes) or PostgreSQL.
 
 One URL names one database that holds both Optuna's tables and ours (`tmaf_*`). The parent
-process calls `Database.create_all()` once, before any worker starts (DESIGN.md section 4).
+process calls `Database.create_all()` once, before any worker starts (docs/design.md section 4).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def normalize_url(url: str) -> str:
 def database_error_message(exc: BaseException, url: str | None = None) -> str | None:
     """One line for an error of the database layer (SQLAlchemy, its driver, or Optuna's storage
     wrapping them), naming the database without its password; None for any other error."""
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None and not isinstance(seen, SQLAlchemyError):
         seen = seen.__cause__ or seen.__context__
     if seen is None:

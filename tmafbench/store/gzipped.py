@@ -36,7 +36,7 @@ def readable_copy(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError:  # not a URL: the engine's own check says so
         return url
-    if parsed.get_backend_name() != "sqlite" or not (parsed.database or "").endswith(".gz"):
+    if parsed.get_backend_name() != "sqlite" or parsed.database is None or not parsed.database.endswith(".gz"):
         return url
     packed = Path(parsed.database).expanduser().resolve()
     if not packed.is_file():

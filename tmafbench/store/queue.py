@@ -17,15 +17,18 @@ import math
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, cast
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import CursorResult, ScalarSelect, Select, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from tmafbench.core import FINAL_OK, RunStatus
+from tmafbench.core import FINAL_OK, RunStatus, TrialResult
 from tmafbench.errors import TmafbenchError
+from tmafbench.store.database import Database
 from tmafbench.store.environment import EnvironmentInfo
-from tmafbench.store.schema import Artifact, Cell, Environment, EpochMetric, FinalMetric, Run, Timing, utcnow
+from tmafbench.store.schema import Artifact, Base, Cell, Environment, EpochMetric, FinalMetric, Run, Timing, utcnow
+from tmafbench.store.studies import StoredStudy
 
 BUSY = FINAL_OK + (RunStatus.RUNNING,)  # a cell with such a run is not claimable
 PACK_LOOKAHEAD = 4  # a pack of K cells is picked among the next K x this free cells
@@ -39,7 +42,7 @@ class Limits:
     max_crashes: int = 2
 
     @classmethod
-    def of(cls, study: Any) -> "Limits":
+    def of(cls, study: StoredStudy) -> Limits:
         return cls(study.max_retries, study.max_crashes)
 
 
@@ -75,15 +78,6 @@ class Counts:
         return self.completed + self.failed + self.crashed
 
 
-@dataclass(frozen=True)
-class LostRun:
-    """A run the sweep marked lost: enough to close its Optuna trial."""
-
-    run_id: int
-    group_hash: str
-    optuna_trial_number: int | None
-
-
 def finite(value: float | None) -> float | None:
     """NaN/inf are stored as NULL (schema convention)."""
     if value is None:
@@ -94,20 +88,22 @@ def finite(value: float | None) -> float | None:
 
 def as_utc(moment: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; all ours are UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=timezone.utc)
+    return None if moment is None else _utc(moment)
 
 
-def _attempts(status: RunStatus):
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _attempts(status: RunStatus) -> ScalarSelect[int]:
     """Correlated count of the current cell's runs in `status`."""
     return select(func.count(Run.id)).where(Run.cell_id == Cell.id, Run.status == status).scalar_subquery()
 
 
 class RunQueue:
-    """Claims, heartbeats, results and counts (mixed into Repository, which provides `self.db`)."""
+    """Claims, heartbeats, results and counts (a part of Repository, which sets `self.db`)."""
 
-    db: Any
+    db: Database
 
     def environment_id(self, info: EnvironmentInfo) -> int:
         """The row for this environment, inserted on first use (deduplicated by hash)."""
@@ -129,18 +125,18 @@ class RunQueue:
 
     # --- claiming ----------------------------------------------------------------------------
 
-    def mark_stale_runs(self, study_id: int, grace_s: float) -> list[LostRun]:
-        """Runs of this study whose heartbeat is older than `grace_s`: marked "lost"; returns them."""
+    def mark_stale_runs(self, study_id: int, grace_s: float) -> list[int]:
+        """Runs of this study whose heartbeat is older than `grace_s`: marked "lost"; returns their ids."""
         cutoff = utcnow() - timedelta(seconds=grace_s)
         with self.db.session() as s:
-            stale = s.execute(select(Run.id, Cell.group_hash, Run.optuna_trial_number).join(Cell).where(
-                Cell.study_id == study_id, Run.status == RunStatus.RUNNING, Run.heartbeat_at < cutoff)).all()
+            stale = list(s.scalars(select(Run.id).join(Cell).where(
+                Cell.study_id == study_id, Run.status == RunStatus.RUNNING, Run.heartbeat_at < cutoff)))
             if stale:
-                s.execute(update(Run).where(Run.id.in_([r[0] for r in stale]), Run.status == RunStatus.RUNNING).values(
+                s.execute(update(Run).where(Run.id.in_(stale), Run.status == RunStatus.RUNNING).values(
                     status=RunStatus.LOST, ended_at=utcnow(), error=f"no heartbeat for {grace_s:g} s: worker died"))
-            return [LostRun(*row) for row in stale]
+            return stale
 
-    def _claimable(self, study_id: int, limits: Limits):
+    def _claimable(self, study_id: int, limits: Limits) -> Select[tuple[int, str, str, dict[str, Any], int]]:
         busy = exists().where(Run.cell_id == Cell.id, Run.status.in_(BUSY))
         return select(Cell.id, Cell.config_hash, Cell.group_hash, Cell.config, _attempts(RunStatus.LOST)).where(
             Cell.study_id == study_id, ~busy, _attempts(RunStatus.FAILED) < limits.max_retries,
@@ -171,7 +167,7 @@ class RunQueue:
                 continue
         return []
 
-    def _try_claim(self, s: Any, study_id: int, limits: Limits, host: str, worker: str, device: str,
+    def _try_claim(self, s: Session, study_id: int, limits: Limits, host: str, worker: str, device: str,
                    environment_id: int | None, most: int, key: Callable[[dict[str, Any]], Any] | None
                    ) -> tuple[bool, list[Claim]]:
         """(a free cell was seen, the claims made): (False, []) when none is free, (True, []) when
@@ -179,13 +175,13 @@ class RunQueue:
         # SQLite: BEGIN IMMEDIATE already serialises claims. PostgreSQL: the queue pattern, where a
         # cell row another claim holds is skipped, not waited for.
         query = self._claimable(study_id, limits).limit(1 if most == 1 else most * PACK_LOOKAHEAD)
-        postgres = s.bind.dialect.name == "postgresql"
+        postgres = s.get_bind().dialect.name == "postgresql"
         if postgres:
             query = query.with_for_update(of=Cell, skip_locked=True)
         rows = s.execute(query).all()
         if not rows:
             return False, []
-        if most > 1:
+        if most > 1 and key is not None:
             rows = _pack_of(rows, most, key)
         claims = []
         for cell_id, config_hash, group_hash, config, _lost in rows:
@@ -213,8 +209,8 @@ class RunQueue:
         """Touch running runs; False when one of them is no longer running (swept as lost meanwhile)."""
         ids = [run_id] if isinstance(run_id, int) else list(run_id)
         with self.db.session() as s:
-            result = s.execute(update(Run).where(Run.id.in_(ids), Run.status == RunStatus.RUNNING)
-                               .values(heartbeat_at=utcnow()))
+            result = cast(CursorResult[Any], s.execute(update(Run).where(Run.id.in_(ids), Run.status == RunStatus.RUNNING)
+                                                       .values(heartbeat_at=utcnow())))
             return result.rowcount == len(ids)
 
     def still_running(self, run_ids: list[int]) -> set[int]:
@@ -229,7 +225,7 @@ class RunQueue:
 
     # --- finishing ---------------------------------------------------------------------------
 
-    def finish_run(self, run_id: int, result: Any, optuna_trial_number: int | None = None) -> RunStatus:
+    def finish_run(self, run_id: int, result: TrialResult, optuna_trial_number: int | None = None) -> RunStatus:
         """Store a TrialResult (status, metrics, timings, artifacts) in ONE transaction; returns the
         status stored. Safe to call again after a lost connection, and with a late result:
 
@@ -259,24 +255,24 @@ class RunQueue:
             return RunStatus.INTERRUPTED
 
     @staticmethod
-    def _completed_elsewhere(s: Any, run_id: int) -> bool:
+    def _completed_elsewhere(s: Session, run_id: int) -> bool:
         cell_id = select(Run.cell_id).where(Run.id == run_id).scalar_subquery()
         return bool(s.scalar(select(exists().where(Run.cell_id == cell_id, Run.id != run_id, Run.status.in_(FINAL_OK)))))
 
     @staticmethod
-    def _mark_redundant(s: Any, run_id: int) -> None:
+    def _mark_redundant(s: Session, run_id: int) -> None:
         s.execute(update(Run).where(Run.id == run_id).values(
             status=RunStatus.INTERRUPTED, ended_at=utcnow(),
             error="redundant: the cell was completed by another run while this one's worker was away"))
 
-    def _write_result(self, s: Any, run_id: int, result: Any, optuna_trial_number: int | None) -> None:
+    def _write_result(self, s: Session, run_id: int, result: TrialResult, optuna_trial_number: int | None) -> None:
         values = dict(status=RunStatus(result.status), ended_at=utcnow(), error=result.error, device=result.device,
                       num_params=result.num_params, num_act_params=result.num_act_params,
                       metric_name=result.metric_name, metric_direction=result.metric_direction)
         if optuna_trial_number is not None:
             values["optuna_trial_number"] = optuna_trial_number
         s.execute(update(Run).where(Run.id == run_id).values(**values))
-        rows: list[Any] = []
+        rows: list[Base] = []
         for rec in result.epochs:
             metrics = {"train_loss": rec.train_loss, **rec.metrics, "epoch_time_s": rec.epoch_time_s,
                        "eval_time_s": rec.eval_time_s, "samples_per_s": rec.samples_per_s, "lr": rec.lr}
@@ -325,7 +321,7 @@ class RunQueue:
         with self.db.session() as s:
             rows = s.execute(select(Run.started_at, Run.ended_at).join(Cell).where(
                 Cell.study_id == study_id, Run.status.in_(FINAL_OK), Run.ended_at.is_not(None))).all()
-        return [(as_utc(end) - as_utc(start)).total_seconds() for start, end in rows]
+        return [(_utc(end) - _utc(start)).total_seconds() for start, end in rows if start is not None and end is not None]
 
     def duplicate_completions(self, study_id: int) -> int:
         """Cells with more than one completed run (must be 0; the index forbids it)."""
@@ -344,8 +340,9 @@ class RunQueue:
     def running_runs(self, study_id: int) -> list[tuple[int, str | None, int]]:
         """(run id, worker, cell id) of the study's running runs."""
         with self.db.session() as s:
-            return [tuple(r) for r in s.execute(select(Run.id, Run.worker, Run.cell_id).join(Cell).where(
-                Cell.study_id == study_id, Run.status == RunStatus.RUNNING)).all()]
+            return [(run_id, worker, cell_id) for run_id, worker, cell_id in s.execute(
+                select(Run.id, Run.worker, Run.cell_id).join(Cell).where(
+                    Cell.study_id == study_id, Run.status == RunStatus.RUNNING)).all()]
 
     def attempt_started(self, cell_id: int, attempt: int) -> datetime | None:
         """When attempt `attempt` of a cell started (UTC), or None if it never did."""
@@ -353,7 +350,7 @@ class RunQueue:
             return as_utc(s.scalar(select(Run.started_at).where(Run.cell_id == cell_id, Run.attempt == attempt)))
 
 
-def _pack_of(rows: list[Any], most: int, key: Callable[[dict[str, Any]], Any]) -> list[Any]:
+def _pack_of(rows: Sequence[Any], most: int, key: Callable[[dict[str, Any]], Any]) -> list[Any]:
     """The first free cell and up to `most - 1` later ones that train with it (equal `key`).
 
     A cell that already lost a worker runs alone, and joins no pack: if it is the one that kills its
@@ -366,7 +363,7 @@ def _pack_of(rows: list[Any], most: int, key: Callable[[dict[str, Any]], Any]) -
     return [r for r in rows if not r[4] and key(r[3]) == first_key][:most]
 
 
-def timings(result: Any) -> dict[str, float]:
+def timings(result: TrialResult) -> dict[str, float]:
     """Run-level timings (names from the schema conventions)."""
     epochs = result.epochs
     out = {"total_train_s": float(result.total_train_time_s), "pack_size": float(getattr(result, "pack_size", 1))}

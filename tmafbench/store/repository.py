@@ -12,16 +12,16 @@ through `tmafbench/reports/frames.py` on a read-only connection.
 from __future__ import annotations
 
 from tmafbench.store.database import Database
-from tmafbench.store.queue import Claim, Counts, Limits, LostRun, RunQueue, as_utc, finite, timings
+from tmafbench.store.queue import Claim, Counts, Limits, as_utc, finite, timings
 from tmafbench.store.results import ResultStore, StudySummary
-from tmafbench.store.studies import StoredStudy, StudyNotFoundError, StudyStore
+from tmafbench.store.studies import StoredStudy, StudyNotFoundError
 
-__all__ = ["Claim", "Counts", "Limits", "LostRun", "Repository", "StoredStudy", "StudyNotFoundError", "StudySummary",
+__all__ = ["Claim", "Counts", "Limits", "Repository", "StoredStudy", "StudyNotFoundError", "StudySummary",
            "as_utc", "finite", "timings"]
 
 
-class Repository(StudyStore, RunQueue, ResultStore):
-    """The results store behind one Database."""
+class Repository(ResultStore):
+    """The results store behind one Database (ResultStore joins StudyStore and RunQueue)."""
 
     def __init__(self, db: Database):
         self.db = db

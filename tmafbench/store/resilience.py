@@ -79,7 +79,7 @@ def _driver_errors(exc: BaseException) -> Iterator[tuple[BaseException, DBAPIErr
     """(a DB-API driver's exception, SQLAlchemy's wrapper of it) for each found in the chain: a failed
     rollback can hide the error that caused it (a full disk) in its context."""
     for err in _chain(exc):
-        if isinstance(err, DBAPIError):
+        if isinstance(err, DBAPIError) and err.orig is not None:
             yield err.orig, err
         elif type(err).__module__.split(".")[0] in ("psycopg", "psycopg2", "sqlite3"):
             yield err, None
@@ -150,7 +150,7 @@ def storage_fault_message(exc: BaseException, where: str = "") -> str | None:
 def backoff_s(attempt: int) -> float:
     """Sleep before try `attempt + 1`: 0.05 s doubling up to MAX_BACKOFF_S, jittered so that many
     workers do not reconnect in step."""
-    return min(MAX_BACKOFF_S, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+    return min(MAX_BACKOFF_S, 0.05 * 2.0**attempt) * random.uniform(0.5, 1.0)
 
 
 @dataclass

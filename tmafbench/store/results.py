@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from tmafbench.core import RunStatus, SlotState
+from tmafbench.store.queue import Counts, Limits, RunQueue
 from tmafbench.store.schema import Artifact, Cell, FinalMetric, Run
+from tmafbench.store.studies import StoredStudy, StudyStore
 
 TUNE_KIND = "tune"
 
@@ -20,15 +22,13 @@ class StudySummary:
 
     name: str
     kind: str
-    counts: Any  # Counts of its cells (evaluation cells for a tuned study)
+    counts: Counts  # of its cells (evaluation cells for a tuned study)
     created_at: datetime
-    tuning: Any = None  # Counts of the tuning slots, for a tuned study
+    tuning: Counts | None = None  # of the tuning slots, for a tuned study
 
 
-class ResultStore:
-    """Read-side queries (mixed into Repository, which provides `self.db`, counts and studies)."""
-
-    db: Any
+class ResultStore(StudyStore, RunQueue):
+    """Read-side queries, over the studies and the run queue (Repository is this, on one Database)."""
 
     def study_status(self, name: str) -> dict[str, Any]:
         """`study status` in one dict: the cells by state and whether the study is finished.
@@ -49,10 +49,8 @@ class ResultStore:
             status["finished"] = t.done and c.done and c.total > 0
         return status
 
-    def summary(self, study: Any) -> StudySummary:
+    def summary(self, study: StoredStudy) -> StudySummary:
         """Counts of a study's cells, and of its tuning slots when it has them."""
-        from tmafbench.store.queue import Limits
-
         limits = Limits.of(study)
         tune = self.child_study(study.id, TUNE_KIND)
         tuning = self.counts(tune.id, limits) if tune is not None else None
@@ -60,7 +58,7 @@ class ResultStore:
 
     def summaries(self) -> list[StudySummary]:
         """`study list`: every top-level study with its progress."""
-        return [self.summary(self.get_study(name)) for name in self.study_names(top_level=True)]
+        return [self.summary(self.require_study(name)) for name in self.study_names(top_level=True)]
 
     def group_summary(self, study_id: int) -> list[tuple[str, int, int, str | None, float | None]]:
         """Per cell label: (label, cells, completed runs, metric name, mean of that metric over them)."""
@@ -109,7 +107,7 @@ class ResultStore:
             if group_hash is not None:
                 query = query.where(Cell.group_hash == group_hash)
             rows = s.execute(query).all()
-        out = {}
+        out: dict[int, tuple[str, SlotState | None, float | None]] = {}
         for number, status, tuning, metric in rows:
             if tuning:
                 out[number] = (status, SlotState.read(tuning.get("state")), tuning.get("value"))

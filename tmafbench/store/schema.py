@@ -1,7 +1,7 @@
 """Results schema (SQLAlchemy 2 ORM). Lives in the same database as Optuna's tables.
 
 Our table names carry the prefix `tmaf_` so they never collide with Optuna's own
-(`studies`, `trials`, ...). Reports read only these tables (DESIGN.md section 1).
+(`studies`, `trials`, ...). Reports read only these tables (docs/design.md section 1).
 
 Conventions shared by the writer (study runner) and the reader (reports):
 
@@ -32,6 +32,8 @@ Conventions shared by the writer (study runner) and the reader (reports):
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from datetime import datetime, timezone
 
@@ -81,9 +83,9 @@ class Study(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     kind: Mapped[str] = mapped_column(String(20), default="grid")  # grid | tune | eval
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("tmaf_study.id", ondelete="CASCADE"), nullable=True)
-    spec: Mapped[dict] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     spec_hash: Mapped[str] = mapped_column(String(64))
-    reference: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # published numbers
+    reference: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # published numbers
     tmafbench_version: Mapped[str] = mapped_column(String(40))
     git_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -102,7 +104,7 @@ class Cell(Base):
     config_hash: Mapped[str] = mapped_column(String(64))
     group_hash: Mapped[str] = mapped_column(String(64), index=True)  # config without the seed
     label: Mapped[str] = mapped_column(String(300))  # human-readable group label
-    config: Mapped[dict] = mapped_column(JSON)  # TrialConfig.to_dict()
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # TrialConfig.to_dict()
     # Denormalised columns so that cells are easy to query with plain SQL.
     task: Mapped[str] = mapped_column(String(100))
     model: Mapped[str] = mapped_column(String(100))
@@ -112,7 +114,7 @@ class Cell(Base):
     depth: Mapped[int | None] = mapped_column(Integer, nullable=True)
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     seed: Mapped[int] = mapped_column(Integer)
-    axes: Mapped[dict] = mapped_column(JSON, default=dict)  # every axis value of this cell, by axis name
+    axes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # every axis value of this cell, by axis name
 
     study: Mapped[Study] = relationship(back_populates="cells")
     runs: Mapped[list["Run"]] = relationship(back_populates="cell", cascade="all, delete-orphan", passive_deletes=True)
@@ -133,7 +135,7 @@ class Environment(Base):
     cpu: Mapped[str] = mapped_column(String(200))
     cpu_count: Mapped[int] = mapped_column(Integer)
     gpu: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    packages: Mapped[dict] = mapped_column(JSON)
+    packages: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class Run(Base):
@@ -219,4 +221,4 @@ class Artifact(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("tmaf_run.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(60))  # "predictions" | "activation_params"
-    data: Mapped[dict] = mapped_column(JSON)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -28,11 +28,12 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence, cast
 
 import pandas as pd
-from sqlalchemy import Table, create_engine, func, insert, select, text, true
+from sqlalchemy import ColumnElement, Table, create_engine, func, insert, select, text, true
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import InstrumentedAttribute
 
 from tmafbench.core import SET_PREFIXES, RunStatus
 from tmafbench.errors import TmafbenchError
@@ -160,7 +161,7 @@ def _write_slim_copy(url: str, studies: list[str], path: Path, max_epochs: int) 
     return rows
 
 
-def kept_epochs(last: int, max_epochs: int) -> Any:
+def kept_epochs(last: int, max_epochs: int) -> ColumnElement[bool]:
     """Which of a run's epochs 1..`last` to keep: all of them up to `max_epochs`, else the first, the
     last and every k-th between (k = ceil(last / max_epochs)): at most max_epochs + 1 evenly spaced
     points, enough to draw a learning curve. 0 keeps every epoch."""
@@ -204,7 +205,7 @@ def _runs(src: Connection, cell_ids: list[int]) -> list[Any]:
         select(Run.id, Run.cell_id, Run.status, Run.environment_id, Run.metric_name).where(Run.cell_id.in_(chunk)))]
 
 
-def _shown_runs(cells: list[Any], completed: list[Any]) -> list[int]:
+def _shown_runs(cells: Sequence[Any], completed: Sequence[Any]) -> list[int]:
     """The completed run of the lowest seed in each group: the one a report's figures draw."""
     run_of = {r.cell_id: r.id for r in completed}
     best: dict[tuple[int, str], Any] = {}
@@ -215,19 +216,20 @@ def _shown_runs(cells: list[Any], completed: list[Any]) -> list[int]:
     return sorted(run_of[cell.id] for cell in best.values())
 
 
-def _copy(src: Connection, dst: Connection, model: Any, where: Any) -> int:
+def _copy(src: Connection, dst: Connection, model: type[Base], where: ColumnElement[bool]) -> int:
     """Copy the rows of `model`'s table that match `where`, ids and all."""
-    table: Table = model.__table__
+    table = cast(Table, model.__table__)
     rows = [dict(row._mapping) for row in src.execute(select(table).where(where))]
     if rows:
         dst.execute(insert(table), rows)
     return len(rows)
 
 
-def _copy_in(src: Connection, dst: Connection, model: Any, column: Any, ids: list[int], where: Any = None) -> int:
+def _copy_in(src: Connection, dst: Connection, model: type[Base], column: InstrumentedAttribute[int], ids: list[int],
+             where: ColumnElement[bool] | None = None) -> int:
     """`_copy` of the rows whose `column` is in `ids`, in chunks of bound parameters."""
-    where = true() if where is None else where
-    return sum(_copy(src, dst, model, column.in_(chunk) & where) for chunk in _chunks(ids))
+    also = true() if where is None else where
+    return sum(_copy(src, dst, model, column.in_(chunk) & also) for chunk in _chunks(ids))
 
 
 def _chunks(ids: list[int]) -> Iterable[list[int]]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol, Sequence
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from tmafbench.core import TrialConfig
 from tmafbench.errors import TmafbenchError
+from tmafbench.store.database import Database
 from tmafbench.store.schema import Cell, Study
 
 
@@ -47,8 +49,29 @@ class StoredStudy:
                    row.parent_id, row.tmafbench_version, row.git_commit, row.created_at)
 
 
-def cell_rows(study_id: int, cells: Iterable[Any]) -> list[Cell]:
-    """ORM rows for cell plans (anything with config, config_hash, group_hash, label, axes, ...)."""
+class PlannedCell(Protocol):
+    """What the store keeps of a cell it is given: study/cells.CellPlan, study/plan.SlotPlan."""
+
+    @property
+    def config(self) -> TrialConfig: ...
+    @property
+    def axes(self) -> dict[str, Any]: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def activation(self) -> str: ...
+    @property
+    def grid(self) -> str | None: ...
+    @property
+    def intervals(self) -> int | None: ...
+    @property
+    def config_hash(self) -> str: ...
+    @property
+    def group_hash(self) -> str: ...
+
+
+def cell_rows(study_id: int, cells: Iterable[PlannedCell]) -> list[Cell]:
+    """ORM rows for cell plans."""
     rows = []
     for c in cells:
         cfg = c.config
@@ -62,9 +85,9 @@ def cell_rows(study_id: int, cells: Iterable[Any]) -> list[Cell]:
 
 
 class StudyStore:
-    """Studies and their cells (mixed into Repository, which provides `self.db`)."""
+    """Studies and their cells (a part of Repository, which sets `self.db`)."""
 
-    db: Any
+    db: Database
 
     def get_study(self, name: str) -> StoredStudy | None:
         with self.db.session() as s:
@@ -93,8 +116,9 @@ class StudyStore:
         with self.db.session() as s:
             return list(s.scalars(query))
 
-    def create_study(self, *, name: str, description: str, spec: dict, spec_hash: str, reference: dict | None,
-                     version: str, git_commit: str | None, cells: Iterable[Any], kind: str = "grid",
+    def create_study(self, *, name: str, description: str, spec: dict[str, Any], spec_hash: str,
+                     reference: dict[str, Any] | None, version: str, git_commit: str | None,
+                     cells: Iterable[PlannedCell], kind: str = "grid",
                      parent_id: int | None = None) -> int:
         """Insert the study and all its cells in one transaction; returns the study id."""
         with self.db.session() as s:
@@ -105,7 +129,7 @@ class StudyStore:
             s.add_all(cell_rows(study.id, cells))
             return study.id
 
-    def add_cells(self, study_id: int, cells: list[Any]) -> int:
+    def add_cells(self, study_id: int, cells: Sequence[PlannedCell]) -> int:
         """Insert the cells whose hash the study lacks, in one transaction; returns how many were added.
 
         Several processes may add the same cells at once (every worker that sees tuning end computes
@@ -123,8 +147,8 @@ class StudyStore:
                 continue
         raise TmafbenchError("could not add the cells: other processes kept adding them at the same moment")
 
-    def replace_design(self, study_id: int, *, spec: dict, spec_hash: str, reference: dict | None,
-                       cells: list[Any]) -> tuple[int, int, int]:
+    def replace_design(self, study_id: int, *, spec: dict[str, Any], spec_hash: str, reference: dict[str, Any] | None,
+                       cells: Sequence[PlannedCell]) -> tuple[int, int, int]:
         """`--force`: keep cells in both designs, delete cells no longer in it, add new ones.
 
         Returns (kept, removed, added).
@@ -140,8 +164,8 @@ class StudyStore:
             s.execute(update(Study).where(Study.id == study_id).values(spec=spec, spec_hash=spec_hash, reference=reference))
             return len(existing) - len(gone), len(gone), len(new)
 
-    def refresh_documentation(self, study_id: int, *, description: str, reference: dict | None, spec: dict,
-                              spec_hash: str) -> list[str]:
+    def refresh_documentation(self, study_id: int, *, description: str, reference: dict[str, Any] | None,
+                              spec: dict[str, Any], spec_hash: str) -> list[str]:
         """Store the file's description, published reference and spec text when its design is unchanged.
 
         They document a study without changing what runs, so editing them (say, adding the paper's
@@ -151,6 +175,8 @@ class StudyStore:
         """
         with self.db.session() as s:
             study = s.get(Study, study_id)
+            if study is None:
+                raise StudyNotFoundError(f"no study with id {study_id}")
             changed = [n for n, old, new in (("description", study.description, description),
                                              ("reference", study.reference, reference),
                                              ("[report] table", (study.spec or {}).get("report"), spec.get("report")))

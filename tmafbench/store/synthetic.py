@@ -34,8 +34,8 @@ def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def add_study(session: Session, name: str, *, reference: dict | None = None, description: str = "",
-              report: dict | None = None) -> Study:
+def add_study(session: Session, name: str, *, reference: dict[str, Any] | None = None, description: str = "",
+              report: dict[str, Any] | None = None) -> Study:
     """A study row with a minimal spec (and the study file's [report] table when given)."""
     spec = {"name": name, **({"report": report} if report is not None else {})}
     study = Study(name=name, description=description, spec=spec, spec_hash=_hash(name),
@@ -86,7 +86,7 @@ def add_run(
     finals: dict[str, float | None] | None = None,
     epochs: dict[str, list[float | None]] | None = None,
     timings: dict[str, float] | None = None,
-    artifacts: dict[str, dict] | None = None,
+    artifacts: dict[str, dict[str, Any]] | None = None,
     environment: Environment | None = None,
     device: str = "cpu",
     params: tuple[int, int] | None = None,

@@ -7,14 +7,17 @@ every message belong to the caller (the CLI passes callbacks).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from tmafbench.store.database import Database, sqlite_file_missing
 from tmafbench.store.repository import Repository, StoredStudy, StudySummary
 from tmafbench.study.design import StudyDesign, load_design, stored_form
 from tmafbench.study.lifecycle import StudyInfo, delete as delete_study, info_of, prepare
-from tmafbench.study.scheduler import PhaseCounts, StudyOutcome, WorkerOptions, phase_counts, resolve_devices, run_local
+from tmafbench.study.local import PhaseCounts, StudyOutcome, phase_counts, resolve_devices, run_local
+from tmafbench.study.plan import groups_of, tune_of
+from tmafbench.study.worker import WorkerOptions
 
+T = TypeVar("T")
 OnReady = Callable[[StudyInfo, list[str]], None]
 Progress = Callable[[PhaseCounts, float | None], None]
 OnEvent = Callable[[str], None]
@@ -29,13 +32,11 @@ def cells(path: str | Path, overrides: list[str] | None = None) -> StudyDesign:
 
 def describe_tuning(design: StudyDesign) -> str:
     """One line on a tuned study: budget, seeds, metric, pruner and each group's search space."""
-    from tmafbench.study.tuning import groups_of
-
-    tune = design.tune
+    tune = tune_of(design)
     groups = groups_of(design, design.name)
     spaces = "; ".join(f"{g.label}: {', '.join(g.space) or '(nothing)'}" for g in groups)
     return (f"tuning: {len(groups)} groups x {tune.trials} trials (TPE, sampler seed {tune.sampler_seed}, pruner "
-            f"{tune.pruner}) on {tune.metric} with val_fraction {tune.val_fraction:g}, tuning seeds "
+            f"{tune.pruner}) on {tune.objective} with val_fraction {tune.val_fraction:g}, tuning seeds "
             f"{tune.tune_seed_list()}; the table shows the evaluation cells (seeds {tune.eval_seed_list()}) before "
             f"their settings are chosen. Space per group: {spaces}")
 
@@ -125,14 +126,14 @@ def summaries(url: str) -> list[StudySummary]:
 
 def show(name: str, url: str) -> tuple[StoredStudy, list[tuple[str, int, int, str | None, float | None]]]:
     """The study's provenance and a summary per group."""
-    def both(repo: Repository) -> Any:
+    def both(repo: Repository) -> tuple[StoredStudy, list[tuple[str, int, int, str | None, float | None]]]:
         study = repo.require_study(name)
         return study, repo.group_summary(study.id)
 
     return _read(url, both)
 
 
-def _read(url: str, fn: Callable[[Repository], Any]) -> Any:
+def _read(url: str, fn: Callable[[Repository], T]) -> T:
     db = Database(url, must_exist=True)
     try:
         db.check_schema()

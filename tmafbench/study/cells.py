@@ -45,17 +45,13 @@ class CellPlan:
 
 
 def activation_param_names(name: str) -> set[str]:
-    """Parameter names the activation `name` takes (from the registry's description)."""
-    from tmafbench import activations
-    from tmafbench.registry import registry_of
+    """Parameter names the activation `name` takes (none for a name that is not registered)."""
+    from tmafbench import activations  # noqa: F401 - importing the package registers its activations
+    from tmafbench.registries import ACTIVATIONS
 
-    registry = registry_of(activations)
-    if registry is not None and name in registry.available():
-        return {p.name for p in registry.entry(name).params}
-    for row_name, _summary, params in activations.describe():
-        if row_name == name:
-            return {p.split("=", 1)[0].strip() for p in params.split(",") if p.strip()}
-    return set()
+    if name not in ACTIVATIONS.available():
+        return set()
+    return {p.name for p in ACTIVATIONS.entry(name).params}
 
 
 def takes_grid(name: str) -> bool:
@@ -129,7 +125,7 @@ def group_label(activation: str, grid: str | None, axes: dict[str, Any], task: s
     return " ".join(parts)
 
 
-def _combos(spec: StudySpec, task: TaskSpec, act: ActivationSpec) -> Iterator[tuple[GridSpec | None, dict]]:
+def _combos(spec: StudySpec, task: TaskSpec, act: ActivationSpec) -> Iterator[tuple[GridSpec | None, dict[tuple[str, str], Any]]]:
     lists = axis_lists(spec, task, act)
     keys = list(lists)
     for grid in grids_for(spec, act):

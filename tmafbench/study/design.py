@@ -83,7 +83,7 @@ def _legacy_hash(data: dict[str, Any], ignored: tuple[str, ...]) -> str:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def load_design(path: Any, overrides: list[str] | None = None) -> StudyDesign:
+def load_design(path: str | Path, overrides: list[str] | None = None) -> StudyDesign:
     """Read a study file, with or without `[tune]`, and validate everything (nothing is written)."""
     path = Path(path)
     if not path.is_file():
@@ -100,7 +100,7 @@ def parse_design(text: str, overrides: list[str] | None = None, source: str = "<
     return design_from_dict(apply_overrides(data, overrides or []), text, source)
 
 
-def stored_form(path: Any, overrides: list[str] | None = None) -> dict[str, Any] | None:
+def stored_form(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any] | None:
     """The spec a study made from this file stores, from a check of its shape only (no registry,
     no torch); None when the shape is wrong (the full validation then says why).
 

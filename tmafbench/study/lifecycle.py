@@ -3,7 +3,8 @@
 A study has one or two *phases*, each a queue of cells that workers drain in order:
 - a grid study (kind "grid"): its cells;
 - a tuned study (kind "eval", with a child study of kind "tune"): the tuning slots, then the
-  evaluation cells, which are added when tuning is over (tmafbench/study/tuning.py).
+  evaluation cells, which are added when tuning is over (tmafbench/study/tuning.py). Its groups and
+  slots are study/plan.py's.
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
+from tmafbench import __version__
+from tmafbench.core import TrialConfig, metric_direction
 from tmafbench.errors import TmafbenchError
-from tmafbench.store.database import (Database, add_sqlite_pragmas, is_sqlite, normalize_url, postgres_engine_kwargs,
-                                      sqlite_file_missing)
+from tmafbench.store.database import Database, sqlite_file_missing
+from tmafbench.store.optuna_storage import optuna_storage
 from tmafbench.store.repository import Limits, Repository, StoredStudy
 from tmafbench.study.design import StudyDesign, design_from_dict
+from tmafbench.study.plan import groups_of, slot_plans, tune_of, tune_study_name
 from tmafbench.study.validate import check_data
 
-TUNE_SUFFIX = "/tune"
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 
 class SpecChangedError(TmafbenchError):
@@ -53,10 +58,6 @@ class StudyInfo:
         return len(self.phases) > 1
 
 
-def tune_study_name(name: str) -> str:
-    return name + TUNE_SUFFIX
-
-
 def git_commit() -> str | None:
     """The checkout's commit (None outside git)."""
     try:
@@ -65,24 +66,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def optuna_storage(url: str) -> Any:
-    """Optuna's RDB storage on the same URL; on SQLite with our pragmas (IMMEDIATE writes, WAL).
-
-    Optuna's own INFO lines ("A new study created in RDB ...") are silenced: our commands say
-    what they do themselves.
-    """
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = normalize_url(url)
-    if is_sqlite(url):
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-        add_sqlite_pragmas(storage.engine)
-        storage.engine.dispose()  # connections opened before the listeners existed
-        return storage
-    return optuna.storages.RDBStorage(url, engine_kwargs=postgres_engine_kwargs(url))
 
 
 # --- create or load ----------------------------------------------------------------------------------
@@ -129,14 +112,10 @@ def _check_data_to_run(repo: Repository, design: StudyDesign, existing: StoredSt
         tuning_left = tune is None or not repo.counts(tune.id, limits).done
         if tuning_left:  # the slots and, after them, every evaluation cell will train
             configs += [cell.config.to_dict() for cell in design.cells]
-    from tmafbench.core import TrialConfig
-
     check_data(TrialConfig.from_dict(c) for c in configs)
 
 
 def _metadata(design: StudyDesign) -> dict[str, Any]:
-    from tmafbench import __version__
-
     reference = design.spec.reference.model_dump(mode="json") if design.spec.reference else None
     return dict(description=design.spec.description, spec=design.data, spec_hash=design.design_hash(),
                 reference=reference, version=__version__, git_commit=git_commit())
@@ -169,8 +148,6 @@ def _prepare_grid(repo: Repository, design: StudyDesign, existing: StoredStudy |
 
 
 def _prepare_tuned(repo: Repository, design: StudyDesign, existing: StoredStudy | None) -> StudyInfo:
-    from tmafbench.study.tuning import groups_of, slot_plans
-
     name, meta = design.name, _metadata(design)
     groups = groups_of(design, name)
     updated: list[str] = []
@@ -186,9 +163,10 @@ def _prepare_tuned(repo: Repository, design: StudyDesign, existing: StoredStudy 
     tune_id = tune.id if tune else repo.create_study(
         name=tune_study_name(name), cells=slot_plans(design, groups), kind="tune", parent_id=main_id,
         **{**meta, "reference": None})
-    slots = len(groups) * design.tune.trials
+    trials = tune_of(design).trials
+    slots = len(groups) * trials
     message = (f"{'resuming' if existing else 'created'} tuned study {name!r}: {len(groups)} groups x "
-               f"{design.tune.trials} trials = {slots} tuning slots, then {len(design.cells)} evaluation cells"
+               f"{trials} trials = {slots} tuning slots, then {len(design.cells)} evaluation cells"
                + _updated(updated))
     limits = Limits(design.spec.max_retries, design.spec.max_crashes)
     phases = (Phase("tuning slots", tune_id, tuning=True), Phase("evaluation cells", main_id))
@@ -208,14 +186,11 @@ def _create_optuna_studies(url: str, info: StudyInfo) -> None:
         optuna.create_study(study_name=info.name, storage=storage, load_if_exists=True, direction="minimize")
         if info.design is None:
             return
-        from tmafbench.core import metric_direction
-        from tmafbench.study.tuning import groups_of
-
-        tune = info.design.tune
+        tune = tune_of(info.design)
         for group in groups_of(info.design, info.name):
             study = optuna.create_study(study_name=group.optuna_name, storage=storage, load_if_exists=True,
-                                        direction=metric_direction(tune.metric))
-            for key, value in (("tmafbench_study", info.name), ("group", group.label), ("metric", tune.metric),
+                                        direction=metric_direction(tune.objective))
+            for key, value in (("tmafbench_study", info.name), ("group", group.label), ("metric", tune.objective),
                                ("pruner", tune.pruner)):
                 study.set_user_attr(key, value)
     finally:
@@ -270,7 +245,7 @@ def delete(name: str, url: str) -> None:
         storage.engine.dispose()
 
 
-def _optuna_names(storage: Any, name: str) -> Iterable[str]:
+def _optuna_names(storage: BaseStorage, name: str) -> list[str]:
     """The Optuna studies of study `name`: its mirror and a tuned study's per-group studies."""
     prefix = tune_study_name(name) + "/"
     return [s.study_name for s in storage.get_all_studies() if s.study_name == name or s.study_name.startswith(prefix)]

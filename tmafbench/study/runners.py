@@ -1,9 +1,9 @@
-"""What a worker does with a claimed cell, per kind of phase: train a grid cell, or a tuning slot.
+"""What a worker does with a claimed cell, per kind of phase: train an ordinary cell, or a tuning slot.
 
 Both keep Optuna in step with our run queue:
-- a grid cell (or a tuned study's evaluation cell) is mirrored as a trial of the Optuna study of
-  the same name, so optuna-dashboard follows the study;
-- a tuning slot *is* a trial of its group's Optuna study, asked for a point by TPE.
+- an ordinary cell (a grid study's, or a tuned study's evaluation cell; `CellRunner`) is mirrored as
+  a trial of the Optuna study of the same name, so optuna-dashboard follows the study;
+- a tuning slot (`SlotRunner`) *is* a trial of its group's Optuna study, asked for a point by TPE.
 A trial's number is stored on its run as soon as the trial exists, so that `reconcile` can close a
 trial whose worker died (its run swept as lost) instead of leaving it RUNNING forever.
 """
@@ -13,11 +13,20 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from tmafbench.core import FINAL_OK, RunStatus, SlotState, metric_direction
+from tmafbench.core import FINAL_OK, RunStatus, SlotState, TrialResult, metric_direction
+from tmafbench.store.optuna_storage import optuna_storage
 from tmafbench.store.repository import Claim, Repository
-from tmafbench.study.lifecycle import StudyInfo, optuna_storage
+from tmafbench.study.lifecycle import Phase, StudyInfo
+from tmafbench.study.plan import groups_of, slot_plans, tune_of
+from tmafbench.study.tuning import ensure_eval_cells, load_optuna_study, train_slots
+from tmafbench.study.worker import CellExecutor
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+    from optuna.study import Study
+    from optuna.trial import Trial
 
 
 class Runner(Protocol):
@@ -25,18 +34,18 @@ class Runner(Protocol):
 
     max_pack: int | None  # the most cells one pack may hold in this phase (None: as --pack says)
 
-    def run(self, claims: list[Claim], ctx: Any) -> list[Any]:
+    def run(self, claims: list[Claim], ex: CellExecutor) -> list[TrialResult]:
         """Train the claimed cells (together where they pack), store their runs and tell Optuna;
         returns their TrialResults."""
 
-    def reconcile(self, ctx: Any, final: bool = False) -> int:
+    def reconcile(self, ex: CellExecutor, final: bool = False) -> int:
         """Close this phase's Optuna trials whose run is over (or never started); returns how many.
 
         `final`: every cell of the phase is final, so a trial without a run is an orphan whatever its
         age (a call that created it failed after its commit and was retried), never a live worker's.
         """
 
-    def finish_phase(self, ctx: Any) -> None:
+    def finish_phase(self, ex: CellExecutor) -> None:
         """Called once every cell of the phase is final."""
 
     def close(self) -> None:
@@ -47,7 +56,8 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def reconcile_trials(repo: Repository, study: Any, study_id: int, grace_s: float, group_hash: str | None = None) -> int:
+def reconcile_trials(repo: Repository, storage: BaseStorage, study: Study, study_id: int, grace_s: float,
+                     group_hash: str | None = None) -> int:
     """Close the RUNNING trials of an Optuna study whose run is no longer running; returns how many.
 
     A trial takes its run's stored outcome (a completed slot its state and value, a completed grid
@@ -62,6 +72,7 @@ def reconcile_trials(repo: Repository, study: Any, study_id: int, grace_s: float
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return 0
+    optuna_id = storage.get_study_id_from_name(study.study_name)
     outcomes = repo.trial_outcomes(study_id, [t.number for t in running], group_hash)
     cutoff = datetime.now() - timedelta(seconds=grace_s)
     closed = 0
@@ -75,7 +86,8 @@ def reconcile_trials(repo: Repository, study: Any, study_id: int, grace_s: float
             elif status == RunStatus.COMPLETED and state in (None, SlotState.COMPLETED) and _finite(value):
                 study.tell(trial.number, value, skip_if_finished=True)
             else:
-                study._storage.set_trial_user_attr(trial._trial_id, "status", status or "lost")
+                trial_id = storage.get_trial_id_from_study_id_trial_number(optuna_id, trial.number)
+                storage.set_trial_user_attr(trial_id, "status", status or "lost")
                 study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         except UpdateFinishedTrialError:
             continue
@@ -83,10 +95,11 @@ def reconcile_trials(repo: Repository, study: Any, study_id: int, grace_s: float
     return closed
 
 
-class GridRunner:
-    """Train a cell as its config says; mirror its run as a trial of the study's Optuna study."""
+class CellRunner:
+    """Ordinary cells (a grid study's, a tuned study's evaluation cells): train each as its config
+    says; mirror its run as a trial of the study's Optuna study."""
 
-    max_pack: int | None = None  # grid cells pack as --pack says
+    max_pack: int | None = None  # ordinary cells pack as --pack says
 
     def __init__(self, url: str, info: StudyInfo, study_id: int):
         self.storage = optuna_storage(url)
@@ -100,19 +113,19 @@ class GridRunner:
             self._optuna_study_id = self.storage.get_study_id_from_name(self.optuna_name)
         return self._optuna_study_id
 
-    def run(self, claims: list[Claim], ctx: Any) -> list[Any]:
-        trials = []
+    def run(self, claims: list[Claim], ex: CellExecutor) -> list[TrialResult]:
+        trials: list[tuple[int, int]] = []
         for claim in claims:
-            trial_id = ctx.retry(lambda: self._start_trial(claim, ctx))
-            number = ctx.retry(lambda: self.storage.get_trial_number_from_id(trial_id))  # apart: a retry makes no 2nd trial
-            ctx.retry(lambda: ctx.repo.set_trial_number(claim.run_id, number))
+            trial_id = ex.retry(lambda: self._start_trial(claim, ex))
+            number = ex.retry(lambda: self.storage.get_trial_number_from_id(trial_id))  # apart: a retry makes no 2nd trial
+            ex.retry(lambda: ex.repo.set_trial_number(claim.run_id, number))
             trials.append((trial_id, number))
-        results = ctx.run_cells(claims, trial_numbers=[number for _id, number in trials])
+        results = ex.run_cells(claims, trial_numbers=[number for _id, number in trials])
         for (trial_id, _number), result in zip(trials, results):
-            ctx.retry(lambda: self._finish_trial(trial_id, result.status, result.final_metric))
+            ex.retry(lambda: self._finish_trial(trial_id, result.status, result.final_metric))
         return results
 
-    def _start_trial(self, claim: Claim, ctx: Any) -> int:
+    def _start_trial(self, claim: Claim, ex: CellExecutor) -> int:
         """Create the RUNNING trial; returns its id.
 
         The cell's hash is a user attribute, not a parameter: a categorical parameter's choices are
@@ -120,7 +133,7 @@ class GridRunner:
         """
         from optuna.trial import FrozenTrial, TrialState
 
-        attrs = {"cell": claim.config_hash, "attempt": claim.attempt, "host": ctx.host, "worker": ctx.stats.worker}
+        attrs = {"cell": claim.config_hash, "attempt": claim.attempt, "host": ex.host, "worker": ex.stats.worker}
         template = FrozenTrial(
             number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
             params={}, distributions={}, user_attrs=attrs, system_attrs={}, intermediate_values={}, trial_id=0)
@@ -133,7 +146,7 @@ class GridRunner:
         from optuna.trial import TrialState
 
         try:
-            if status == RunStatus.COMPLETED and _finite(value):
+            if status == RunStatus.COMPLETED and value is not None and math.isfinite(value):
                 self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
                 return
             self.storage.set_trial_user_attr(trial_id, "status", str(status))  # diverged, failed or interrupted
@@ -141,13 +154,13 @@ class GridRunner:
         except UpdateFinishedTrialError:
             pass
 
-    def reconcile(self, ctx: Any, final: bool = False) -> int:
+    def reconcile(self, ex: CellExecutor, final: bool = False) -> int:
         import optuna
 
         study = optuna.load_study(study_name=self.optuna_name, storage=self.storage)
-        return reconcile_trials(ctx.repo, study, self.study_id, 0.0 if final else ctx.options.grace_s)
+        return reconcile_trials(ex.repo, self.storage, study, self.study_id, 0.0 if final else ex.options.grace_s)
 
-    def finish_phase(self, ctx: Any) -> None:
+    def finish_phase(self, ex: CellExecutor) -> None:
         pass
 
     def close(self) -> None:
@@ -158,10 +171,11 @@ class SlotRunner:
     """Tuning slots: ask the group's Optuna study for a point, train it on the tuning seeds, tell."""
 
     def __init__(self, url: str, info: StudyInfo, study_id: int):
-        from tmafbench.study.tuning import groups_of, slot_plans
-
+        if info.design is None:
+            raise ValueError(f"study {info.name!r}: a tuning phase needs the study's design")
         self.storage = optuna_storage(url)
         self.info, self.study_id, self.design = info, study_id, info.design
+        self.tune = tune_of(self.design)
         self.groups = groups_of(self.design, info.name)
         self.slots = {p.config_hash: p for p in slot_plans(self.design, self.groups)}
         self.by_hash = {g.group_hash: g for g in self.groups}
@@ -169,60 +183,58 @@ class SlotRunner:
         # random start needs no finished trial, so a pack may hold that many; a larger one would let
         # TPE propose a whole group's trials blind (random search) and leave the median pruner,
         # which compares with finished trials, nothing to compare with.
-        self.max_pack = self.design.tune.n_startup()
+        self.max_pack: int | None = self.tune.n_startup()
 
-    def run(self, claims: list[Claim], ctx: Any) -> list[Any]:
+    def run(self, claims: list[Claim], ex: CellExecutor) -> list[TrialResult]:
         from optuna.trial import TrialState
 
-        from tmafbench.study.tuning import load_optuna_study, train_slots
-
-        tune = self.design.tune
-        studies, trials, params = [], [], []
+        tune = self.tune
+        studies: list[Study] = []
+        trials: list[Trial] = []
+        params: list[dict[str, object]] = []
         for claim in claims:
             plan = self.slots[claim.config_hash]
             group = self.by_hash[plan.group_hash]
-            study = ctx.retry(lambda: load_optuna_study(self.design, group, self.storage, plan.slot, claim.attempt))
-            trial = ctx.retry(study.ask)
-            params.append({key: ctx.retry(lambda: param.suggest(trial, key)) for key, param in group.space.items()})
-            ctx.retry(lambda: trial.set_user_attr("slot", plan.slot))
-            ctx.retry(lambda: ctx.repo.set_trial_number(claim.run_id, trial.number))
+            study = ex.retry(lambda: load_optuna_study(self.design, group, self.storage, plan.slot, claim.attempt))
+            trial = ex.retry(study.ask)
+            params.append({key: ex.retry(lambda: param.suggest(trial, key)) for key, param in group.space.items()})
+            ex.retry(lambda: trial.set_user_attr("slot", plan.slot))
+            ex.retry(lambda: ex.repo.set_trial_number(claim.run_id, trial.number))
             studies.append(study)
             trials.append(trial)
-        fn = partial(train_slots, trials=trials, params=params, seeds=tune.tune_seed_list(), metric=tune.metric,
-                     direction=metric_direction(tune.metric), train_many=ctx.many_fn, retry=ctx.retry)
+        fn = partial(train_slots, trials=trials, params=params, seeds=tune.tune_seed_list(), metric=tune.objective,
+                     direction=metric_direction(tune.objective), train_many=ex.many_fn, retry=ex.retry)
         try:
-            results = ctx.run_cells(claims, fn, trial_numbers=[t.number for t in trials])
+            results = ex.run_cells(claims, fn, trial_numbers=[t.number for t in trials])
         except (KeyboardInterrupt, SystemExit):
             for study, trial in zip(studies, trials):
-                ctx.retry(lambda: study.tell(trial, state=TrialState.FAIL, skip_if_finished=True))
+                ex.retry(lambda: study.tell(trial, state=TrialState.FAIL, skip_if_finished=True))
             raise
         for study, trial, result in zip(studies, trials, results):
             tuning = (result.artifacts or {}).get("tuning", {})
             state = SlotState.read(tuning.get("state")) if result.status == RunStatus.COMPLETED else SlotState.FAILED
-            ctx.retry(lambda: _tell(study, trial.number, state, tuning.get("value")))
+            ex.retry(lambda: _tell(study, trial.number, state, tuning.get("value")))
         return results
 
-    def reconcile(self, ctx: Any, final: bool = False) -> int:
+    def reconcile(self, ex: CellExecutor, final: bool = False) -> int:
         import optuna
 
         closed = 0
         for group in self.groups:
             study = optuna.load_study(study_name=group.optuna_name, storage=self.storage)
-            closed += reconcile_trials(ctx.repo, study, self.study_id, 0.0 if final else ctx.options.grace_s,
-                                       group.group_hash)
+            closed += reconcile_trials(ex.repo, self.storage, study, self.study_id,
+                                       0.0 if final else ex.options.grace_s, group.group_hash)
         return closed
 
-    def finish_phase(self, ctx: Any) -> None:
+    def finish_phase(self, ex: CellExecutor) -> None:
         """Every slot is final: add the evaluation cells with each group's chosen settings."""
-        from tmafbench.study.tuning import ensure_eval_cells
-
-        ctx.retry(lambda: ensure_eval_cells(ctx.repo, self.info.id, self.study_id, self.design, self.groups))
+        ex.retry(lambda: ensure_eval_cells(ex.repo, self.info.id, self.study_id, self.design, self.groups))
 
     def close(self) -> None:
         self.storage.engine.dispose()
 
 
-def _tell(study: Any, number: int, state: SlotState, value: float | None) -> None:
+def _tell(study: Study, number: int, state: SlotState, value: float | None) -> None:
     from optuna.trial import TrialState
 
     # A trial already closed (the sweep failed it while this worker was away, or an earlier try
@@ -234,6 +246,6 @@ def _tell(study: Any, number: int, state: SlotState, value: float | None) -> Non
                    skip_if_finished=True)
 
 
-def runner_for(url: str, info: StudyInfo, phase: Any) -> Runner:
+def runner_for(url: str, info: StudyInfo, phase: Phase) -> Runner:
     """The runner of a phase: tuning slots or ordinary cells."""
-    return SlotRunner(url, info, phase.study_id) if phase.tuning else GridRunner(url, info, phase.study_id)
+    return SlotRunner(url, info, phase.study_id) if phase.tuning else CellRunner(url, info, phase.study_id)

@@ -59,12 +59,15 @@ from __future__ import annotations
 import copy
 import re
 import tomllib
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable, Mapping
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tmafbench.core import ReportSpec
 from tmafbench.errors import SpecError
+
+# Builds the one-line SpecError for a key path of the study file (`spec_error` with the file's text).
+MakeError = Callable[[tuple[Any, ...], str], SpecError]
 
 GRID_KEYS = ("lo", "hi", "intervals", "breakpoints")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -323,12 +326,12 @@ def spec_error(text: str, source: str, loc: tuple[Any, ...], message: str) -> Sp
     return SpecError(f"{where}: {format_loc(loc)}: {message}")
 
 
-def _clean(err: dict[str, Any]) -> str:
+def _clean(err: Mapping[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown key"
     if err["type"] == "missing":
         return "missing required key"
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = str(err["msg"]).removeprefix("Value error, ")
     if "input" in err and err["type"].endswith("_type"):
         msg += f" (got {type(err['input']).__name__} {err['input']!r})"
     return msg

@@ -26,12 +26,18 @@ scopes any key to some activation labels. Every error names its key path.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from tmafbench.core import FIXED_TRAINING, TrainingConfig, TrialConfig, metric_names
-from tmafbench.study.spec import Seeds, StudySpec, _clean, _Strict, seed_list
+from tmafbench.study.cells import CellPlan, activation_param_names, expand
+from tmafbench.study.spec import MakeError, Seeds, StudySpec, _clean, _Strict, seed_list
+
+if TYPE_CHECKING:
+    from optuna.trial import Trial
+
+M = TypeVar("M", bound=BaseModel)
 
 SECTIONS = ("training", "act_params", "task_params", "model_params")
 Scalar = str | int | float | bool
@@ -62,9 +68,9 @@ class RangeParam(_Strict):
     def is_int(self) -> bool:
         return all(isinstance(v, int) for v in (self.low, self.high)) and isinstance(self.step, (int, type(None)))
 
-    def suggest(self, trial: Any, name: str) -> int | float:
+    def suggest(self, trial: Trial, name: str) -> int | float:
         if self.is_int:
-            return trial.suggest_int(name, self.low, self.high, step=self.step or 1, log=self.log)
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
 
     def extremes(self) -> list[Any]:
@@ -84,7 +90,7 @@ class ChoiceParam(_Strict):
             raise ValueError("choices must be distinct")
         return value
 
-    def suggest(self, trial: Any, name: str) -> Scalar:
+    def suggest(self, trial: Trial, name: str) -> Scalar | None:
         return trial.suggest_categorical(name, list(self.choices))
 
     def extremes(self) -> list[Any]:
@@ -120,8 +126,15 @@ class TuneSpec(_Strict):
     def n_startup(self) -> int:
         return self.startup_trials if self.startup_trials is not None else max(1, min(10, self.trials // 3))
 
+    @property
+    def objective(self) -> str:
+        """The validation metric tuning reads: `metric`, which `check_tune` always sets."""
+        if self.metric is None:
+            raise ValueError("tune.metric is set by check_tune; this TuneSpec was not checked")
+        return self.metric
 
-def validate_model(model: Any, data: dict[str, Any], prefix: tuple[Any, ...], err: Any) -> Any:
+
+def validate_model(model: type[M], data: dict[str, Any], prefix: tuple[Any, ...], err: MakeError) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -142,7 +155,7 @@ def flatten_space(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def parse_space(raw: dict[str, Any], err: Any) -> dict[str, SpaceParam]:
+def parse_space(raw: dict[str, Any], err: MakeError) -> dict[str, SpaceParam]:
     """Each `section.name` entry as a RangeParam or a ChoiceParam."""
     space: dict[str, SpaceParam] = {}
     for key, value in flatten_space(raw).items():
@@ -152,15 +165,17 @@ def parse_space(raw: dict[str, Any], err: Any) -> dict[str, SpaceParam]:
             raise err(loc, f"a search-space key is section.name with section one of {', '.join(SECTIONS)}; got {key!r}")
         if not isinstance(value, dict):
             raise err(loc, "must be a table: { low = .., high = .., log = true } or { choices = [...] }")
-        model = ChoiceParam if "choices" in value else RangeParam
-        space[key] = validate_model(model, value, loc, err)
+        if "choices" in value:
+            space[key] = validate_model(ChoiceParam, value, loc, err)
+        else:
+            space[key] = validate_model(RangeParam, value, loc, err)
     return space
 
 
 # --- semantic checks ---------------------------------------------------------------------------
 
 
-def check_tune(spec: StudySpec, tune: TuneSpec, space: dict[str, SpaceParam], err: Any) -> TuneSpec:
+def check_tune(spec: StudySpec, tune: TuneSpec, space: dict[str, SpaceParam], err: MakeError) -> TuneSpec:
     """Metric, seeds, scopes and every space key against the study; returns tune with its metric set."""
     tune = _check_metric(spec, tune, err)
     overlap = sorted(set(tune.tune_seed_list()) & set(tune.eval_seed_list()))
@@ -175,7 +190,7 @@ def check_tune(spec: StudySpec, tune: TuneSpec, space: dict[str, SpaceParam], er
     return tune
 
 
-def _check_metric(spec: StudySpec, tune: TuneSpec, err: Any) -> TuneSpec:
+def _check_metric(spec: StudySpec, tune: TuneSpec, err: MakeError) -> TuneSpec:
     from tmafbench import tasks
 
     kinds = set()
@@ -193,10 +208,8 @@ def _check_metric(spec: StudySpec, tune: TuneSpec, err: Any) -> TuneSpec:
     return tune.model_copy(update={"metric": metric})
 
 
-def _check_key(spec: StudySpec, key: str, param: SpaceParam, err: Any) -> None:
+def _check_key(spec: StudySpec, key: str, param: SpaceParam, err: MakeError) -> None:
     """The key exists for some group, and its extreme values build (TrainingConfig, activation factory)."""
-    from tmafbench.study.cells import expand
-
     section, _, name = key.partition(".")
     loc = ("tune", "space", key)
     if section == "training":
@@ -233,18 +246,16 @@ def _build_check(config: TrialConfig) -> None:
 # --- groups and settings -------------------------------------------------------------------------
 
 
-def group_bases(cells: list[Any]) -> list[Any]:
+def group_bases(cells: list[CellPlan]) -> list[CellPlan]:
     """The first cell of each group (all axes but the seed), in study order."""
-    seen: dict[str, Any] = {}
+    seen: dict[str, CellPlan] = {}
     for cell in cells:
         seen.setdefault(cell.group_hash, cell)
     return list(seen.values())
 
 
-def space_for(cell: Any, space: dict[str, SpaceParam]) -> dict[str, SpaceParam]:
+def space_for(cell: CellPlan, space: dict[str, SpaceParam]) -> dict[str, SpaceParam]:
     """The part of the space that applies to this cell's group (scope, and act_params it takes)."""
-    from tmafbench.study.cells import activation_param_names
-
     out = {}
     for key, param in space.items():
         if param.activations is not None and cell.activation not in param.activations:

@@ -1,6 +1,6 @@
 """Fair tuning: the same Optuna budget for every activation group, then fresh evaluation seeds.
 
-Two phases, both drained by the one worker loop (scheduler.py) on the store's run queue:
+Two phases, both drained by the one worker loop (loop.py) on the store's run queue:
 
 1. **Tuning.** Study `<name>/tune` (Study.kind "tune", parent = the main study) has one cell per
    trial *slot*: `tune.trials` slots per group, so every group gets exactly the same budget even
@@ -32,92 +32,35 @@ import hashlib
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
-from tmafbench.core import RunStatus, SlotState, TrialResult, best_trial, metric_direction
+from tmafbench.core import (Direction, EpochRecord, OnEpoch, Outcome, RunStatus, SlotState, TrialConfig, TrialResult,
+                            best_trial, metric_direction)
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.repository import Repository
 from tmafbench.study.cells import CellPlan
 from tmafbench.study.design import StudyDesign
-from tmafbench.study.tune_spec import SpaceParam, apply_params, group_bases, space_for
+from tmafbench.study.plan import Group, tune_of
+from tmafbench.study.tune_spec import apply_params
+from tmafbench.training.dispatch import ManyFn, TrialFn, many_fn, one_by_one
 
-TUNE_SUFFIX = "/tune"
+if TYPE_CHECKING:
+    from optuna.pruners import BasePruner
+    from optuna.storages import BaseStorage
+    from optuna.study import Study
+    from optuna.trial import Trial
 
-
-def tune_study_name(name: str) -> str:
-    return name + TUNE_SUFFIX
-
-
-# --- groups and slots -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Group:
-    """One activation group: its untuned evaluation cells, its share of the space, its Optuna study."""
-
-    index: int
-    label: str
-    group_hash: str  # of the untuned base config
-    cells: tuple[CellPlan, ...]  # evaluation cells before tuning (one per evaluation seed)
-    space: dict[str, SpaceParam]
-    optuna_name: str
-
-    @property
-    def base(self) -> CellPlan:
-        return self.cells[0]
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class SlotPlan:
-    """A tuning slot as a cell (the attributes Repository stores); config_hash names (group, slot)."""
+class Retry(Protocol):
+    """Runs a database call, waiting out a database that blinks (the worker's `CellExecutor.retry`)."""
 
-    config: Any  # TrialConfig: the group's base tuning config
-    axes: dict[str, Any]
-    label: str
-    activation: str
-    grid: str | None
-    intervals: int | None
-    config_hash: str
-    group_hash: str
-    slot: int
+    def __call__(self, fn: Callable[[], T], /) -> T: ...
 
 
-def groups_of(tuned: StudyDesign, name: str) -> list[Group]:
-    """The study's activation groups in study order."""
-    cells = tuned.cells
-    by_group: dict[str, list[CellPlan]] = {}
-    for cell in cells:
-        by_group.setdefault(cell.group_hash, []).append(cell)
-    labels = [c.label for c in group_bases(cells)]
-    groups = []
-    for i, base in enumerate(group_bases(cells)):
-        label = base.label if labels.count(base.label) == 1 else f"{base.label} #{base.group_hash[:6]}"
-        groups.append(Group(i, label, base.group_hash, tuple(by_group[base.group_hash]), space_for(base, tuned.space),
-                            f"{name}{TUNE_SUFFIX}/{label}"))
-    return groups
-
-
-def tuning_config(tuned: StudyDesign, group: Group) -> Any:
-    """The group's base config for tuning: validation split on, test set off, no training-set
-    metrics (tuning reads the validation metric only), no artifacts."""
-    base = group.base.config
-    training = base.training.replace(val_fraction=tuned.tune.val_fraction, evaluate_test=False, evaluate_train=False,
-                                     keep_predictions=False, keep_activation_params=False)
-    return base.replace(training=training, seed=tuned.tune.tune_seed_list()[0])
-
-
-def slot_plans(tuned: StudyDesign, groups: list[Group]) -> list[SlotPlan]:
-    """`tune.trials` slots per group, in (group, slot) order."""
-    plans = []
-    for group in groups:
-        config = tuning_config(tuned, group)
-        base = group.base
-        axes = {k: v for k, v in base.axes.items() if k != "seed"}
-        for k in range(tuned.tune.trials):
-            digest = hashlib.sha256(f"{group.group_hash}/slot/{k}".encode()).hexdigest()[:16]
-            plans.append(SlotPlan(config, {**axes, "slot": k}, group.label, base.activation, base.grid, base.intervals,
-                                  digest, group.group_hash, k))
-    return plans
+def _call(fn: Callable[[], T], /) -> T:
+    return fn()
 
 
 # --- one tuning slot -----------------------------------------------------------------------------------
@@ -127,7 +70,7 @@ class TuningProtocolError(TmafbenchError):
     """A tuning run produced a test metric: the protocol forbids it."""
 
 
-def _guard(record: Any) -> None:
+def _guard(record: EpochRecord) -> None:
     test_metrics = [k for k in record.metrics if not k.startswith("val_")]
     if test_metrics:
         raise TuningProtocolError(f"a tuning run measured test metrics {test_metrics}; tuning reads validation metrics only")
@@ -137,28 +80,23 @@ def _guard(record: Any) -> None:
 class _Slot:
     """One tuning slot while its seeds train."""
 
-    config: Any  # the group's tuning config with the trial's params applied
-    trial: Any
+    config: TrialConfig  # the group's tuning config with the trial's params applied
+    trial: Trial
     params: dict[str, Any]
-    results: list[Any] = field(default_factory=list)  # of the seeds that ran to the end
-    seen: list[tuple[int, Any]] = field(default_factory=list)  # (seed index, epoch record): a pruned seed has no result
+    results: list[TrialResult] = field(default_factory=list)  # of the seeds that ran to the end
+    seen: list[tuple[int, EpochRecord]] = field(default_factory=list)  # (seed index, epoch record): a pruned seed has no result
     pruned: bool = False
     error: BaseException | None = None
-    check: Callable[[Any], None] | None = None  # the worker's on_epoch, called before the slot's own
+    check: OnEpoch = None  # the worker's on_epoch, called before the slot's own
 
     @property
     def done(self) -> bool:
         return self.pruned or self.error is not None or any(r.status != RunStatus.COMPLETED for r in self.results)
 
 
-def _call(fn: Callable[[], Any]) -> Any:
-    return fn()
-
-
-def train_slots(configs: list[Any], on_epochs: list[Any] | None = None, *, trials: list[Any],
-                params: list[dict[str, Any]], seeds: list[int], metric: str, direction: str,
-                train_many: Callable[..., list[Any]] | None = None,
-                retry: Callable[[Callable[[], Any]], Any] = _call) -> list[Any]:
+def train_slots(configs: list[TrialConfig], on_epochs: list[OnEpoch] | None = None, *, trials: list[Trial],
+                params: list[dict[str, Any]], seeds: list[int], metric: str, direction: Direction,
+                train_many: ManyFn | None = None, retry: Retry = _call) -> list[Outcome]:
     """Train each slot's config + params on every tuning seed; a slot's value is its mean validation metric.
 
     The slots train seed by seed in step, together through `train_many` (packed where they can be).
@@ -169,17 +107,15 @@ def train_slots(configs: list[Any], on_epochs: list[Any] | None = None, *, trial
     with its database). Returns, per slot, one TrialResult for the whole slot (see the module
     docstring for what is stored) or the exception that ended it.
     """
-    from tmafbench.training.packed import train_many as packed
-
-    train_many = train_many or packed
+    train = train_many or many_fn()
     checks = on_epochs or [None] * len(configs)
     slots = [_Slot(apply_params(c, p), t, p, check=f) for c, t, p, f in zip(configs, trials, params, checks)]
     for i, seed in enumerate(seeds):
         running = [slot for slot in slots if not slot.done]
         if not running:
             break
-        outcomes = train_many([slot.config.replace(seed=seed) for slot in running],
-                              [_reporter(slot, i, seed, metric, retry) for slot in running])
+        outcomes = train([slot.config.replace(seed=seed) for slot in running],
+                         [_reporter(slot, i, seed, metric, retry) for slot in running])
         for slot, outcome in zip(running, outcomes):
             if _is_pruned(outcome):
                 slot.pruned = True
@@ -192,11 +128,9 @@ def train_slots(configs: list[Any], on_epochs: list[Any] | None = None, *, trial
                          slot.pruned) for slot in slots]
 
 
-def train_slot(config: Any, *, trial: Any, params: dict[str, Any], seeds: list[int], metric: str, direction: str,
-               trial_fn: Callable[..., Any] | None = None) -> Any:
+def train_slot(config: TrialConfig, *, trial: Trial, params: dict[str, Any], seeds: list[int], metric: str,
+               direction: Direction, trial_fn: TrialFn | None = None) -> TrialResult:
     """One slot alone (`train_slots` with one slot); raises what ended it, if anything did."""
-    from tmafbench.study.scheduler import one_by_one
-
     [outcome] = train_slots([config], trials=[trial], params=[params], seeds=seeds, metric=metric, direction=direction,
                             train_many=one_by_one(trial_fn) if trial_fn is not None else None)
     if isinstance(outcome, BaseException):
@@ -204,14 +138,13 @@ def train_slot(config: Any, *, trial: Any, params: dict[str, Any], seeds: list[i
     return outcome
 
 
-def _reporter(slot: _Slot, index: int, seed: int, metric: str,
-              retry: Callable[[Callable[[], Any]], Any] = _call) -> Callable[[Any], None]:
+def _reporter(slot: _Slot, index: int, seed: int, metric: str, retry: Retry = _call) -> Callable[[EpochRecord], None]:
     """The per-epoch callback of one slot's seed: guard the protocol, report to Optuna, maybe prune."""
     import optuna
 
     epochs = slot.config.training.epochs
 
-    def report(record: Any) -> None:
+    def report(record: EpochRecord) -> None:
         if slot.check is not None:
             slot.check(record)
         _guard(record)
@@ -226,14 +159,15 @@ def _reporter(slot: _Slot, index: int, seed: int, metric: str,
     return report
 
 
-def _is_pruned(outcome: Any) -> bool:
+def _is_pruned(outcome: Outcome) -> bool:
     import optuna
 
     return isinstance(outcome, optuna.TrialPruned)
 
 
-def _slot_result(config: Any, trial: Any, params: dict[str, Any], seeds: list[int], metric: str, direction: str,
-                 results: list[Any], seen: list[tuple[int, Any]], pruned: bool) -> Any:
+def _slot_result(config: TrialConfig, trial: Trial, params: dict[str, Any], seeds: list[int], metric: str,
+                 direction: Direction, results: list[TrialResult], seen: list[tuple[int, EpochRecord]],
+                 pruned: bool) -> TrialResult:
     """One TrialResult for the slot: epochs renumbered across seeds, finals averaged over seeds."""
     epochs = config.training.epochs
     status = results[-1].status if results and results[-1].status != RunStatus.COMPLETED else RunStatus.COMPLETED
@@ -245,7 +179,7 @@ def _slot_result(config: Any, trial: Any, params: dict[str, Any], seeds: list[in
     finals = _mean_finals(results) if results else {}
     finals["pruned"] = float(pruned)
     if not pruned and status == RunStatus.COMPLETED:
-        finals[metric] = value
+        finals[metric] = math.nan if value is None else value  # a seed without the metric: stored as NULL, as NaN is
     ok = status == RunStatus.COMPLETED and value is not None and math.isfinite(value)
     state = SlotState.PRUNED if pruned else SlotState.COMPLETED if ok else SlotState.FAILED
     first = results[0] if results else None
@@ -266,12 +200,12 @@ def _mean(values: list[float | None]) -> float | None:
     return statistics.fmean(ok) if ok and len(ok) == len(values) else None
 
 
-def _mean_finals(results: list[Any]) -> dict[str, float]:
+def _mean_finals(results: list[TrialResult]) -> dict[str, float]:
     names = sorted({k for r in results for k in r.final_metrics})
     return {k: statistics.fmean(r.final_metrics[k] for r in results if k in r.final_metrics) for k in names}
 
 
-def make_pruner(kind: str, startup_trials: int = 2, epochs: int = 1) -> Any:
+def make_pruner(kind: str, startup_trials: int = 2, epochs: int = 1) -> BasePruner:
     """Optuna's pruner on the per-epoch validation metric.
 
     Median: no pruning before `startup_trials` trials have finished (the TPE's random start) nor
@@ -286,7 +220,7 @@ def make_pruner(kind: str, startup_trials: int = 2, epochs: int = 1) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def load_optuna_study(tuned: StudyDesign, group: Group, storage: Any, slot: int, attempt: int) -> Any:
+def load_optuna_study(tuned: StudyDesign, group: Group, storage: BaseStorage, slot: int, attempt: int) -> Study:
     """The group's study with a TPE sampler seeded per (sampler_seed, group, slot, attempt).
 
     One fixed seed in every process would make parallel workers draw the same startup points;
@@ -294,7 +228,7 @@ def load_optuna_study(tuned: StudyDesign, group: Group, storage: Any, slot: int,
     """
     import optuna
 
-    tune = tuned.tune
+    tune = tune_of(tuned)
     seed = int(hashlib.sha256(f"{tune.sampler_seed}/{group.index}/{slot}/{attempt}".encode()).hexdigest()[:8], 16)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=tune.n_startup(), constant_liar=True)
     return optuna.load_study(study_name=group.optuna_name, storage=storage, sampler=sampler,
@@ -318,7 +252,7 @@ class Choice:
 def choices(repo: Repository, tune_id: int, design: StudyDesign, groups: list[Group]) -> list[Choice]:
     """Each group's best trial among its finished slots."""
     rows = repo.tuning_rows(tune_id)
-    direction = metric_direction(design.tune.metric)
+    direction = metric_direction(tune_of(design).objective)
     out = []
     for group in groups:
         best = best_trial(rows.get(group.group_hash, []), direction)
@@ -329,7 +263,7 @@ def choices(repo: Repository, tune_id: int, design: StudyDesign, groups: list[Gr
 
 def eval_plans(groups: list[Group], picked: list[Choice]) -> list[CellPlan]:
     """Each group's evaluation cells with its chosen settings applied."""
-    plans = []
+    plans: list[CellPlan] = []
     for group, choice in zip(groups, picked):
         for cell in group.cells:
             plans.append(dataclasses.replace(cell, config=apply_params(cell.config, choice.params)))

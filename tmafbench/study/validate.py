@@ -7,16 +7,17 @@ and model parameters are checked against their registries, and training options 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, cast
 
-from tmafbench.errors import SpecError
-from tmafbench.registry import Registry, registry_of
+from tmafbench.registries import Registry, registry_of
 from tmafbench.study.cells import expand, grids_for, own_grid, takes_grid
-from tmafbench.core import ReportSpec
-from tmafbench.study.spec import ScopedAxis, ScopedCases, StudySpec
+from tmafbench.core import ReportSpec, TrialConfig
+from tmafbench.study.spec import MakeError, ScopedAxis, ScopedCases, StudySpec
+
+if TYPE_CHECKING:
+    from tmafbench.tasks.base import Task
 
 
-MakeError = Callable[[tuple[Any, ...], str], SpecError]
 
 
 def check_name_params(module: Any, kind: str, name: str, params: dict[str, Any]) -> None:
@@ -29,7 +30,7 @@ def check_name_params(module: Any, kind: str, name: str, params: dict[str, Any])
         raise ValueError(f"unknown {kind} {name!r}; choose one of: {', '.join(module.available())}")
 
 
-def check_types(registry: Registry, name: str, params: dict[str, Any]) -> None:
+def check_types(registry: Registry[Any], name: str, params: dict[str, Any]) -> None:
     """A value must have its default's type (int is fine for a float); None defaults accept anything."""
     for info in registry.entry(name).params:
         if info.name not in params or info.required or info.default is None:
@@ -64,11 +65,11 @@ def _check_labels(spec: StudySpec, err: MakeError) -> None:
             if name not in grids:
                 raise err(("axes", "activations", i, "grids"), f"unknown grid {name!r}; grids: {', '.join(grids) or '(none)'}")
     axes = spec.axes
-    scoped = [((key,), getattr(axes, key)) for key in ("depth", "width")]
+    scoped: list[tuple[tuple[str, ...], Any]] = [((key,), getattr(axes, key)) for key in ("depth", "width")]
     for section in ("task_params", "model_params", "training"):
         scoped += [((section, key), value) for key, value in getattr(axes, section).items()]
     for loc, value in scoped:
-        cases = [((), value)] if isinstance(value, ScopedAxis) else []
+        cases: list[tuple[tuple[Any, ...], ScopedAxis]] = [((), value)] if isinstance(value, ScopedAxis) else []
         if isinstance(value, ScopedCases):
             cases = [(("cases", i), case) for i, case in enumerate(value.cases)]
         for where, case in cases:
@@ -97,7 +98,8 @@ def check_spec(spec: StudySpec, err: MakeError) -> None:
     _check_labels(spec, err)
     for i, act in enumerate(spec.axes.activations):
         if act.name not in activations.available():
-            raise err(("axes", "activations", i, "name"), f"unknown activation {act.name!r}; choose one of: {', '.join(activations.available())}")
+            raise err(("axes", "activations", i, "name"),
+                      f"unknown activation {act.name!r}; choose one of: {', '.join(activations.available())}")
     _check_grid_scopes(spec, err)
     for i, task in enumerate(spec.tasks()):
         loc = ("axes", "tasks", i) if spec.axes.tasks else ("defaults",)
@@ -116,7 +118,8 @@ def _check_report(spec: StudySpec, err: MakeError) -> None:
 
     measures = {}
     for task in spec.tasks():
-        task_metrics = metric_names(tasks.REGISTRY.entry(task.name).factory.kind)
+        task_class = cast("type[Task]", tasks.REGISTRY.entry(task.name).factory)
+        task_metrics = metric_names(task_class.kind)
         measures[task.key] = ({m for base in (*task_metrics, "train_loss") for m in (base, f"val_{base}")}
                               | {f"train_{m}" for m in task_metrics})  # with training.evaluate_train
     seen: set[tuple[str, str]] = set()
@@ -131,10 +134,10 @@ def _check_report(spec: StudySpec, err: MakeError) -> None:
             valid = sorted({m for t in asked for m in measures[t] if not m.startswith("val_")})
             raise err(loc + ("metric",), f"task {', '.join(t for t in asked if t not in scope)} does not measure "
                                          f"{rule.metric!r}; choose one of: {', '.join(valid)}")
-        for task in scope:
-            if (rule.metric, task) in seen:
-                raise err(loc, f"a second success threshold for {rule.metric} on task {task!r}")
-            seen.add((rule.metric, task))
+        for label in scope:
+            if (rule.metric, label) in seen:
+                raise err(loc, f"a second success threshold for {rule.metric} on task {label!r}")
+            seen.add((rule.metric, label))
 
 
 def _check_activations(spec: StudySpec, err: MakeError) -> None:
@@ -178,7 +181,7 @@ def _check_cells(spec: StudySpec, err: MakeError) -> None:
         seen[cell.config_hash] = cell.label
 
 
-def check_data(configs: Iterable[Any]) -> None:
+def check_data(configs: Iterable[TrialConfig]) -> None:
     """Find every data set the cells read, once, so that missing data fails before anything is written.
 
     Generated tasks (sine-sum, oscillatory, expression) need nothing. Image tasks are loaded through
@@ -193,4 +196,4 @@ def check_data(configs: Iterable[Any]) -> None:
         key = (type(task), getattr(task, "data_dir", None), getattr(task, "download", None))
         if isinstance(task, VisionTask) and key not in seen:
             seen.add(key)
-            load_splits(type(task), task.data_dir, task.download)
+            load_splits(type(task), task.data_dir, task.download)  # type: ignore[arg-type]  # a class is hashable

@@ -1,6 +1,6 @@
 """Tasks: regression of smooth functions and image classification.
 
-`create(name, **params)` is the one place a task name becomes a Task (DESIGN.md section 1).
+`create(name, **params)` is the one place a task name becomes a Task (docs/design.md section 1).
 """
 
 from __future__ import annotations

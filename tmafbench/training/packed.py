@@ -44,14 +44,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tmafbench import activations
-from tmafbench.core import EpochRecord, RunStatus, TrialConfig, TrialResult
+from tmafbench.core import EpochRecord, OnEpoch, Outcome, RunStatus, TrialConfig, TrialResult
 from tmafbench.tasks.base import Task
 from tmafbench.training.optim import activation_group, group_settings
+from tmafbench.training.schedules import schedule_factor
 from tmafbench.training.timing import Timer
 from tmafbench.training.trainer import Setup, build_setup, collect_artifacts, evaluate_all, train_trial
-
-OnEpoch = Callable[[EpochRecord], None] | None
-Outcome = TrialResult | BaseException
 
 PACKABLE_MODELS = ("mlp",)
 PACKABLE_SCHEDULES = ("constant", "step-half", "cosine")
@@ -339,16 +337,6 @@ def clip_per_cell(params: list[PackedParam], max_norms: list[float | None]) -> N
         if p.tensor.grad is not None:
             grad = p.cells(p.tensor.grad)
             grad.mul_(coef.view(-1, *([1] * (grad.dim() - 1))))
-
-
-def schedule_factor(name: str, step: int, total_steps: int) -> float:
-    """The multiplier of the base lr before optimiser step `step` (0-based), as schedules.py's."""
-    total_steps = max(int(total_steps), 1)
-    if name == "step-half":
-        return 1.0 if step < total_steps / 2 else 0.1
-    if name == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    return 1.0
 
 
 # --- training ------------------------------------------------------------------------------------

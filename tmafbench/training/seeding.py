@@ -1,4 +1,4 @@
-"""One seeding function driven by the trial seed (DESIGN.md: no scattered manual_seed calls)."""
+"""One seeding function driven by the trial seed (docs/design.md: no scattered manual_seed calls)."""
 
 from __future__ import annotations
 

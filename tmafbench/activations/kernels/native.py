@@ -55,8 +55,9 @@ def compiler() -> str:
 
 def compile_flags() -> list[str]:
     """Everything but the compiler, source and output: exact IEEE arithmetic (no FMA contraction; not
-    trapping on FP exceptions changes no result but lets selects vectorise), no -march=native (a cached object must run on any CPU of its architecture; x86-64 gets
-    AVX-512/AVX2 clones chosen at load time), and torch's headers, libraries and C++ ABI."""
+    trapping on FP exceptions changes no result but lets selects vectorise), no -march=native (a cached
+    object must run on any CPU of its architecture; x86-64 gets AVX-512/AVX2 clones chosen at load time),
+    and torch's headers, libraries and C++ ABI."""
     root = Path(torch.__file__).resolve().parent
     flags = ["-O3", "-std=c++20", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math", "-DNDEBUG",
              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
