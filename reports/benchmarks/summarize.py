@@ -68,8 +68,71 @@ def epoch_ratios(runs: list[dict], title: str) -> None:
         print(f"  {what:70s} {span(values)}")
 
 
+SHAPES = ("20000x20", "256x512", "128x64x32x32")
+
+
+def _row(run: dict, name: str, shape: str, grid: str | None = None, **params: object) -> dict | None:
+    return next((r for r in run["rows"] if r["name"] == name and r["shape"] == shape and not r.get("load")
+                 and (grid is None or r["grid"] == grid) and r.get("params", {}) == params), None)
+
+
+def _target_line(what: str, top: dict | None, bottom: dict | None, target: float, load: list[float]) -> None:
+    """One target: the ratio of wall-clock medians and of CPU-time medians (the process's own CPU
+    seconds per call, which other processes on the cores disturb far less), against the target."""
+    if top is None or bottom is None:
+        print(f"  {what:58s} not measured")
+        return
+    wall = top["median_ms"] / bottom["median_ms"]
+    cpu = top["cpu_ms"] / bottom["cpu_ms"] if top.get("cpu_ms") and bottom.get("cpu_ms") else None
+    cpu_text = f"{cpu:5.2f}" if cpu is not None else "    -"
+    met = "met" if wall <= target else ("met on CPU time" if cpu is not None and cpu <= target else "NOT met")
+    print(f"  {what:58s} wall {wall:5.2f}  cpu {cpu_text}  target <= {target:<4}  {met}  (load {load[0]:.1f})")
+
+
+def targets(folder: Path) -> None:
+    """The issue's table: each target row from the one run that measured it."""
+    grid10 = "[-5,5]/10"
+    for path in sorted(folder.glob("activations-kernel-run*.json")):
+        run = json.loads(path.read_text())
+        load = run["machine"]["load_average"]
+        print(f"\ntargets from {path.name} (load average at its end {[round(x, 1) for x in load]})")
+        for shape, target in zip(SHAPES, (2.0, 2.5, 1.3)):
+            _target_line(f"TMAF / ReLU, {shape}", _row(run, "tmaf", shape, grid10), _row(run, "relu", shape), target, load)
+        for shape in SHAPES:
+            _target_line(f"tri-diagonal / diagonal, {shape}", _row(run, "tmaf-tridiag", shape, grid10),
+                         _row(run, "tmaf", shape, grid10), 1.5, load)
+        _target_line("tri-diagonal / PReLU, 256x512", _row(run, "tmaf-tridiag", "256x512", grid10),
+                     _row(run, "prelu", "256x512"), 1.0, load)
+        for grid in (grid10, "[-5,5]/100"):
+            for shape in SHAPES:
+                _target_line(f"trainable breakpoints / fixed {grid}, {shape}",
+                             _row(run, "tmaf", shape, grid, train_breakpoints=True), _row(run, "tmaf", shape, grid), 2.0, load)
+    for path in sorted(folder.glob("activations-family-*.json")):
+        run = json.loads(path.read_text())
+        load = run["machine"]["load_average"]
+        print(f"\ntargets from {path.name} (TMAFBENCH_COMPILE={run['machine'].get('tmafbench_compile')}, "
+              f"load {[round(x, 1) for x in load]})")
+        for name in ("pau", "apl", "kan-spline"):
+            for shape in SHAPES:
+                top = _row(run, name, shape)
+                if top is not None:
+                    _target_line(f"{name} / PReLU, {shape} (first call {top['first_ms']:.0f} ms)", top,
+                                 _row(run, "prelu", shape), 3.0, load)
+    for path in sorted(folder.glob("epoch-*-run*.json")):
+        run = json.loads(path.read_text())
+        by = {r["activation"]: r["median_s"] for r in run["rows"] if r["threads"] == 1 and not r.get("load")}
+        print(f"\ntargets from {path.name} (epoch, 1 thread, load {[round(x, 1) for x in run['machine']['load_average']]})")
+        for intervals in (10, 100):
+            fixed, trained = f"tmaf:intervals={intervals}", f"tmaf:intervals={intervals},train_breakpoints=true"
+            if fixed in by and trained in by:
+                ratio = by[trained] / by[fixed]
+                print(f"  {'trainable breakpoints / fixed grid, ' + str(intervals) + ' intervals':58s} wall {ratio:5.2f}"
+                      f"  target <= 2     {'met' if ratio <= 2 else 'NOT met'}; / ReLU {by[trained] / by['relu']:.2f}")
+
+
 def main() -> None:
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
+    targets(folder)
     kernel = load(folder, "activations-kernel-run*.json")
     if kernel:
         activation_ratios(kernel, [("tmaf-tridiag [-5,5]/10", "tmaf [-5,5]/10"), ("tmaf-tridiag [-5,5]/100", "tmaf [-5,5]/100"),

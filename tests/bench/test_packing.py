@@ -61,3 +61,18 @@ def test_bench_pack_prints_all_three_columns(monkeypatch):
     assert relu["cells"] == 2 and relu["alone_s"] > 0 and relu["packed_s"] > 0 and relu["vmap_s"] > 0
     assert relu["packed_vs_vmap"] == pytest.approx(relu["vmap_s"] / relu["packed_s"])
     assert tmaf["vmap_s"] is None and "functorch" in tmaf["vmap_error"]
+
+    # The table: the vmap column holds the ensemble's cells per hour, or the reason it cannot run.
+    result = CliRunner().invoke(app, ["bench", "pack", "--setting", "tiny", "-a", "relu", "-a", "tmaf", "--pack", "2",
+                                      "--processes", "1"])
+    assert result.exit_code == 0, result.output
+    assert "vmap of 2" in result.output and "packed / vmap" in result.output
+    assert "functorch" in result.output  # tmaf's row gives vmap's reason
+    relu_line = next(line for line in result.output.splitlines() if "relu" in line)
+    assert relu_line.count("x") >= 2  # the speed-up and packed / vmap ratios
+
+    result = CliRunner().invoke(app, ["bench", "pack", "--setting", "tiny", "-a", "relu", "--pack", "2", "--processes", "1",
+                                      "--no-vmap", "--json"])
+    assert result.exit_code == 0, result.output
+    (relu,) = json.loads(result.output)
+    assert relu["vmap_s"] is None and relu["vmap_error"] == "not measured" and relu["packed_vs_vmap"] is None
