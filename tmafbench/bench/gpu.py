@@ -141,7 +141,15 @@ def kernel_agreement(device: str, quick: bool) -> dict[str, Any]:
                                  "grad_x_bits_equal": _bits_equal(got[1], reference[1]), "values_grad_max_rel": values})
                 act.to("cpu")
     exact = all(r["output_bits_equal"] and r["grad_x_bits_equal"] for r in rows)
-    return {"all_outputs_and_input_gradients_exact": exact, "values_grad_max_rel": worst, "rows": rows}
+    if not triton_kernel.available():
+        triton = "not installed"
+    elif device == "cpu" and not triton_kernel.interpreted():
+        triton = "not run: set TRITON_INTERPRET=1 to run it under the interpreter"
+    elif triton_kernel.interpreted() and not triton_kernel.interpreter_usable():
+        triton = "not run: triton.language was imported before TRITON_INTERPRET=1 was set in this process"
+    else:
+        triton = "interpreted" if triton_kernel.interpreted() else "compiled"
+    return {"all_outputs_and_input_gradients_exact": exact, "values_grad_max_rel": worst, "triton": triton, "rows": rows}
 
 
 def packed(device: str, quick: bool) -> dict[str, Any]:

@@ -54,6 +54,7 @@ def banded_tmaf(
         return native.banded_tmaf(x, list(tables), breakpoints, grid, spec)
     if chosen == "triton":
         if not triton_kernel.supports(x, spec):
-            raise ValueError("the Triton kernel needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and fixed breakpoints")
+            raise ValueError("the Triton kernel needs triton, a CUDA tensor (or TRITON_INTERPRET=1 set before triton "
+                             "was first imported) and fixed breakpoints")
         return triton_kernel.banded_tmaf(x, list(tables), grid, spec)
     return ReferenceBandedTMAF.apply(x, breakpoints, grid, spec, *tables)

@@ -4,13 +4,8 @@ Element e of the flattened [N, C, S] input is (n, column, position); the thresho
 are the padded row grid.thresholds[d, r] = (-inf, s_1 + shift_d, ..., s_m + shift_d, +inf).
 """
 
-import os
-
 import triton
 import triton.language as tl
-
-#: Whether triton.jit made interpreted functions when this module was imported.
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit

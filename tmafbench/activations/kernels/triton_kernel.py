@@ -42,22 +42,33 @@ def interpreted() -> bool:
 
 def supports(x: torch.Tensor, spec: BandSpec) -> bool:
     """True when this kernel can run on x: triton installed, x on CUDA (or any device under the
-    interpreter), a float dtype Triton handles, and no breakpoint gradient."""
+    interpreter, where this process can use it: `interpreter_usable`), a float dtype Triton
+    handles, and no breakpoint gradient."""
     if spec.bump_width > 0 or x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return False
-    return available() and (x.is_cuda or interpreted())
+    return available() and ((x.is_cuda and not interpreted()) or (interpreted() and interpreter_usable()))
 
 
-@functools.lru_cache(maxsize=2)
-def _kernels(interpret: bool):
-    """The jitted kernels (_triton_jit.py). triton.jit reads TRITON_INTERPRET when it is applied,
-    at that module's import, so it is reloaded when the setting changed since."""
-    import importlib
+def interpreter_usable() -> bool:
+    """Whether triton.language can run under the interpreter in this process. Its own helpers
+    (tl.zeros among them) are `@triton.jit` functions, made compiled or interpreted once, when
+    triton.language is first imported: a process that imported it before TRITON_INTERPRET=1 was set
+    cannot interpret our kernels ("Cannot call @triton.jit'd outside of the scope of a kernel")."""
+    import sys
 
+    language = sys.modules.get("triton.language")
+    if language is None:
+        return True
+    from triton.runtime.interpreter import InterpretedFunction  # type: ignore[import-untyped]
+
+    return isinstance(language.zeros, InterpretedFunction)
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """The jitted kernels (_triton_jit.py; imported on first use, after `supports` said yes)."""
     from tmafbench.activations.kernels import _triton_jit
 
-    if _triton_jit.INTERPRETED != interpret:
-        _triton_jit = importlib.reload(_triton_jit)
     return _triton_jit.tmaf_forward, _triton_jit.tmaf_backward
 
 
@@ -86,7 +97,7 @@ class TritonBandedTMAF(torch.autograd.Function):
         rows = torch.tensor(spec.rows, dtype=torch.int32, device=x.device)
         total, c, s, cf, cb, k, d, steps = _geometry(x3, tab, grid)
         out = torch.empty_like(x3)
-        forward, _ = _kernels(interpreted())
+        forward, _ = _kernels()
         forward[(triton.cdiv(total, BLOCK),)](x3, out, tab, thr, rows, total, c, s, cf, cb, k, D=d, STEPS=steps,
                                               BLOCK_SIZE=BLOCK, **_launch_options())
         ctx.save_for_backward(x3, tab, thr, rows)
@@ -103,7 +114,7 @@ class TritonBandedTMAF(torch.autograd.Function):
         grad = grad.reshape(x3.shape).contiguous()
         gx = torch.empty_like(x3)
         gtab = torch.zeros(tab.shape, dtype=torch.float64, device=x3.device)
-        _, backward = _kernels(interpreted())
+        _, backward = _kernels()
         backward[(triton.cdiv(total, BLOCK),)](x3, grad, gx, tab, thr, rows, gtab, total, c, s, cf, cb, k, D=d,
                                                STEPS=steps, BLOCK_SIZE=BLOCK, **_launch_options())
         return (gx.view(shape), None, None, *(gtab[i].to(dtype) for i, dtype in enumerate(ctx.dtypes)))
