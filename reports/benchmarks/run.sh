@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes every JSON file of reports/benchmarks/ (README.md there says what each holds).
 # Run from the repository root with the package importable (`pip install -e .`, or PYTHONPATH=.):
-#   bash reports/benchmarks/run.sh [PART ...]      # parts: kernel family epochs load malloc pack (default: all)
+#   bash reports/benchmarks/run.sh [PART ...]      # parts: kernel family epochs load load-mnist malloc pack (default: all)
 #   RUNS=3 bash reports/benchmarks/run.sh kernel   # repeat the repeatable parts (files -run1 .. -runN; default 1)
 # About 25 minutes on 2 busy cores with RUNS=1. Timings are medians of interleaved rounds; every file
 # starts with the machine's record (CPU model and features, threads, torch, wait policy, allocator
@@ -18,7 +18,7 @@ tb() {
   "$py" -m tmafbench "$@" > "$out/$file"
   echo "$file after:  $(uptime)" >> $out/loads.txt
 }
-parts=${*:-kernel family epochs load malloc pack}
+parts=${*:-kernel family epochs load load-mnist malloc pack}
 export TMAFBENCH_DATA=${TMAFBENCH_DATA:-../shared/data}
 shapes=(--shape 20000x20 --shape 256x512 --shape 128x64x32x32)
 
@@ -59,8 +59,12 @@ load)  # a busy machine: 2 threads beside busy processes, with spinning (ACTIVE)
       --shape 20000x20 --shape 256x512 --threads 2 --repeats 15 --under-load 4 --json
     OMP_WAIT_POLICY=$policy tb under-load-epoch-sine-sum-$p.json bench epoch --task sine-sum --task-param train_size=20000 \
       --width 20 -a relu -a tmaf -a tmaf-tridiag --threads 1 --threads 2 --repeats 3 --under-load 2 --json
-    OMP_WAIT_POLICY=$policy tb under-load-epoch-mnist-$p.json bench epoch --task mnist --task-param train_size=10000 \
-      --depth 1 --width 10 -a relu -a tmaf --threads 1 --threads 2 --repeats 3 --under-load 2 --json
+  done ;;
+load-mnist)  # the same for an MNIST MLP epoch on 10,000 images (needs the data)
+  for policy in ACTIVE PASSIVE; do
+    OMP_WAIT_POLICY=$policy tb under-load-epoch-mnist-${policy,,}.json bench epoch --task mnist \
+      --task-param train_size=10000 --depth 1 --width 10 -a relu -a tmaf --threads 1 --threads 2 --repeats 3 \
+      --under-load 2 --json
   done ;;
 malloc)  # TMAF / ReLU on [20000, 20] when every call maps fresh pages, and when the allocator reuses them
   for run in $runs; do
@@ -71,5 +75,5 @@ malloc)  # TMAF / ReLU on [20000, 20] when every call maps fresh pages, and when
   done ;;
 pack)  # packed cells against one at a time and against a torch.func (vmap) ensemble: 2 processes x 1 thread
   tb pack.json bench pack --setting table-3-2 --setting sine-sum -a relu -a tmaf --json ;;
-*) echo "unknown part $part (kernel family epochs load malloc pack)" >&2; exit 2 ;;
+*) echo "unknown part $part (kernel family epochs load load-mnist malloc pack)" >&2; exit 2 ;;
 esac; done
