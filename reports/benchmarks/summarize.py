@@ -50,20 +50,27 @@ def activation_ratios(runs: list[dict], pairs: list[tuple[str, str]], title: str
 
 
 def epoch_ratios(runs: list[dict], title: str) -> None:
+    """Per run: each row's ratio to the first row, 2 threads against 1 (alone, and beside the busy
+    processes of --under-load), trainable breakpoints against the same fixed grid."""
     print(f"\n{title} ({len(runs)} run(s))")
     found: dict[str, list[float]] = defaultdict(list)
     for run in runs:
         rows = run["rows"]
-        by = {(r["activation"], r["threads"]): r["median_s"] for r in rows}
+        by = {(r["activation"], r["threads"], r.get("load", 0)): r["median_s"] for r in rows}
         for r in rows:
-            found[f"{r['activation']} ({r['threads']} thr) / first row"].append(r["ratio"])
-            if r["threads"] != 1 and (r["activation"], 1) in by:
-                found[f"{r['activation']}: {r['threads']} threads / 1 thread"].append(r["median_s"] / by[(r["activation"], 1)])
-        fixed = {a.replace(",train_breakpoints=true", ""): a for a, _ in by if a.endswith(",train_breakpoints=true")}
+            beside = f", beside {r['load']} busy" if r.get("load") else ""
+            found[f"{r['activation']} ({r['threads']} thr{beside}) / first row"].append(r["ratio"])
+            if r["threads"] != 1 and (r["activation"], 1, 0) in by:
+                found[f"{r['activation']}: {r['threads']} threads{beside} / 1 thread alone"].append(
+                    r["median_s"] / by[(r["activation"], 1, 0)])
+            if r.get("load") and (r["activation"], r["threads"], 0) in by:
+                found[f"{r['activation']} ({r['threads']} thr): beside {r['load']} busy / alone"].append(
+                    r["median_s"] / by[(r["activation"], r["threads"], 0)])
+        fixed = {a.replace(",train_breakpoints=true", ""): a for a, _, _ in by if a.endswith(",train_breakpoints=true")}
         for plain, trained in fixed.items():
-            for t in {t for _, t in by}:
-                if (plain, t) in by:
-                    found[f"{trained} / {plain} ({t} thr)"].append(by[(trained, t)] / by[(plain, t)])
+            for t in {t for _, t, _ in by}:
+                if (plain, t, 0) in by and (trained, t, 0) in by:
+                    found[f"{trained} / {plain} ({t} thr)"].append(by[(trained, t, 0)] / by[(plain, t, 0)])
     for what, values in sorted(found.items()):
         print(f"  {what:70s} {span(values)}")
 
@@ -89,10 +96,14 @@ def _target_line(what: str, top: dict | None, bottom: dict | None, target: float
     print(f"  {what:58s} wall {wall:5.2f}  cpu {cpu_text}  target <= {target:<4}  {met}  (load {load[0]:.1f})")
 
 
+def _files(folder: Path, pattern: str) -> list[Path]:
+    return [p for p in sorted(folder.glob(pattern)) if p.stat().st_size]  # a run still writing is empty
+
+
 def targets(folder: Path) -> None:
     """The issue's table: each target row from the one run that measured it."""
     grid10 = "[-5,5]/10"
-    for path in sorted(folder.glob("activations-kernel-run*.json")):
+    for path in _files(folder, "activations-kernel-run*.json"):
         run = json.loads(path.read_text())
         load = run["machine"]["load_average"]
         print(f"\ntargets from {path.name} (load average at its end {[round(x, 1) for x in load]})")
@@ -107,7 +118,7 @@ def targets(folder: Path) -> None:
             for shape in SHAPES:
                 _target_line(f"trainable breakpoints / fixed {grid}, {shape}",
                              _row(run, "tmaf", shape, grid, train_breakpoints=True), _row(run, "tmaf", shape, grid), 2.0, load)
-    for path in sorted(folder.glob("activations-family-*.json")):
+    for path in _files(folder, "activations-family-*.json"):
         run = json.loads(path.read_text())
         load = run["machine"]["load_average"]
         print(f"\ntargets from {path.name} (TMAFBENCH_COMPILE={run['machine'].get('tmafbench_compile')}, "
@@ -118,7 +129,7 @@ def targets(folder: Path) -> None:
                 if top is not None:
                     _target_line(f"{name} / PReLU, {shape} (first call {top['first_ms']:.0f} ms)", top,
                                  _row(run, "prelu", shape), 3.0, load)
-    for path in sorted(folder.glob("epoch-*-run*.json")):
+    for path in _files(folder, "epoch-*-run*.json"):
         run = json.loads(path.read_text())
         by = {r["activation"]: r["median_s"] for r in run["rows"] if r["threads"] == 1 and not r.get("load")}
         print(f"\ntargets from {path.name} (epoch, 1 thread, load {[round(x, 1) for x in run['machine']['load_average']]})")
@@ -156,7 +167,7 @@ def main() -> None:
                     print("   first call ms:", {f"{r['name']} {r['shape']}": round(r["first_ms"]) for r in run["rows"]
                                                 if r["name"] != "prelu"})
     for pattern in ("epoch-*-run1.json", "under-load-epoch-*.json"):
-        for path in sorted(folder.glob(pattern)):
+        for path in _files(folder, pattern):
             stem = path.name.replace("-run1.json", "-run*.json") if "run1" in path.name else path.name
             epoch_ratios(load(folder, stem), stem)
     for run in load(folder, "pack.json"):
