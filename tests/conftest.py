@@ -11,6 +11,23 @@ from processes import reap
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _cuda_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# The suite runs the trainable-activation family eagerly: torch.compile takes tens of seconds per
+# graph here. tests/activations/test_compiled.py compiles on purpose. (Set before anything reads
+# it, and inherited by the worker processes tests start.)
+os.environ.setdefault("TMAFBENCH_COMPILE", "off")
+# Without a GPU the Triton kernel is tested under Triton's interpreter. triton.language makes its own
+# helpers compiled or interpreted once, when first imported (torch.compile imports it too), so the
+# setting must hold before any test imports triton.
+if not _cuda_present():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def shared_data_dir() -> Path | None:
     """TMAFBENCH_DATA, else ../shared/data beside the checkout; None when neither exists."""
     for candidate in (os.environ.get("TMAFBENCH_DATA"), REPO_ROOT.parent / "shared" / "data"):

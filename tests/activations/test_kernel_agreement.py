@@ -34,6 +34,10 @@ CASES = [
     ("tmaf", {"train_breakpoints": True}),
     ("tmaf-tridiag", {"train_breakpoints": True, "share": "layer"}),
     ("tmaf-banded", {"train_breakpoints": True, "bandwidth": 2}),
+    # Two breakpoints 0.001 apart share a bucket of the native kernel's index (it then searches):
+    # a shared row and, with trainable breakpoints, a row per feature.
+    ("tmaf-tridiag", {"breakpoints": [-3, 0, 1e-3, 0.3, 4]}),
+    ("tmaf", {"train_breakpoints": True, "breakpoints": [-2, 0, 1e-3, 0.3, 4]}),
 ]
 CASE_IDS = [f"{n}-" + ("-".join(f"{k}={v}" for k, v in p.items()) or "default") for n, p in CASES]
 

@@ -41,3 +41,44 @@ def test_configurations_and_shapes():
         configurations(["nope"], [10])
     with pytest.raises(ValueError, match="repeats >= 1"):
         bench_activations(["relu"], shapes=[(4, 2)], repeats=0)
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    import os
+    import time
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # reap it if it is our zombie child
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def test_busy_processes_run_for_the_block_and_outlive_no_one():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with benchmark.busy_processes(2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
+    # A benchmark killed with SIGKILL cannot stop them: they notice their parent is gone.
+    code = ("import time, sys\nfrom tmafbench.bench.activations import busy_processes\n"
+            "with busy_processes(2) as procs:\n    print(*[p.pid for p in procs], flush=True)\n    time.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    assert len(pids) == 2
+    parent.kill()
+    parent.wait()
+    assert all(_gone(pid, 10.0) for pid in pids)
+    with pytest.raises(ValueError, match=">= 0"), benchmark.busy_processes(-1):
+        pass

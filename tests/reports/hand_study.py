@@ -8,7 +8,7 @@ The values are chosen so that every statistic in the report can be checked by ha
 | tmaf n=1     | 0.08 0.11 0.12 0.10 0.07 0.095               | all completed (6 pairs: Wilcoxon)    |
 | gelu n=1     | same as relu                                 | all completed (identical)            |
 | relu n=2     | 0.20 0.22 0.21 0.25 0.19 0.20                | all completed                        |
-| tmaf n=2     | 0.18 0.20 0.22 0.21, seed 4 diverged,        | 4 pairs: paired t; incomplete group  |
+| tmaf n=2     | 0.18 0.20 0.22 0.21, seed 4 diverged,        | 4 pairs: too few for a test          |
 |              | seed 5: attempt 1 failed, attempt 2 running  |                                      |
 
 Epoch times: relu 0.10/0.11/0.12 s, tmaf 0.30/0.33/0.36 s, gelu 0.20/0.22/0.24 s (ratios 3 and 2).

@@ -127,7 +127,9 @@ def test_figures_only_when_data_exists(tmp_path, new_db):
     assert [f.name for f in report.figures] == ["seeds"]
     assert report.figures[0].paths["pdf"].read_bytes()[:5] == b"%PDF-"
     md = (tmp_path / "out" / "index.md").read_text()
-    assert "higher is better" in md and "paired t" in md
+    # 2 seeds: the sign count and no test at all (no p-value, no Holm column, no effect size)
+    assert "higher is better" in md and "too few seeds for a test" in md and "| 2/2 |" in md
+    assert "paired t" not in md and "p (Holm)" not in md and "d_z" not in md
     assert not (tmp_path / "out" / "index.html").exists()
 
 

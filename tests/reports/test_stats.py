@@ -53,11 +53,15 @@ def test_describe_matches_hand_values():
 
 
 def test_paired_test_choice():
-    assert stats.paired_test([0.1]).test == "n<2"
-    same = stats.paired_test([0.0, 0.0, 0.0])
+    for d in ([0.1], [0.1, 0.2], [0.1, 0.2, -0.05, 0.3]):  # fewer than 5 pairs: no test, no p-value
+        assert stats.paired_test(d).test == stats.TOO_FEW == "too few seeds for a test"
+        assert math.isnan(stats.paired_test(d).p) and math.isnan(stats.effect_size_dz(d))
+    assert math.isnan(stats.paired_test([0.002, 0.0021]).p)  # a p = 0.002 from 2 seeds is not printed again
+    same = stats.paired_test([0.0] * 5)
     assert same.test == "identical" and same.p == 1.0
-    few = stats.paired_test([0.1, 0.2, -0.05])
-    assert few.test == "paired t" and few.p == pytest.approx(sps.ttest_1samp([0.1, 0.2, -0.05], 0).pvalue)
+    five = [0.1, 0.2, -0.05, 0.3, 0.15]
+    few = stats.paired_test(five)
+    assert few.test == "paired t" and few.p == pytest.approx(sps.ttest_1samp(five, 0).pvalue)
     many = [0.1, 0.2, -0.05, 0.3, 0.15, 0.25, 0.05]
     assert stats.paired_test(many).p == pytest.approx(sps.wilcoxon(many).pvalue) and stats.paired_test(many).used == 7
     assert stats.probability_of_improvement([1, -1, 0, 2]) == pytest.approx(2.5 / 4)
@@ -141,7 +145,7 @@ def test_ties_rule_by_hand():
     test = stats.paired_test(d)
     assert (test.test, test.used) == ("paired t", 6)
     assert test.p == pytest.approx(sps.ttest_1samp(d, 0).pvalue)
-    assert stats.paired_test([0.0, 0.0, 0.0]).used == 3
+    assert stats.paired_test([0.0] * 5).used == 5
 
 
 def test_float32_noise_is_a_tie_and_equal_means_have_zero_effect():
@@ -150,8 +154,10 @@ def test_float32_noise_is_a_tie_and_equal_means_have_zero_effect():
     assert list(imp) == [0.001, -0.001] and stats.mean_improvement(imp) == 0.0
     imp = stats.improvement(np.array(f32([0.93, 0.92, 0.91])), np.array(f32([0.92, 0.93, 0.91])), "maximize")
     assert list(imp) == [0.01, -0.01, 0.0]
+    imp = np.concatenate([imp, imp])  # 6 pairs: enough for an effect size
     assert stats.effect_size_dz(imp) == 0.0  # equal means: 0, not float noise such as -1.05e-05
-    assert stats.effect_size_dz([0.1, 0.3]) == pytest.approx(0.2 / statistics.stdev([0.1, 0.3]))
+    five = [0.1, 0.3, 0.2, 0.25, 0.15]
+    assert stats.effect_size_dz(five) == pytest.approx(statistics.mean(five) / statistics.stdev(five))
 
 
 def test_noise_across_a_rounding_boundary_is_a_tie():
@@ -159,8 +165,8 @@ def test_noise_across_a_rounding_boundary_is_a_tie():
     # to gaps of exactly one unit in the sixth digit; untied, they gave d_z = inf and p < 0.001.
     relu, tmaf = [1.000887925, 1.000958069, 1.000229199], [1.000884962, 1.000951622, 1.000223708]
     imp = stats.improvement(np.array(tmaf), np.array(relu), "minimize")
-    assert list(imp) == [0.0, 0.0, 0.0] and stats.paired_test(imp).test == "identical"
-    assert stats.effect_size_dz(imp) == 0.0
+    assert list(imp) == [0.0, 0.0, 0.0] and stats.paired_test(np.concatenate([imp, imp])).test == "identical"
+    assert stats.effect_size_dz(np.concatenate([imp, imp])) == 0.0
     # two units apart is a difference
     assert list(stats.improvement(np.array([1.00086]), np.array([1.00088]), "minimize")) == [pytest.approx(2e-5)]
 
@@ -197,24 +203,24 @@ def test_paired_comparison_and_holm(data):
     assert t1["p_improve"] == pytest.approx(5 / 6)  # only seed 2 (0.12 vs 0.11) is worse
     assert t1["effect_dz"] == pytest.approx(d1.mean() / d1.std(ddof=1))
 
-    # tmaf n=2: seeds 0..3 only -> paired t
-    assert t2["pairs"] == 4 and t2["test"] == "paired t"
-    assert t2["p"] == pytest.approx(sps.ttest_rel(VALUES[("relu", 2)][:4], VALUES[("tmaf", 2)]).pvalue)
-    assert t2["p_improve"] == pytest.approx(3 / 4)
+    # tmaf n=2: seeds 0..3 only -> 4 pairs: too few for a test; the sign count stays
+    assert t2["pairs"] == 4 and t2["test"] == "too few seeds for a test" and t2["better"] == 3
+    assert math.isnan(t2["p"]) and math.isnan(t2["p_holm"]) and t2["significant"] is None
+    assert t2["p_improve"] == pytest.approx(3 / 4) and math.isnan(t2["effect_dz"])
 
     # gelu equals relu on every seed
     assert g1["test"] == "identical" and g1["p"] == 1.0 and g1["p_improve"] == 0.5
 
-    # Holm by hand over the three p-values
-    p = {"t1": t1["p"], "t2": t2["p"], "g1": 1.0}
+    # Holm by hand over the two rows that have a test (the untested row does not count in m)
+    p = {"t1": t1["p"], "g1": 1.0}
     order = sorted(p, key=p.get)
     expected, running = {}, 0.0
     for rank, key in enumerate(order):
-        running = max(running, min(1.0, (3 - rank) * p[key]))
+        running = max(running, min(1.0, (2 - rank) * p[key]))
         expected[key] = running
     assert t1["p_holm"] == pytest.approx(expected["t1"])
-    assert t2["p_holm"] == pytest.approx(expected["t2"])
     assert g1["p_holm"] == pytest.approx(expected["g1"])
+    assert t1["significant"] is bool(expected["t1"] < 0.05)
 
 
 def test_pairing_ignores_activation_only_axes(data):
@@ -338,8 +344,9 @@ def test_success_rate_from_the_study_file(new_db):
     assert (tmaf["successes"], tmaf["success_runs"], tmaf["success_rate"]) == (3, 5, 0.6)
     assert (tmaf["success_low"], tmaf["success_high"]) == pytest.approx((0.1466, 0.9473), abs=1e-4)
     paired = stats.paired_comparison(data, "rel_l2", "minimize", "relu").iloc[0]
-    # 4 pairs (seed 4 diverged), seed 2 tied: 3 untied < 6, so the paired t test on all 4 pairs
-    assert (paired["pairs"], paired["better"], paired["ties"], paired["test"], paired["pairs_used"]) == (4, 3, 1, "paired t", 4)
+    # 4 pairs (seed 4 diverged), seed 2 tied: fewer than 5 pairs, so no test; the counts stay
+    assert (paired["pairs"], paired["better"], paired["ties"], paired["test"], paired["pairs_used"]) == (
+        4, 3, 1, "too few seeds for a test", 4)
 
 
 def test_studies_asking_for_different_intervals_are_refused(new_db):

@@ -88,10 +88,13 @@ def test_the_copy_holds_only_what_the_report_draws(source, tmp_path):
     assert names == {"rel_l2", "train_loss", "epoch_time_s", "samples_per_s"}
     assert _rows(raw, "select count(*) from tmaf_epoch_metric e join tmaf_run r on r.id = e.run_id join tmaf_cell c"
                       " on c.id = r.cell_id join tmaf_study s on s.id = c.study_id where s.kind = 'tune'") == [(0,)]
-    # Artifacts: the lowest seed of each group (seeds 1 and 2 evaluate; seed 1 is drawn), and the tuning records.
+    # Artifacts: the lowest seed of each group (seeds 1 and 2 evaluate; seed 1 is drawn), the tuning
+    # records, and every run's pack record (what `study verify` needs to re-run it as it ran).
     artifacts = _rows(raw, "select a.name, c.seed, s.kind from tmaf_artifact a join tmaf_run r on r.id = a.run_id"
                            " join tmaf_cell c on c.id = r.cell_id join tmaf_study s on s.id = c.study_id")
-    assert sorted(set(artifacts)) == [("activation_curves", 1, "eval"), ("predictions", 1, "eval"), ("tuning", 0, "tune")]
+    assert sorted(set(artifacts)) == [("activation_curves", 1, "eval"), ("pack", 0, "tune"), ("pack", 1, "eval"),
+                                      ("pack", 2, "eval"), ("predictions", 1, "eval"), ("tuning", 0, "tune")]
+    assert sum(name == "pack" for name, _, _ in artifacts) == _rows(raw, "select count(*) from tmaf_run")[0][0]
     assert sum(name == "tuning" for name, _, _ in artifacts) == 4  # 2 trials x 2 activations
     # The drawn arrays are copied as stored.
     sql = "select run_id, data from tmaf_artifact where name = 'predictions' order by run_id"

@@ -14,6 +14,7 @@ from torch import nn
 
 from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view, sum_over_samples
+from tmafbench.activations.compiled import Compiled
 from tmafbench.activations.tmaf import check_share
 from tmafbench.errors import InputError
 
@@ -91,31 +92,46 @@ class _APLFunction(torch.autograd.Function):
     the S hinges of in-place passes, against one [N, C, *S, S] tensor through autograd: 6x instead
     of 12x PReLU's time on [4096, 1024] and 5x instead of 12x on [128, 64, 32, 32] (7x instead of
     6x on [20000, 20]), with x the only tensor saved instead of five times its size.
+
+    The parameters come hinge-major, a and b [S, Cp], so that each hinge's values are one
+    feature-contiguous row: compiled, inductor then vectorises every loop across the features (with
+    [Cp, S] it read them with stride S and wrote scalar code: 7x PReLU on [256, 512]).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, slopes: torch.Tensor, hinges: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, slopes, hinges)
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, a, b)
         out = torch.relu(x)
-        a, b = feature_view(slopes, x), feature_view(hinges, x)  # [1, Cp, 1.., S]
-        for s in range(slopes.shape[1]):
-            out.addcmul_(torch.sub(b[..., s], x).clamp_min_(0.0), a[..., s])  # a_s = 0 adds exact zeros
+        for s in range(a.shape[0]):
+            bs = feature_view(b[s], x)  # [1, Cp, 1..]
+            out.addcmul_(torch.sub(bs, x).clamp_min_(0.0), feature_view(a[s], x))  # a_s = 0 adds exact zeros
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, slopes, hinges = ctx.saved_tensors
-        rows = slopes.shape[0]
-        a, b = feature_view(slopes, x), feature_view(hinges, x)
+        x, a, b = ctx.saved_tensors
+        rows = a.shape[1]
         grad_x = grad.masked_fill(x <= 0, 0.0)
         g1, g2 = [], []
-        for s in range(slopes.shape[1]):
-            g_in = grad.masked_fill(x >= b[..., s], 0.0)  # g m_s
+        for s in range(a.shape[0]):
+            g_in = grad.masked_fill(x >= feature_view(b[s], x), 0.0)  # g m_s
             g1.append(sum_over_samples(g_in, rows))
             g2.append(sum_over_samples(g_in * x, rows))
-            grad_x.addcmul_(g_in, a[..., s], value=-1.0)
-        g1, g2 = torch.stack(g1, dim=1), torch.stack(g2, dim=1)  # [Cp, S]
-        return grad_x, hinges * g1 - g2, slopes * g1
+            grad_x.addcmul_(g_in, feature_view(a[s], x), value=-1.0)
+        g1, g2 = torch.stack(g1), torch.stack(g2)  # [S, Cp]
+        return grad_x, b * g1 - g2, a * g1
+
+
+def apl_function(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """APL of x with hinge-major slopes a and hinges b [S, Cp], through _APLFunction, eagerly or
+    compiled. Compiled, inductor fuses its forward into one loop and its backward (the 2 S
+    per-feature sums included) into one more, and still saves only x: the same function in plain
+    operations made it save a boolean mask per hinge, which inductor's CPU code stores element by
+    element (15x slower)."""
+    return _APLFunction.apply(x, a.to(x.dtype), b.to(x.dtype))
+
+
+_APL = Compiled(apl_function, "apl")
 
 
 @ACTIVATIONS.register("apl")
@@ -128,6 +144,8 @@ class APL(Activation):
     """
 
     trainable = True
+    #: TMAFBENCH_COMPILE=auto compiles it (activations/compiled.py): measured to pay, README.
+    compile_by_default = True
 
     def __init__(self, num_features: int, hinges: int = 5, init: APLInit = "paper", share: Share = "feature"):
         super().__init__(num_features)
@@ -145,7 +163,9 @@ class APL(Activation):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_features(x, per_feature=self.share == "feature")
-        return _APLFunction.apply(x, self.slopes.to(x.dtype), self.hinges.to(x.dtype))
+        # Hinge-major copies, made before (outside) the compiled region: inside it, inductor would
+        # fuse the copy away and read [Cp, S] with stride S again.
+        return _APL(self.compile_by_default, x, self.slopes.t().contiguous(), self.hinges.t().contiguous())
 
     def extra_repr(self) -> str:
         return f"hinges={self.slopes.shape[1]}, init={self.init!r}, share={self.share!r}"

@@ -28,6 +28,7 @@ from torch import nn
 
 from tmafbench.registries import ACTIVATIONS
 from tmafbench.activations.base import Activation, Share, feature_view
+from tmafbench.activations.compiled import Compiled
 from tmafbench.activations.tmaf import check_share
 from tmafbench.errors import InputError
 
@@ -79,6 +80,28 @@ def horner(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def horner_rows(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`horner` with the coefficients degree-major, [J, Cp]: the same operations, the same values."""
+    out = feature_view(coefficients[-1], x).expand_as(x)
+    for j in range(coefficients.shape[0] - 2, -1, -1):
+        out = torch.addcmul(feature_view(coefficients[j], x), out, x)
+    return out
+
+
+def pau_function(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """P(x) / (1 + |b_1 x + ... + b_n x^n|) with degree-major coefficients [m + 1, Cp] and [n, Cp].
+
+    Degree-major, each coefficient is one feature-contiguous row, so that compiled, inductor
+    vectorises across the features, the coefficients' gradient sums included ([Cp, J] made it read
+    them with stride J and write scalar code, as it did for APL)."""
+    p = horner_rows(numerator.to(x.dtype), x)
+    q = horner_rows(denominator.to(x.dtype), x) * x  # b_1 x + ... + b_n x^n
+    return p / (q.abs() + 1.0)
+
+
+_PAU = Compiled(pau_function, "pau")
+
+
 @ACTIVATIONS.register("pau")
 class PAU(Activation):
     """Padé activation unit (Molina et al. ICLR 2020): P(x) / (1 + |b_1 x + ... + b_n x^n|), degrees (5, 4).
@@ -88,6 +111,8 @@ class PAU(Activation):
     """
 
     trainable = True
+    #: TMAFBENCH_COMPILE=auto compiles it (activations/compiled.py): measured to pay, README.
+    compile_by_default = True
 
     def __init__(self, num_features: int, numerator_degree: int = 5, denominator_degree: int = 4,
                  slope: float = 0.01, share: Share = "feature"):
@@ -103,9 +128,8 @@ class PAU(Activation):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_features(x, per_feature=self.share == "feature")
-        p = horner(feature_view(self.numerator.to(x.dtype), x), x)
-        q = horner(feature_view(self.denominator.to(x.dtype), x), x) * x  # b_1 x + ... + b_n x^n
-        return p / (q.abs() + 1.0)
+        # Degree-major copies, made outside the compiled region (inside, inductor fuses the copy away).
+        return _PAU(self.compile_by_default, x, self.numerator.t().contiguous(), self.denominator.t().contiguous())
 
     def extra_repr(self) -> str:
         return f"degrees=({self.numerator.shape[1] - 1}, {self.denominator.shape[1]}), share={self.share!r}"

@@ -28,4 +28,10 @@ def main() -> None:
     # any --workers); measured free on an MNIST MLP epoch. Set before torch loads MKL; a user's own
     # value wins. Worker processes inherit it.
     os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+    # Threads that wait for work sleep instead of spinning. On busy cores a spinning OpenMP thread
+    # holds the CPU that the thread it waits for needs: measured here, a sine-sum MLP epoch with 2
+    # threads beside 2 busy processes took 1.9x (TMAF) and 4.7x (tri-diagonal) its 1-thread time
+    # with spinning waits and 0.7x and 0.5x with PASSIVE (reports/benchmarks/README.md). Read when
+    # libgomp loads, so it is set before torch is imported; a user's own value wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()

@@ -1,4 +1,4 @@
-"""`tmafbench study run|cells|worker|list|status|show|delete`: parse, call tmafbench.study.api, print."""
+"""`tmafbench study run|create|cells|worker|submit|list|status|show|delete|verify`: parse, call tmafbench.study.api, print."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from tmafbench.study.cells import CellPlan
     from tmafbench.study.design import StudyDesign
     from tmafbench.study.lifecycle import StudyInfo
+    from tmafbench.study.verify import Verification
     from tmafbench.study.local import PhaseCounts, StudyOutcome
     from tmafbench.study.worker import WorkerOptions
 
@@ -53,6 +54,10 @@ OversubscribeOpt = typer.Option(False, "--oversubscribe", help="Start more CPU w
 PatienceOpt = typer.Option(300.0, "--db-patience", help=(
     "Seconds a worker waits for a database that stopped answering (a restart, a failover, a network blink) "
     "before it stops; training goes on meanwhile and finished results are written once it is back."))
+
+ThreadsOpt = typer.Option(None, "--threads", help=(
+    "Torch threads per CPU worker (default: the CPUs this process may use, from its CPU affinity and "
+    "SLURM_CPUS_PER_TASK, divided among the workers)."))
 
 console = Console(stderr=True, soft_wrap=True)  # whole lines when the output is not a terminal
 
@@ -136,12 +141,12 @@ def cells_cmd(spec_path: str = typer.Argument(..., metavar="STUDY_FILE", help="S
     _show_cells(cells(spec_path, set_), limit)
 
 
-def _options(heartbeat: float, grace: float, pack: str, patience: float) -> WorkerOptions:
+def _options(heartbeat: float, grace: float, pack: str, patience: float, threads: int | None = None) -> WorkerOptions:
     from tmafbench.study.worker import WorkerOptions
 
     size: int | str = int(pack) if pack.strip().isdigit() else pack.strip()
-    return WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, pack=size,
-                         db_patience_s=patience)  # checked before anything is written
+    return WorkerOptions(heartbeat_s=heartbeat, grace_s=grace, pack=size, db_patience_s=patience,
+                         threads=threads)  # checked before anything is written
 
 
 def _event(line: str) -> None:
@@ -149,16 +154,20 @@ def _event(line: str) -> None:
     console.print(line, markup=False, highlight=False)
 
 
-def _announcer(url: str) -> Callable[[StudyInfo, list[str]], None]:
-    """Prints what the study is and who works on it, once it is ready."""
+def _announcer(url: str, threads: int | None = None) -> Callable[[StudyInfo, list[str]], None]:
+    """Prints what the study is and who works on it, once it is ready (CPU workers: their threads, and why)."""
     from tmafbench.store.database import redact
+    from tmafbench.study.threads import thread_plan
 
     def announce(info: StudyInfo, devices: list[str]) -> None:
         if not devices:  # nothing to run
-            console.print(info.message)
+            console.print(info.message, markup=False)
             return
-        console.print(f"{info.message} in {redact(url)}")
-        console.print(f"{len(devices)} worker(s) on {', '.join(sorted(set(devices)))}")
+        console.print(f"{info.message} in {redact(url)}", markup=False)
+        line = f"{len(devices)} worker(s) on {', '.join(sorted(set(devices)))}"
+        if "cpu" in devices:
+            line += f", {thread_plan(devices.count('cpu'), threads).describe()}"
+        console.print(line, markup=False)
 
     return announce
 
@@ -202,6 +211,7 @@ def run_cmd(
     pack: str = PackOpt,
     db_patience: float = PatienceOpt,
     oversubscribe: bool = OversubscribeOpt,
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Create (or resume) a study from a TOML file and run every cell with local workers."""
     from tmafbench.study import api
@@ -212,9 +222,8 @@ def run_cmd(
     url = resolve_storage(storage)
     with phases_progress(console) as progress:
         outcome = api.run(spec_path, set_, url=url, devices=devices, workers=workers, new_name=new_name, force=force,
-                          options=_options(heartbeat, grace, pack, db_patience), oversubscribe=oversubscribe,
-                          on_ready=_announcer(url),
-                          progress=progress, on_event=_event)
+                          options=_options(heartbeat, grace, pack, db_patience, threads), oversubscribe=oversubscribe,
+                          on_ready=_announcer(url, threads), progress=progress, on_event=_event)
     _report(outcome)
 
 
@@ -228,16 +237,115 @@ def worker_cmd(
     pack: str = PackOpt,
     db_patience: float = PatienceOpt,
     oversubscribe: bool = OversubscribeOpt,
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Join a study (e.g. from another machine, against one PostgreSQL URL) and work until it is done."""
     from tmafbench.study import api
 
-    options = _options(heartbeat, grace, pack, db_patience)
+    options = _options(heartbeat, grace, pack, db_patience, threads)
     url = resolve_storage(storage)
     with phases_progress(console) as progress:
         outcome = api.join(name, url=url, devices=devices, workers=workers, options=options, oversubscribe=oversubscribe,
-                           on_ready=_announcer(url),
-                           progress=progress, on_event=_event)
+                           on_ready=_announcer(url, threads), progress=progress, on_event=_event)
+    _report(outcome)
+
+
+def create_cmd(
+    spec_path: str = typer.Argument(..., metavar="STUDY_FILE", help="Study file (TOML)."),
+    set_: Optional[list[str]] = SetOpt,
+    storage: Optional[str] = StorageOpt,
+    new_name: Optional[str] = typer.Option(None, "--new-name", help="Create the file as a new study of this name."),
+    force: bool = typer.Option(False, "--force", help=(
+        "When the study exists with other cells: keep the results of the cells in both designs, DELETE the "
+        "cells (and their runs) no longer in the file, add the new cells.")),
+) -> None:
+    """Create a study (its cells; a tuned study's tuning slots) and run nothing; prints the command workers run.
+
+    The same file again changes nothing. Any number of `study create` and `study run` of one file may
+    start at the same moment (every task of a job array): one creates, the others find the study.
+    """
+    from tmafbench.store.database import redact
+    from tmafbench.study import api
+
+    url = resolve_storage(storage)
+    info, phases = api.create(spec_path, set_, url=url, new_name=new_name, force=force)
+    if info.created or not info.message.startswith("resuming"):
+        typer.echo(f"{info.message} in {redact(url)}")
+    else:
+        counts = ", ".join(f"{c.finished}/{c.total} {phase.label} final" for phase, c in phases)
+        updated = info.message.partition("; ")[2]
+        typer.echo(f"study {info.name!r} is already in {redact(url)} with this design ({counts}); nothing to "
+                   f"create" + (f"; {updated}" if updated else ""))
+    target = f" --storage '{redact(url)}'" if storage else ""
+    typer.echo("workers join it with (one per machine, GPU or job):")
+    typer.echo(f"  tmafbench study worker {info.name}{target}")
+    typer.echo(f"  tmafbench study submit {info.name}{target} --executor slurm --jobs N   # a Slurm job array "
+               "(pip install 'tmafbench[slurm]')")
+    if storage and make_url_password(url):
+        typer.echo("  (the password is not shown: give it to the workers in TMAFBENCH_STORAGE, or use a "
+                   "PostgreSQL service or pgpass file and a URL without it)")
+
+
+def make_url_password(url: str) -> bool:
+    """Whether the URL carries a password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).password is not None
+
+
+def submit_cmd(
+    name: str = typer.Argument(..., help="Study name (create it first: `tmafbench study create FILE`)."),
+    executor: str = typer.Option("slurm", "--executor", help="slurm (a job array) | local (processes here: laptops, tests)."),
+    jobs: int = typer.Option(1, "--jobs", "-n", help="Array tasks, each one `study worker`."),
+    storage: Optional[str] = StorageOpt,
+    partition: Optional[str] = typer.Option(None, "--partition", "-p", help="Slurm partition."),
+    time_limit: str = typer.Option("1:00:00", "--time", "-t", help=(
+        "Time limit per task, in Slurm's formats (MM, HH:MM:SS, D-HH:MM). Before it, the worker stops cleanly "
+        "and the task is requeued (--max-requeues).")),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", "-c", help="CPUs per task (Slurm)."),
+    mem: Optional[str] = typer.Option(None, "--mem", help="Memory per task (Slurm), e.g. 8G."),
+    gres: Optional[str] = typer.Option(None, "--gres", help="Generic resources per task, e.g. gpu:1 (Slurm sets CUDA_VISIBLE_DEVICES)."),
+    sbatch: Optional[list[str]] = typer.Option(None, "--sbatch", help="An extra sbatch option, e.g. --sbatch=--account=abc (repeatable)."),
+    max_requeues: int = typer.Option(3, "--max-requeues", help="Requeues of a task after its time limit."),
+    folder: Optional[str] = typer.Option(None, "--folder", help="Where submitit keeps scripts and logs (default ./tmafbench-jobs/STUDY)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the jobs to end, show progress, and exit with the study's status."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Worker processes per task."),
+    devices: str = typer.Option("auto", "--devices", help="auto | cpu | cuda:0,... in each task."),
+    threads: Optional[int] = ThreadsOpt,
+    heartbeat: float = HeartbeatOpt,
+    grace: float = GraceOpt,
+    pack: str = PackOpt,
+    db_patience: float = PatienceOpt,
+) -> None:
+    """Submit `study worker` jobs for a stored study as one job array (Slurm through submitit, or local).
+
+    The storage URL's password never lands in a file: the jobs take the URL from TMAFBENCH_STORAGE in
+    their environment, which Slurm passes on from this command's.
+    """
+    from tmafbench.study import api
+    from tmafbench.study.submit import JobResources, parse_time
+    from tmafbench.study.threads import thread_plan
+
+    _options(heartbeat, grace, pack, db_patience, threads)  # refuse bad values before submitting
+    if executor == "local" and threads is None:  # the jobs share this machine: split its CPUs
+        threads = thread_plan(jobs * workers).threads
+    worker_args = ["--workers", str(workers), "--devices", devices, "--heartbeat", f"{heartbeat:g}", "--grace",
+                   f"{grace:g}", "--pack", pack, "--db-patience", f"{db_patience:g}"]
+    if threads is not None:
+        worker_args += ["--threads", str(threads)]
+    resources = JobResources(time_min=parse_time(time_limit), partition=partition, cpus_per_task=cpus_per_task,
+                             mem=mem, gres=gres, sbatch=tuple(sbatch or ()), max_requeues=max_requeues)
+    url = resolve_storage(storage)
+    info, submitted = api.submit_workers(name, url=url, executor=executor, jobs=jobs, worker_args=worker_args,
+                                         resources=resources, folder=folder)
+    where = f"job array {submitted.array_id}" if executor == "slurm" else f"local jobs {', '.join(submitted.job_ids)}"
+    typer.echo(f"submitted {jobs} worker job(s) for study {name!r} to {executor}: {where}; logs in {submitted.folder}")
+    if not wait:
+        cancel = f"scancel {submitted.array_id}" if executor == "slurm" else "kill the jobs' processes"
+        typer.echo(f"watch: tmafbench study status {name}; stop: {cancel}; resume: submit again")
+        return
+    with phases_progress(console) as progress:
+        outcome = api.wait_for_jobs(info, url, submitted, progress)
     _report(outcome)
 
 
@@ -307,12 +415,74 @@ def delete_cmd(name: str = typer.Argument(...), storage: Optional[str] = Storage
     typer.echo(f"deleted study {name!r}")
 
 
+VERIFY_HELP = ("Exit status: 0 every re-run cell matched its stored result within --tolerance; 1 some cell "
+               "drifted further; 2 refused (bad input, unknown study or cell, unreadable database).")
+
+
+def verify_cmd(
+    name: str = typer.Argument(..., help="Study name (a tuned study: its evaluation cells)."),
+    storage: Optional[str] = StorageOpt,
+    cells: int = typer.Option(3, "--cells", help="Completed cells to re-run, drawn at random (--seed)."),
+    cell: Optional[str] = typer.Option(None, "--cell", help="Re-run this one cell instead: its id or a config-hash prefix."),
+    tolerance: float = typer.Option(0.0, "--tolerance", help=(
+        "Largest relative drift of a cell's primary metric that counts as a match (0: bit for bit).")),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random draw of --cells."),
+    alone: bool = typer.Option(False, "--alone", help=(
+        "Re-run each cell by itself, not in its stored pack (cheaper; not the stored arithmetic).")),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: the stored runs', when recorded)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+) -> None:
+    """Re-run stored cells from their stored configs on this machine: bit-identical or not, first-epoch
+    loss, final metric, relative drift, and what differs from the stored environment. Works on a live
+    database and on a shipped .db.gz."""
+    from tmafbench.study import api
+
+    result = api.verify(resolve_storage(storage), name, cells=cells, cell=cell, seed=seed, tolerance=tolerance,
+                        alone=alone, threads=threads)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+    else:
+        _print_verification(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_verification(result: Verification) -> None:
+    out = Console()
+    table = Table(title=f"{result.study}: {len(result.checks)} of {result.completed} completed cells re-run "
+                        f"({result.threads} thread(s))")
+    for col in ("cell", "group", "seed", "re-run", "bits", "epoch-1 loss stored / here", "final stored / here",
+                "drift", "match"):
+        table.add_column(col)
+    for c in result.checks:
+        drift = "0" if c.drift == 0 else f"{c.drift:.2e}"
+        table.add_row(f"{c.cell_id} ({c.config_hash[:8]})", c.label, str(c.seed), c.pack,
+                      "identical" if c.identical else f"differ ({c.compared} values compared)",
+                      f"{_num(c.first_loss[0])} / {_num(c.first_loss[1])}",
+                      f"{_num(c.final[0])} / {_num(c.final[1])} {c.metric}", drift,
+                      "yes" if c.within(result.tolerance) else "NO")
+    natural = Measurement.get(out, out.options.update(width=10_000), table).maximum  # whole rows, as `study list`
+    Console(width=max(out.width, natural)).print(table)
+    differences = list(dict.fromkeys(d for c in result.checks for d in c.differences))
+    out.print("environment: " + ("the same as the stored runs' (CPU extensions, threads, kernel, torch build, pack)"
+                                 if not differences else "; ".join(differences)))
+    within = sum(c.within(result.tolerance) for c in result.checks)
+    out.print(f"{within} of {len(result.checks)} cells matched within a relative drift of {result.tolerance:g}"
+              + ("" if result.tolerance else " (bit for bit)"))
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.7g}"
+
+
 def register(app: typer.Typer) -> None:
     study_app.command("run", epilog=EXIT_STATUS_HELP)(run_cmd)
     study_app.command("cells")(cells_cmd)
     study_app.command("worker", epilog=EXIT_STATUS_HELP)(worker_cmd)
+    study_app.command("create")(create_cmd)
+    study_app.command("submit", epilog=EXIT_STATUS_HELP + " (with --wait)")(submit_cmd)
     study_app.command("list")(list_cmd)
     study_app.command("status")(status_cmd)
     study_app.command("show")(show_cmd)
     study_app.command("delete")(delete_cmd)
+    study_app.command("verify", epilog=VERIFY_HELP)(verify_cmd)
     app.add_typer(study_app, name="study")

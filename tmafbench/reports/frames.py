@@ -441,28 +441,50 @@ def sweep_axis(data: ReportData) -> str | None:
 
 def load_tuning(engine: Engine, studies: list[str]) -> tuple[dict, pd.DataFrame]:
     """The tuning of reported studies: ({study name: its [tune] table}, one row per finished slot run:
-    study, group, activation, axes, trial, state, value, params)."""
+    study, group, activation, axes, trial, state, value, params, pack).
+
+    The table is the one the tuning study recorded as it ran (`TuneSpec.as_run`: defaults filled in,
+    the sampler behaviour) when there is one; else, for a study stored before that record existed,
+    the table as written, with the metric its slot runs stored when the file left it out (an
+    accuracy study tuned on val_accuracy must not be read as an error). `pack` is how many cells
+    trained together with the slot (its pack_size timing)."""
     with engine.connect() as conn:
         reported = conn.execute(select(Study.id, Study.name, Study.spec).where(Study.name.in_(studies))).all()
         parents = {sid: name for sid, name, _spec in reported}
-        tune_ids = dict(conn.execute(select(Study.id, Study.parent_id).where(
-            Study.kind == "tune", Study.parent_id.in_(list(parents)))).all())
+        children = conn.execute(select(Study.id, Study.parent_id, Study.spec)
+                                .where(Study.kind == "tune", Study.parent_id.in_(list(parents)))).all()
+        tune_ids = {sid: parent for sid, parent, _spec in children}
         rows = conn.execute(
-            select(Cell.study_id, Cell.group_hash, Cell.label, Cell.activation, Cell.axes, Run.status, Artifact.data)
+            select(Cell.study_id, Cell.group_hash, Cell.label, Cell.activation, Cell.axes, Run.status, Run.metric_name,
+                   Artifact.data, Timing.value)
             .join(Run, Run.cell_id == Cell.id)
             .join(Artifact, (Artifact.run_id == Run.id) & (Artifact.name == "tuning"), isouter=True)
+            .join(Timing, (Timing.run_id == Run.id) & (Timing.name == "pack_size"), isouter=True)
             .where(Cell.study_id.in_(list(tune_ids)),
                    Run.status.in_((RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED)))
         ).all()
-    records = []
-    for study_id, group_hash, label, activation, axes, status, data in rows:
+    records: list[dict[str, Any]] = []
+    metrics: dict[str, str] = {}
+    for study_id, group_hash, label, activation, axes, status, metric, data, pack in rows:
         data = data or {}
-        records.append({"study": parents[tune_ids[study_id]], "group_hash": group_hash, "group": label,
+        study = parents[tune_ids[study_id]]
+        if metric and status == RunStatus.COMPLETED:
+            metrics.setdefault(study, metric)
+        records.append({"study": study, "group_hash": group_hash, "group": label,
                         "activation": activation, "axes": axes or {}, "trial": data.get("trial_number"),
                         "state": SlotState.read(data.get("state")) if status != RunStatus.FAILED else SlotState.FAILED,
-                        "value": data.get("value"), "params": data.get("params", {})})
+                        "value": data.get("value"), "params": data.get("params", {}),
+                        "pack": int(pack) if pack is not None else None})
     frame = pd.DataFrame(records, columns=["study", "group_hash", "group", "activation", "axes", "trial", "state",
-                                           "value", "params"])
-    tuned = set(tune_ids.values())
-    specs = {name: (spec or {}).get("tune") or {} for sid, name, spec in reported if sid in tuned}
+                                           "value", "params", "pack"])
+    recorded = {tune_ids[sid]: (spec or {}).get("tune") for sid, _parent, spec in children}
+    specs = {}
+    for sid, name, spec in reported:
+        if sid not in recorded:
+            continue
+        record: dict[str, Any] = recorded[sid] or {}
+        table = dict(record if record.get("sampler") else (spec or {}).get("tune") or {})
+        if not table.get("metric") and name in metrics:
+            table["metric"] = metrics[name]
+        specs[name] = table
     return specs, frame

@@ -33,6 +33,11 @@ CONFIDENCE = 0.95
 # Below this many untied pairs a two-sided Wilcoxon test cannot reach p < 0.05 (its smallest p with
 # 5 pairs is 0.0625), so the paired t test on every pair is used instead and the table says so.
 MIN_WILCOXON_PAIRS = 6
+# No test, p-value, "significant" or Holm line from fewer seed pairs than this (the developers'
+# guide): 2 or 3 seeds give t tests whose p-values mean little (p = 0.002 from 2 seeds was printed
+# once). Such rows show the sign count ("better on 2/2 seeds") and TOO_FEW instead.
+MIN_TEST_PAIRS = 5
+TOO_FEW = "too few seeds for a test"
 FAILURE_STATUSES = (RunStatus.DIVERGED, RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.LOST, RunStatus.RUNNING,
                     "pending")  # "pending": a cell with no attempt yet
 # Metrics are computed in float32 (about 7 significant digits): values that agree to 6 are equal,
@@ -167,7 +172,7 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PairedTest:
-    test: str  # "wilcoxon", "paired t", "identical" or "n<2"
+    test: str  # "wilcoxon", "paired t", "identical" or TOO_FEW (fewer than MIN_TEST_PAIRS pairs: p is NaN)
     statistic: float
     p: float
     used: int  # pairs the test used: Wilcoxon drops tied pairs
@@ -178,10 +183,11 @@ def paired_test(improvement: Sequence[float]) -> PairedTest:
 
     Wilcoxon ranks only the non-zero differences (a tied pair carries no sign), so `used` counts
     those; with fewer than MIN_WILCOXON_PAIRS of them the paired t test on all pairs decides instead.
+    Fewer than MIN_TEST_PAIRS pairs get no test at all (TOO_FEW, p NaN).
     """
     d = np.asarray(improvement, dtype=float)
-    if len(d) < 2:
-        return PairedTest("n<2", math.nan, math.nan, len(d))
+    if len(d) < MIN_TEST_PAIRS:
+        return PairedTest(TOO_FEW, math.nan, math.nan, len(d))
     untied = d[d != 0]
     if len(untied) == 0:
         return PairedTest("identical", math.nan, 1.0, len(d))
@@ -238,9 +244,10 @@ def probability_of_improvement(improvements: Sequence[float]) -> float:
 
 
 def effect_size_dz(improvements: Sequence[float]) -> float:
-    """Cohen's d_z: mean improvement / sd of the improvements (positive = candidate better; 0 for equal means)."""
+    """Cohen's d_z: mean improvement / sd of the improvements (positive = candidate better; 0 for equal
+    means); NaN below MIN_TEST_PAIRS pairs, where the sd of a handful of differences says little."""
     d = np.asarray(improvements, dtype=float)
-    if len(d) < 2:
+    if len(d) < MIN_TEST_PAIRS:
         return math.nan
     mean, sd = mean_improvement(d), d.std(ddof=1)
     if mean == 0:
@@ -390,8 +397,8 @@ def paired_comparison(data: ReportData, metric: str, direction: str, baseline: s
         })
     table = in_group_order(data, pd.DataFrame(rows))
     if len(table):
-        table["p_holm"] = holm(table["p"].to_numpy())
-        table["significant"] = table["p_holm"] < 0.05
+        table["p_holm"] = holm(table["p"].to_numpy())  # rows without a test are not counted in m
+        table["significant"] = [None if math.isnan(p) else bool(p < 0.05) for p in table["p_holm"]]
     return table
 
 

@@ -131,15 +131,22 @@ def paired_table(paired: pd.DataFrame, data: ReportData, metric: str, direction:
         "test": paired["test"], "pairs used": paired["pairs_used"],
         "p": paired["p"].map(fmt_p), "p (Holm)": paired["p_holm"].map(fmt_p),
     })
+    tested = paired["p"].notna().any()
+    if not tested:  # no row has enough seeds: no test columns at all, only the sign counts
+        shown = shown.drop(columns=["effect d_z", "pairs used", "p", "p (Holm)"])
+    too_few = (f"With fewer than {stats.MIN_TEST_PAIRS} pairs there is no test, no p-value and no effect size "
+               f"(test: '{stats.TOO_FEW}'): only the count of seeds on which the activation is better. ")
     return Table("paired_vs_baseline", f"Paired comparison with {baseline}, seed by seed ({metric}, {better(direction)})",
                  paired.drop(columns=["group"]), shown,
                  "Pairs: seeds where both runs completed; values equal to 6 significant digits, or one unit apart "
                  "in the sixth, are tied. "
-                 "Test: Wilcoxon signed-rank on the untied per-seed differences (it drops tied pairs; 'pairs used' "
-                 f"counts what it ranked); with fewer than {stats.MIN_WILCOXON_PAIRS} untied pairs, the paired t "
-                 "test on every pair. p-values Holm-corrected across the rows. "
-                 "P(improve): share of seeds where the activation beats the baseline (ties count half). "
-                 "d_z: mean improvement / sd of improvements, positive = better than the baseline, 0 for equal means.")
+                 + (too_few if (~paired["p"].notna()).any() else "")
+                 + ("Test: Wilcoxon signed-rank on the untied per-seed differences (it drops tied pairs; 'pairs used' "
+                    f"counts what it ranked); with fewer than {stats.MIN_WILCOXON_PAIRS} untied pairs, the paired t "
+                    "test on every pair. p-values Holm-corrected across the rows that have a test. "
+                    "d_z: mean improvement / sd of improvements, positive = better than the baseline, 0 for equal "
+                    "means. " if tested else "")
+                 + "P(improve): share of seeds where the activation beats the baseline (ties count half).")
 
 
 NOISY = "noisy: the spread includes 1"

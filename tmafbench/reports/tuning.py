@@ -57,17 +57,34 @@ def chosen(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def describe(name: str, tune: dict, several: bool) -> str:
-    """How the settings were chosen, in one sentence."""
+def describe(name: str, tune: dict, several: bool, packs: pd.Series | None = None) -> str:
+    """How the settings were chosen, in one sentence; `packs`: the slots' pack sizes (sampler_text)."""
     seeds = tune.get("seeds", 1)
     seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
     evals = tune.get("eval_seeds")
     evals = list(range(max(seeds) + 1, max(seeds) + 1 + evals)) if isinstance(evals, int) else evals
-    text = (f"{tune['trials']} trials per group, Optuna TPE sampler (seed {tune.get('sampler_seed', 0)}), pruner: "
+    text = (f"{tune['trials']} trials per group, {sampler_text(tune, packs)}, pruner: "
             f"{tune.get('pruner', 'none')}, on {tune.get('metric') or 'the validation metric'} of a "
             f"{tune.get('val_fraction', 0.2):g} validation split of the training data (tuning seeds {seeds}); the "
             f"test set was not read while tuning. The comparison tables show the evaluation seeds {evals} only.")
     return f"{name}: {text}" if several else text
+
+
+def sampler_text(tune: dict, packs: pd.Series | None = None) -> str:
+    """What proposed the trials: the behaviour the study recorded (`TuneSpec.as_run`), else what the
+    slots' pack sizes show. Trials packed together are proposed before any of them finishes, so a pack
+    larger than TPE's random start makes the rest of it random proposals too."""
+    startup = tune.get("startup_trials") or max(1, min(10, int(tune["trials"]) // 3))
+    seed = tune.get("sampler_seed", 0)
+    if tune.get("sampler"):
+        return (f"Optuna TPE sampler (seed {seed}, {startup} random startup trials; a pack held at most "
+                f"{tune.get('max_pack', startup)} tuning slots, so TPE proposed the later trials from finished ones)")
+    largest = int(packs.max()) if packs is not None and packs.notna().any() else None
+    if largest is not None and largest > startup:
+        return (f"Optuna TPE sampler (seed {seed}) in name only: this study ran before tuning packs were capped, and "
+                f"up to {largest} tuning slots trained in one pack, proposed together before any of them "
+                f"finished, against a random start of {startup} per group: in effect a random search")
+    return f"Optuna TPE sampler (seed {seed}, {startup} random startup trials; sampler behaviour not recorded)"
 
 
 def build_section(engine: Engine, studies: list[str], folder: Path, formats: tuple[str, ...], scale: float = 1.0,
@@ -77,12 +94,15 @@ def build_section(engine: Engine, studies: list[str], folder: Path, formats: tup
     if not specs:
         return None
     # Each study tuned on its own metric (a report may join an error study and an accuracy one).
+    # load_tuning fills in a metric the file left out (from the slot runs), so "val_rel_l2" is only a
+    # placeholder while no slot has completed.
     metrics = {name: tune.get("metric") or "val_rel_l2" for name, tune in specs.items()}
     mixed = len(set(metrics.values())) > 1
     metric = "validation metric" if mixed else next(iter(metrics.values()))
     direction = "mixed" if mixed else metric_direction(metric)
     section = Section("tuning", "tuning_", metric, direction, None)
-    section.notes = [describe(n, t, len(specs) > 1) for n, t in specs.items()]
+    section.notes = [describe(n, t, len(specs) > 1, frame.loc[frame["study"] == n, "pack"] if "pack" in frame else None)
+                     for n, t in specs.items()]
     if frame.empty:
         section.notes.append("No tuning trial has finished yet.")
         return section

@@ -10,7 +10,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Engine, create_engine, event, inspect, select
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -143,11 +143,30 @@ class Database:
         return redact(self.url)
 
     def create_all(self) -> None:
-        """Create our tables and the schema version row (parent process, before the workers)."""
+        """Create our tables and the schema version row (parent process, before the workers), and
+        add the nullable columns a database made by an earlier release lacks."""
         Base.metadata.create_all(self.engine)
+        self.add_missing_columns()
         with self.session() as session:
             if session.scalar(select(SchemaVersion.version)) is None:
                 session.add(SchemaVersion(version=SCHEMA_VERSION))
+
+    def add_missing_columns(self) -> list[str]:
+        """Add ADDED_COLUMNS missing from an existing database (nullable: old rows read as NULL);
+        returns "table.column" of each one added. Idempotent."""
+        added = []
+        for table, column in ADDED_COLUMNS:
+            if not inspect(self.engine).has_table(table):
+                continue
+            present = {c["name"] for c in inspect(self.engine).get_columns(table)}
+            if column.name in present:
+                continue
+            kind = column.type.compile(dialect=self.engine.dialect)
+            guard = " IF NOT EXISTS" if self.engine.dialect.name == "postgresql" else ""  # two processes at once
+            with self.engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN{guard} {column.name} {kind}"))
+            added.append(f"{table}.{column.name}")
+        return added
 
     def has_tables(self) -> bool:
         return inspect(self.engine).has_table("tmaf_study")
@@ -169,6 +188,10 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# Nullable columns added after the first release, which `create_all` adds to older databases.
+ADDED_COLUMNS = (("tmaf_environment", Base.metadata.tables["tmaf_environment"].c.details),)
 
 
 def sqlite_file_missing(url: str) -> bool:

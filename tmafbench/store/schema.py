@@ -27,6 +27,8 @@ Conventions shared by the writer (study runner) and the reader (reports):
   "activation_curves" = {"s": [...], "modules": {module_name: [[y over s] per feature, <= 8]}};
   "breakpoints" (activations with trainable breakpoints only) = {"modules": {module_name:
   {"initial": [s_1..s_m], "learned": [[s_1..s_m] per feature, <= 8]}}}.
+- Artifact "pack" (every run a worker stores) = {"size": cells trained as one model, "cells":
+  [config_hash of each, in pack order], "position": this cell's index}; size 1 = alone.
 - `Study.reference` = {"source": str, "metric": str, "rows": [{<axis>: value, ..., "value": x}]}
   where each row's keys other than "value"/"note" match `Cell.axes` entries.
 """
@@ -136,6 +138,9 @@ class Environment(Base):
     cpu_count: Mapped[int] = mapped_column(Integer)
     gpu: Mapped[str | None] = mapped_column(String(200), nullable=True)
     packages: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # CPU extensions, torch/MKL/oneDNN builds, threads, TMAF kernel (store/environment.py). Added
+    # after the first release: NULL in rows written before it; `Database.create_all` adds the column.
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Run(Base):

@@ -12,8 +12,9 @@
     its curves look the same, and the timing table's median and quartiles of its epoch times come
     from that even sample instead of every epoch;
   - the artifacts the figures draw: "predictions", "activation_curves" and "breakpoints" of the
-    lowest completed seed of each group (the run the report shows), and every tuning slot's
-    "tuning" record.
+    lowest completed seed of each group (the run the report shows), every tuning slot's
+    "tuning" record, and every run's "pack" record (which cells trained together: what
+    `study verify` needs to re-run a packed cell as it ran).
     "activation_params" (every learned value, the largest artifact) is left out.
   Row ids are kept, so `run_id` in the CSV names the same run in the database.
 - `runs.csv`: `results export` of each study, one row per attempt.
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence, cast
 
 import pandas as pd
-from sqlalchemy import ColumnElement, Table, create_engine, func, insert, select, text, true
+from sqlalchemy import ColumnElement, Table, create_engine, func, insert, inspect, select, text, true
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -61,6 +62,7 @@ DRAWN_EPOCH_NAMES = ("train_loss", "epoch_time_s", "samples_per_s")
 # Artifacts the figures draw from the lowest completed seed of each group, and the tuning record.
 DRAWN_ARTIFACTS = ("predictions", "activation_curves", "breakpoints")
 TUNING_ARTIFACT = "tuning"
+PACK_ARTIFACT = "pack"  # every run's: which cells trained with it (small)
 MAX_EPOCHS = 200  # epochs kept per run: a learning curve drawn from 200 points looks like one from 2,000
 CHUNK = 900  # SQLite's limit on bound parameters per statement, with room to spare
 
@@ -152,7 +154,8 @@ def _write_slim_copy(url: str, studies: list[str], path: Path, max_epochs: int) 
             tuning_runs = [r.id for r in runs if r.cell_id not in study_cells]
             rows["tmaf_artifact"] = (
                 _copy_in(src, dst, Artifact, Artifact.run_id, shown, Artifact.name.in_(DRAWN_ARTIFACTS))
-                + _copy_in(src, dst, Artifact, Artifact.run_id, tuning_runs, Artifact.name == TUNING_ARTIFACT))
+                + _copy_in(src, dst, Artifact, Artifact.run_id, tuning_runs, Artifact.name == TUNING_ARTIFACT)
+                + _copy_in(src, dst, Artifact, Artifact.run_id, [r.id for r in runs], Artifact.name == PACK_ARTIFACT))
         with target.connect() as conn:
             conn.execute(text("VACUUM"))  # pack the pages: the file holds only the rows written
     finally:
@@ -217,9 +220,12 @@ def _shown_runs(cells: Sequence[Any], completed: Sequence[Any]) -> list[int]:
 
 
 def _copy(src: Connection, dst: Connection, model: type[Base], where: ColumnElement[bool]) -> int:
-    """Copy the rows of `model`'s table that match `where`, ids and all."""
+    """Copy the rows of `model`'s table that match `where`, ids and all. Columns a source written by
+    an earlier release lacks (store/database.py, ADDED_COLUMNS) stay NULL in the copy."""
     table = cast(Table, model.__table__)
-    rows = [dict(row._mapping) for row in src.execute(select(table).where(where))]
+    present = {c["name"] for c in inspect(src).get_columns(table.name)}
+    columns = [c for c in table.c if c.name in present]
+    rows = [dict(row._mapping) for row in src.execute(select(*columns).where(where))]
     if rows:
         dst.execute(insert(table), rows)
     return len(rows)

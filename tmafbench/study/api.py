@@ -6,8 +6,10 @@ every message belong to the caller (the CLI passes callbacks).
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from tmafbench.store.database import Database, sqlite_file_missing
 from tmafbench.store.gzipped import readable_copy
@@ -16,14 +18,19 @@ from tmafbench.study.design import StudyDesign, load_design, stored_form
 from tmafbench.study.lifecycle import StudyInfo, delete as delete_study, info_of, prepare
 from tmafbench.study.local import PhaseCounts, StudyOutcome, phase_counts, resolve_devices, run_local
 from tmafbench.study.plan import groups_of, tune_of
+from tmafbench.study.verify import Verification, verify
 from tmafbench.study.worker import WorkerOptions
+
+if TYPE_CHECKING:
+    from tmafbench.study.submit import JobResources, Submitted
 
 T = TypeVar("T")
 OnReady = Callable[[StudyInfo, list[str]], None]
 Progress = Callable[[PhaseCounts, float | None], None]
 OnEvent = Callable[[str], None]
 
-__all__ = ["cells", "delete_study", "describe_tuning", "join", "run", "show", "status", "summaries"]
+__all__ = ["Verification", "cells", "create", "delete_study", "describe_tuning", "join", "run", "show", "status",
+           "submit_workers", "summaries", "verify", "wait_for_jobs"]
 
 
 def cells(path: str | Path, overrides: list[str] | None = None) -> StudyDesign:
@@ -66,6 +73,21 @@ def run(path: str | Path, overrides: list[str] | None, *, url: str, devices: str
     return _work(info, url, device_list, options, on_ready, progress, on_event)
 
 
+def create(path: str | Path, overrides: list[str] | None, *, url: str, new_name: str | None = None,
+           force: bool = False) -> tuple[StudyInfo, PhaseCounts]:
+    """Create the study of a study file (grid or tuned) with its cells, and run nothing.
+
+    The same file again is a no-op; any number of `create` and `run` of one file may start at the
+    same moment (one creates, the others find it: see store/setup_lock.py). Returns the study and
+    its counts.
+    """
+    design = load_design(path, overrides)
+    if new_name:
+        design = design.renamed(new_name)
+    info = prepare(design, url, force=force)
+    return info, _read(url, lambda repo: phase_counts(repo, info))
+
+
 def join(name: str, *, url: str, devices: str = "auto", workers: int | None = 1,
          options: WorkerOptions = WorkerOptions(), oversubscribe: bool = False, on_ready: OnReady | None = None,
          progress: Progress | None = None, on_event: OnEvent | None = None) -> StudyOutcome:
@@ -74,10 +96,36 @@ def join(name: str, *, url: str, devices: str = "auto", workers: int | None = 1,
     db = Database(url, must_exist=True)
     try:
         db.check_schema()
-        info = info_of(Repository(db), name)
+        db.add_missing_columns()  # a database made by an earlier release: this worker records more
+        repo = Repository(db)
+        info = info_of(repo, name)
+        phases = phase_counts(repo, info)
     finally:
         db.dispose()
+    progress_now = ", ".join(f"{c.finished}/{c.total} {phase.label} final" for phase, c in phases)
+    info = replace(info, message=f"joining study {name!r} ({progress_now})")
     return _work(info, url, device_list, options, on_ready, progress, on_event)
+
+
+def submit_workers(name: str, *, url: str, executor: str, jobs: int, worker_args: list[str],
+                   resources: JobResources, folder: str | None = None) -> tuple[StudyInfo, Submitted]:
+    """Submit `jobs` `study worker NAME` jobs as one job array (study/submit.py); the study must exist."""
+    from tmafbench.study.submit import submit
+
+    info = _read(url, lambda repo: info_of(repo, name, with_design=False))
+    return info, submit(name, url, executor=executor, jobs=jobs, worker_args=worker_args, resources=resources,
+                        folder=folder)
+
+
+def wait_for_jobs(info: StudyInfo, url: str, submitted: Submitted, progress: Progress | None = None,
+                  poll_s: float = 2.0) -> StudyOutcome:
+    """Wait until every submitted job has ended; the study's counts then say how it went."""
+    start = time.perf_counter()
+    while submitted.running():
+        if progress is not None:
+            progress(_read(url, lambda repo: phase_counts(repo, info)), None)
+        time.sleep(poll_s)
+    return StudyOutcome(info.name, _read(url, lambda repo: phase_counts(repo, info)), time.perf_counter() - start)
 
 
 def _work(info: StudyInfo, url: str, devices: list[str], options: WorkerOptions, on_ready: OnReady | None,

@@ -20,6 +20,7 @@ from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import Database, sqlite_file_missing
 from tmafbench.store.optuna_storage import optuna_storage
 from tmafbench.store.repository import Limits, Repository, StoredStudy
+from tmafbench.store.setup_lock import setup_lock
 from tmafbench.study.design import StudyDesign, design_from_dict
 from tmafbench.study.plan import groups_of, slot_plans, tune_of, tune_study_name
 from tmafbench.study.validate import check_data
@@ -75,10 +76,18 @@ def prepare(design: StudyDesign, url: str, *, force: bool = False) -> StudyInfo:
     """Create the tables and the study (or load it), after checking the data of every cell that will run.
 
     A changed design is refused unless `force` (grid studies only). Nothing is written before the
-    checks pass.
+    checks pass. Any number of processes may prepare the same study at once (every task of a job
+    array, say): under the database's setup lock one creates it and the others resume it.
     """
     if force and design.tuned:
         raise TmafbenchError("--force is not offered for a tuned study: use --new-name NAME, or delete the study")
+    with setup_lock(url):
+        info = _create_or_load(design, url, force)
+        _create_optuna_studies(url, info)  # Optuna's tables too: its first use creates them
+    return info
+
+
+def _create_or_load(design: StudyDesign, url: str, force: bool) -> StudyInfo:
     fresh = sqlite_file_missing(url)  # then no connection may create the file before the checks pass
     if fresh:
         check_data(cell.config for cell in design.cells)
@@ -95,7 +104,6 @@ def prepare(design: StudyDesign, url: str, *, force: bool = False) -> StudyInfo:
             info = _prepare_grid(repo, design, existing, force)
     finally:
         db.dispose()
-    _create_optuna_studies(url, info)
     return info
 
 
@@ -162,7 +170,7 @@ def _prepare_tuned(repo: Repository, design: StudyDesign, existing: StoredStudy 
     tune = repo.get_study(tune_study_name(name))
     tune_id = tune.id if tune else repo.create_study(
         name=tune_study_name(name), cells=slot_plans(design, groups), kind="tune", parent_id=main_id,
-        **{**meta, "reference": None})
+        **{**meta, "reference": None, "spec": {**meta["spec"], "tune": tune_of(design).as_run()}})  # as it runs
     trials = tune_of(design).trials
     slots = len(groups) * trials
     message = (f"{'resuming' if existing else 'created'} tuned study {name!r}: {len(groups)} groups x "

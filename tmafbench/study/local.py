@@ -28,6 +28,7 @@ from tmafbench.store.repository import Counts, Repository
 from tmafbench.store.resilience import DatabaseFault, Patience
 from tmafbench.study.lifecycle import Phase, StudyInfo
 from tmafbench.study.loop import worker_loop
+from tmafbench.study.threads import thread_plan
 from tmafbench.study.worker import WorkerOptions, WorkerStats, log, stop_guard, stopped_by_sigterm
 
 PhaseCounts = list[tuple[Phase, Counts]]
@@ -162,7 +163,7 @@ def run_processes(study_name: str, url: str, devices: list[str], options: Worker
     """
     ctx = mp.get_context("spawn")
     queue: WorkerMessages = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    threads = thread_plan(len(devices), options.threads).threads
     procs = [ctx.Process(target=_worker_process, args=(loop or worker_loop, study_name, url, d, threads, options, queue),
                          name=f"tmafbench-worker-{i}", daemon=False) for i, d in enumerate(devices)]
     for p in procs:

@@ -95,7 +95,9 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
         ex = CellExecutor(repo, device, options, stats, many_fn(trial_fn))
         ex.retry(db.check_schema)
         info = ex.retry(lambda: info_of(repo, study_name))
-        environment = collect(device)
+        from tmafbench.activations.kernels import kernel_on  # imports torch: only once the worker runs
+
+        environment = collect(device, kernel_on(device))  # after the worker process set its threads
         with stop_guard():
             ex.environment_id = ex.retry(lambda: repo.environment_id(environment))
             for phase in info.phases:

@@ -183,7 +183,7 @@ class SlotRunner:
         # random start needs no finished trial, so a pack may hold that many; a larger one would let
         # TPE propose a whole group's trials blind (random search) and leave the median pruner,
         # which compares with finished trials, nothing to compare with.
-        self.max_pack: int | None = self.tune.n_startup()
+        self.max_pack: int | None = self.tune.max_pack()
 
     def run(self, claims: list[Claim], ex: CellExecutor) -> list[TrialResult]:
         from optuna.trial import TrialState

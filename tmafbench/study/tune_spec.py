@@ -133,6 +133,25 @@ class TuneSpec(_Strict):
             raise ValueError("tune.metric is set by check_tune; this TuneSpec was not checked")
         return self.metric
 
+    def max_pack(self) -> int:
+        """The most slots of a group one pack may hold: slots packed together are proposed before any
+        of them finishes, which TPE's random start can do well and nothing after it."""
+        return self.n_startup()
+
+    def as_run(self) -> dict[str, Any]:
+        """The table as the study runs it, stored with its tuning study: every default filled in (the
+        metric resolved from the task's kind, startup_trials from the budget, the seeds as lists),
+        and the sampler behaviour in force (SAMPLER, max_pack), so that a report says what ran."""
+        data = self.model_dump(mode="json")
+        data.update(seeds=self.tune_seed_list(), eval_seeds=self.eval_seed_list(), startup_trials=self.n_startup(),
+                    sampler=SAMPLER, max_pack=self.max_pack())
+        return data
+
+
+# How tuning slots are proposed (recorded per study by `TuneSpec.as_run`). Before the cap, a worker's
+# pack could hold a whole group's trials, all proposed before any finished: a random search.
+SAMPLER = "tpe (packs capped at startup_trials)"
+
 
 def validate_model(model: type[M], data: dict[str, Any], prefix: tuple[Any, ...], err: MakeError) -> M:
     try:

@@ -50,6 +50,7 @@ class WorkerOptions:
     max_runs: int | None = None  # stop after this many runs (tests, benchmarks)
     pack: int | str = 1  # cells trained together as one packed model: K, or "auto" (training/packed.py)
     db_patience_s: float = DEFAULT_PATIENCE_S  # how long a worker waits for a database that does not answer
+    threads: int | None = None  # torch threads per CPU worker; None: the usable CPUs shared (study/threads.py)
 
     def __post_init__(self) -> None:
         for option, value in (("--heartbeat", self.heartbeat_s), ("--grace", self.grace_s),
@@ -61,6 +62,8 @@ class WorkerOptions:
             raise TmafbenchError(f"--pack must be a positive integer or 'auto', got {self.pack!r}")
         if self.db_patience_s < 0:
             raise TmafbenchError(f"--db-patience must be >= 0 seconds, got {self.db_patience_s:g}")
+        if self.threads is not None and self.threads < 1:
+            raise TmafbenchError(f"--threads must be >= 1, got {self.threads}")
         if self.heartbeat_s <= 0:
             raise TmafbenchError(f"--heartbeat must be > 0 seconds, got {self.heartbeat_s:g}")
         # A live run is silent for up to one heartbeat interval (longer on a loaded machine): a grace
@@ -264,6 +267,8 @@ class CellExecutor:
         blinks; a late result for a cell that another run completed is recorded as a redundant
         attempt. Time in training is added to the stats.
         """
+        from tmafbench.training.packed import record_packs  # torch: imported once a cell trains
+
         train = train_many or self.many_fn
         numbers = trial_numbers or [None] * len(claims)
         cell_start = time.perf_counter()
@@ -275,6 +280,7 @@ class CellExecutor:
         try:
             with Heartbeat(self.repo, [c.run_id for c in claims], self.options.heartbeat_s) as beat:
                 outcomes = train(configs, [beat.check(c.run_id) for c in claims])
+                record_packs(configs, outcomes, [c.config_hash for c in claims])  # each run's "pack" artifact
                 if stop_requested():  # a Ctrl-C that Python swallowed during the trial
                     raise KeyboardInterrupt
         except (KeyboardInterrupt, SystemExit):

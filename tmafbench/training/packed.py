@@ -358,16 +358,41 @@ def train_many(configs: list[TrialConfig], on_epochs: list[OnEpoch] | None = Non
     the exception that ended it (a bad config, a pruned trial), in the order given."""
     on_epochs = on_epochs or [None] * len(configs)
     outcomes: list[Outcome | None] = [None] * len(configs)
-    groups: dict[str | None, list[int]] = {}
-    for i, config in enumerate(configs):
-        key = pack_key(config.to_dict())
-        groups.setdefault(key if key is not None else f"alone-{i}", []).append(i)
-    for members in groups.values():
+    for members in pack_groups(configs):
         packed = train_packed([configs[i] for i in members], [on_epochs[i] for i in members]) \
             if len(members) > 1 else None
         for j, i in enumerate(members):
             outcomes[i] = packed[j] if packed is not None else _alone(configs[i], on_epochs[i])
     return outcomes  # type: ignore[return-value]
+
+
+def pack_groups(configs: list[TrialConfig]) -> list[list[int]]:
+    """The indices of `configs` that `train_many` trains as one model, group by group, in order."""
+    groups: dict[str, list[int]] = {}
+    for i, config in enumerate(configs):
+        key = pack_key(config.to_dict())
+        groups.setdefault(key if key is not None else f"alone-{i}", []).append(i)
+    return list(groups.values())
+
+
+def record_packs(configs: list[TrialConfig], outcomes: list[Any], names: list[str]) -> None:
+    """Add to each TrialResult in `outcomes` its artifact "pack": {"size": cells trained as one model,
+    "cells": the names (cell hashes) of those cells in pack order, "position": its index there}.
+
+    `outcomes` come from `train_many(configs)` or a stand-in that trains one by one (pack_size 1).
+    Tuning slots are grouped by their base config: a pack that their sampled settings split (a
+    sampled batch size) records its size with "cells" null.
+    """
+    for members in pack_groups(configs):
+        for i in members:
+            out = outcomes[i]
+            if not isinstance(out, TrialResult):
+                continue
+            together = members if out.pack_size > 1 else [i]
+            known = len(together) == out.pack_size
+            out.artifacts = {**(out.artifacts or {}), "pack": {
+                "size": out.pack_size, "cells": [names[m] for m in together] if known else None,
+                "position": together.index(i) if known else None}}
 
 
 def _alone(config: TrialConfig, on_epoch: OnEpoch) -> Outcome:
