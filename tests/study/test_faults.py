@@ -87,19 +87,18 @@ def assert_clean(url: str, info: StudyInfo) -> None:
         assert sorted(completes) == sorted(runs_by_cell(url))
 
 
-def worker_process(url: str, name: str, options: str, env: dict | None = None) -> subprocess.Popen:
-    """`worker_loop` in its own process; it prints its stats as JSON when it ends."""
+def worker_process(url: str, name: str, options: str, env: dict | None = None, stderr=subprocess.PIPE) -> subprocess.Popen:
+    """`worker_loop` in its own process; it prints its stats as JSON when it ends (stderr: a pipe or an open file)."""
     code = ("import dataclasses, json, sys; from tmafbench.study.loop import worker_loop\n"
             "from tmafbench.study.worker import WorkerOptions\n"
             f"stats = worker_loop({name!r}, sys.argv[1], options=WorkerOptions({options}))\n"
             "print(json.dumps({k: v for k, v in dataclasses.asdict(stats).items() if not isinstance(v, list)}))\n")
-    return spawn([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return spawn([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[dict, str]:
     out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, (err or "")[-3000:]
     return json.loads(out.strip().splitlines()[-1]), err
 
 
@@ -223,13 +222,21 @@ def _load(url: str, name: str) -> StudyInfo:
 
 
 @pytest.mark.postgres
-def test_a_result_finished_during_an_outage_is_written_when_the_server_is_back(proxied):
+def test_a_result_finished_during_an_outage_is_written_when_the_server_is_back(proxied, tmp_path):
     url, through, proxy = proxied
     info = prepare(parse_design(SLOW, SHORT), through)
-    worker = worker_process(through, "slow", "heartbeat_s=0.3, grace_s=30, poll_s=0.2")
-    wait_for(lambda: training(url), what="the run to start")
-    proxy.cut_for(12.0).join()  # longer than the cell takes to train
-    stats, err = finish(worker)
+    log = tmp_path / "worker.err"
+    with log.open("w") as err_file:
+        worker = worker_process(through, "slow", "heartbeat_s=0.3, grace_s=30, poll_s=0.2", stderr=err_file)
+        wait_for(lambda: training(url), what="the run to start")
+        proxy.cut()
+        # The outage lasts until the worker, done training, has met it writing its result (the heartbeat
+        # does not log), however long training takes on a busy machine; then 2 s more.
+        wait_for(lambda: "database unreachable" in log.read_text(), timeout=600, what="the worker to meet the outage")
+        time.sleep(2.0)
+        proxy.restore()
+        stats, _ = finish(worker)
+    err = log.read_text()
     assert stats["completed"] == 1 and stats["reconnects"] > 0 and stats["db_wait_s"] > 0
     assert list(runs_by_cell(url).values()) == [[(1, "completed")]]
     assert "database unreachable" in err and "database back after" in err
