@@ -57,6 +57,7 @@ def test_query_refuses_writes(url):
     ("pragma writable_schema = on", "PRAGMA is not allowed"),
     ("with gone as (delete from tmaf_run returning id) select * from gone", "(DELETE)"),
     ("select load_extension('x')", "load_extension() acts on the server"),
+    ("select ts_stat('select to_tsvector(1::text)')", "ts_stat() acts on the server"),  # runs SQL given as text
     ("explain delete from tmaf_run", "DELETE is not allowed"),
     ("", "0 statements"),
 ])
@@ -73,6 +74,13 @@ def test_query_allowlist_refuses_before_touching_anything(url, tmp_path, sql, sa
 def test_query_allowlist_admits_reads(url, sql):
     out = runner.invoke(app, ["results", "query", sql, "--storage", url, "--format", "json"])
     assert out.exit_code == 0, out.output
+
+
+def test_query_reads_a_colon_in_a_literal_as_text_not_a_bind_parameter(url):
+    out = runner.invoke(app, ["results", "query", "select 'a :b' as t, count(*) as n from tmaf_cell where label != 'x:y'",
+                              "--storage", url, "--format", "json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)[0]["t"] == "a :b"
 
 
 def test_query_prints_blobs_as_hex(url):

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from tmafbench.bench.activations import BenchRow as ActivationRow
     from tmafbench.bench.training import BenchRow
 
-bench_app = App(help="Benchmarks that print figures: activations, a training epoch or step, packing, the scheduler.")
+bench_app = App(help="Benchmarks that print figures: activations, a training epoch or step, packing, the scheduler, the GPU path.")
 
 
 def _mib(n: int) -> str:

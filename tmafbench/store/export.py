@@ -34,7 +34,7 @@ def query(url: str, sql: str) -> pd.DataFrame:
     engine = read_only_engine(readable_copy(url))
     try:
         with engine.connect() as conn:
-            result = conn.execute(text(sql))
+            result = conn.execute(text(sql.replace(":", "\\:")))  # a ':' is SQL, never a bind parameter
             if not result.returns_rows:
                 return pd.DataFrame()
             rows = [tuple(_printable(v) for v in row) for row in result.fetchall()]

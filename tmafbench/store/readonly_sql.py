@@ -25,7 +25,9 @@ _SIDE_EFFECTS = ("pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", 
                  "pg_sleep", "pg_switch_wal", "pg_create_", "pg_drop_", "pg_promote", "pg_logical_", "pg_replication_",
                  "pg_backup_", "pg_start_backup", "pg_stop_backup", "pg_import_", "pg_export_", "pg_log_", "pg_wal_",
                  "lo_", "dblink", "set_config", "nextval", "setval", "txid_", "pg_notify", "query_to_xml",
-                 "load_extension", "writefile", "readfile", "edit", "fts3_tokenizer")
+                 "load_extension", "writefile", "readfile", "edit", "fts3_tokenizer",
+                 "ts_stat", "ts_rewrite", "pg_stat_statements_reset", "cursor_to_xml", "table_to_xml",
+                 "database_to_xml", "schema_to_xml")
 
 _EXPLAIN = re.compile(r"^\s*explain\b(\s+query\s+plan\b|\s+analy[sz]e\b|\s+verbose\b|\s*\([^)]*\))*", re.IGNORECASE)
 

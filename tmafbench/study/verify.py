@@ -200,7 +200,7 @@ def _check(run: StoredRun, members: Any, outcome: Any, here: dict[str, Any], alo
     return CellCheck(run.cell_id, run.config_hash, run.label, run.seed, run.metric_name, how, run.pack_size,
                      (run.train_loss.get(1), losses.get(1)), (run.finals.get(run.metric_name), finals.get(run.metric_name)),
                      identical, len(compared), notes,
-                     status="failed: " + str(outcome).splitlines()[0] if failed else str(outcome.status))
+                     status="failed: " + (str(outcome).splitlines() or [type(outcome).__name__])[0] if failed else str(outcome.status))
 
 
 def _same(stored: float | None, rerun: float | None) -> bool:
