@@ -122,6 +122,6 @@ def test_the_command_prints_the_checks_and_its_exit_status_says_whether_all_matc
         s.execute(update(FinalMetric).where(FinalMetric.name == "rel_l2").values(value=FinalMetric.value * 1.5))
     db.dispose()
     drifted = runner.invoke(app, ["study", "verify", "tiny", "--storage", f"sqlite:///{copy}", "--cells", "1"])
-    assert drifted.exit_code == 1 and "0 of 1 cells matched" in drifted.output and "NO" in drifted.output
+    assert drifted.exit_code == 5 and "0 of 1 cells matched" in drifted.output and "NO" in drifted.output
     refused = runner.invoke(app, ["study", "verify", "tiny", "--storage", url, "--tolerance", "-0.5"])
     assert refused.exit_code == 2 and refused.output.strip().startswith("error: --tolerance must be")

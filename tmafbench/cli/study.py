@@ -415,8 +415,9 @@ def delete_cmd(name: str = typer.Argument(...), storage: Optional[str] = Storage
     typer.echo(f"deleted study {name!r}")
 
 
-VERIFY_HELP = ("Exit status: 0 every re-run cell matched its stored result within --tolerance; 1 some cell "
-               "drifted further; 2 refused (bad input, unknown study or cell, unreadable database).")
+VERIFY_EXIT_DRIFTED = 5  # not 1: a script must tell a drifted cell from a crash (EXIT_BUG)
+VERIFY_HELP = ("Exit status: 0 every re-run cell matched its stored result within --tolerance; 5 some cell "
+               "drifted further; 2 refused (bad input, unknown study or cell, unreadable database); 1 a bug.")
 
 
 def verify_cmd(
@@ -443,7 +444,7 @@ def verify_cmd(
         typer.echo(json.dumps(result.to_dict(), default=str))
     else:
         _print_verification(result)
-    raise typer.Exit(0 if result.ok else 1)
+    raise typer.Exit(0 if result.ok else VERIFY_EXIT_DRIFTED)
 
 
 def _print_verification(result: Verification) -> None:

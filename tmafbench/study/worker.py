@@ -280,7 +280,10 @@ class CellExecutor:
         try:
             with Heartbeat(self.repo, [c.run_id for c in claims], self.options.heartbeat_s) as beat:
                 outcomes = train(configs, [beat.check(c.run_id) for c in claims])
-                record_packs(configs, outcomes, [c.config_hash for c in claims])  # each run's "pack" artifact
+                try:
+                    record_packs(configs, outcomes, [c.config_hash for c in claims])  # each run's "pack" artifact
+                except Exception:  # provenance only: never lose trained results over it
+                    log.exception("%s: could not record which cells trained together", self.stats.worker)
                 if stop_requested():  # a Ctrl-C that Python swallowed during the trial
                     raise KeyboardInterrupt
         except (KeyboardInterrupt, SystemExit):
