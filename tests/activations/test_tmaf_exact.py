@@ -219,3 +219,20 @@ def test_breakpoint_gradient_points_the_right_way(backend):
     x = torch.tensor([[0.05], [0.1], [-0.05]])
     act(x).sum().backward()  # raising s_1 would turn the positive inputs off: d sum / d s_1 < 0
     assert act.breakpoint_first.grad.item() < 0
+
+
+@pytest.mark.parametrize("name", ["tmaf", "tmaf-tridiag"])
+@pytest.mark.parametrize("train_breakpoints", [False, True])
+def test_tables_first_built_under_inference_mode_do_not_break_training(name, train_breakpoints):
+    # An evaluation (torch.inference_mode) before or between training steps builds the threshold tables;
+    # a later training step must not save those inference tensors for its backward.
+    act = activations.create(name, 3, intervals=4, train_breakpoints=train_breakpoints)
+    x = torch.randn(16, 3)
+    with torch.inference_mode():
+        act(x)
+    act(x).square().sum().backward()  # train after an evaluation
+    with torch.inference_mode():
+        act(x)
+    act.zero_grad()
+    act(x).square().sum().backward()  # and again, with unchanged breakpoints
+    assert all(p.grad is not None for p in act.parameters() if p.requires_grad)

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from tmafbench.errors import InputError
+
 MODES = ("auto", "on", "off")
 #: "auto" compiles inputs of at least this many elements: below it a call is mostly per-call
 #: overhead, which compiling hardly changes (a sine-sum MLP epoch at batch 64, width 20: 2.07 s
@@ -48,7 +50,7 @@ def mode() -> str:
     aliases = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}
     value = aliases.get(value, value)
     if value not in MODES:
-        raise ValueError(f"TMAFBENCH_COMPILE must be one of {', '.join(MODES)}; got {value!r}")
+        raise InputError(f"TMAFBENCH_COMPILE must be one of {', '.join(MODES)}; got {value!r}")
     return value
 
 

@@ -114,10 +114,10 @@ class BandedTMAFBase(Activation):
         uniform = (grid.lo, grid.width) if grid.uniform and not self.train_breakpoints else None
         bump_width = self.BREAKPOINT_KERNEL_WIDTH * grid.width if self.train_breakpoints else 0.0
         self.spec = BandSpec(self.shifts, tuple(self._rows), uniform, bump_width)
-        self._fixed_bp: dict[torch.device, torch.Tensor] = {}
-        self._fixed_grids: dict[tuple[torch.device, torch.dtype], GridTensors] = {}
+        self._fixed_bp: dict[tuple[torch.device, bool], torch.Tensor] = {}
+        self._fixed_grids: dict[tuple[torch.device, torch.dtype, bool], GridTensors] = {}
         # Trainable breakpoints: ((device, dtype), the breakpoints, their GridTensors) of the last call.
-        self._trainable_grid: tuple[tuple[torch.device, torch.dtype], torch.Tensor, GridTensors] | None = None
+        self._trainable_grid: tuple[tuple[torch.device, torch.dtype, bool], torch.Tensor, GridTensors] | None = None
 
     @property
     def bandwidth(self) -> int:
@@ -137,10 +137,11 @@ class BandedTMAFBase(Activation):
         if self.train_breakpoints:
             gaps = F.softplus(self.breakpoint_gaps) + self._gap_floor
             return torch.cat([self.breakpoint_first, self.breakpoint_first + gaps.cumsum(dim=1)], dim=1)
-        device = self._parameters["values"].device
-        if device not in self._fixed_bp:  # float64 so that comparisons with the input are exact
-            self._fixed_bp[device] = torch.tensor([self.grid.breakpoints], dtype=torch.float64, device=device)
-        return self._fixed_bp[device]
+        # One per device and mode: a tensor made under torch.inference_mode cannot be saved for backward.
+        key = (self._parameters["values"].device, torch.is_inference_mode_enabled())
+        if key not in self._fixed_bp:  # float64 so that comparisons with the input are exact
+            self._fixed_bp[key] = torch.tensor([self.grid.breakpoints], dtype=torch.float64, device=key[0])
+        return self._fixed_bp[key]
 
     def tables(self) -> list[torch.Tensor]:
         """Each diagonal's values, [Cf, K], in the order values, upper, lower, upper_2, ... (spec.rows)."""
@@ -159,15 +160,16 @@ class BandedTMAFBase(Activation):
         with the cached ones is the key. The parameters' version counters would be cheaper, but
         torch's fused optimisers (Adam(fused=True), measured with torch 2.14) update parameters
         without advancing them."""
+        # Tensors made under torch.inference_mode (an evaluation) cannot be saved for a later training
+        # step's backward, so each mode keeps its own tables.
+        key = (x.device, x.dtype, torch.is_inference_mode_enabled())
         if self.train_breakpoints:
             values = breakpoints.detach()
             cached = self._trainable_grid
-            if (cached is None or cached[0] != (x.device, x.dtype) or cached[1].dtype != values.dtype
+            if (cached is None or cached[0] != key or cached[1].dtype != values.dtype
                     or not torch.equal(cached[1], values)):
-                cached = self._trainable_grid = ((x.device, x.dtype), values.clone(),
-                                                 grid_tensors(values, self.spec, x.dtype))
+                cached = self._trainable_grid = (key, values.clone(), grid_tensors(values, self.spec, x.dtype))
             return cached[2]
-        key = (x.device, x.dtype)
         if key not in self._fixed_grids:
             self._fixed_grids[key] = grid_tensors(breakpoints.to(x.device), self.spec, x.dtype)
         return self._fixed_grids[key]

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from tmafbench.errors import InputError
 from tmafbench.activations.tmaf import BandedTMAFBase
 
 #: Seconds each section needs at least (a section is skipped when less than this is left).
@@ -272,7 +273,7 @@ def run_gpu_check(out: Path, device: str = "cuda", budget_s: float = 480.0, quic
                   sections: list[str] | None = None) -> dict[str, Any]:
     """Run the sections (module docstring) within `budget_s` seconds and write the JSON to `out`."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("bench gpu: CUDA is not available here (use --device cpu to run the CPU stand-in)")
+        raise InputError("bench gpu: CUDA is not available here (use --device cpu to run the CPU stand-in)")
     deadline = time.monotonic() + budget_s
     def left() -> float:
         return deadline - time.monotonic()
@@ -289,7 +290,7 @@ def run_gpu_check(out: Path, device: str = "cuda", budget_s: float = 480.0, quic
     }
     unknown = sorted(set(sections or []) - set(steps))
     if unknown:
-        raise ValueError(f"bench gpu: unknown section(s) {unknown}; choose from: {', '.join(steps)}")
+        raise InputError(f"bench gpu: unknown section(s) {unknown}; choose from: {', '.join(steps)}")
     report: dict[str, Any] = {"device": device, "quick": quick, "budget_s": budget_s, "sections": {}}
     out.parent.mkdir(parents=True, exist_ok=True)
     for name, step in steps.items():

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tmafbench.errors import InputError
 from tmafbench import activations, models, tasks
 from tmafbench.core import TrainingConfig, TrialConfig
 from tmafbench.registries import ACTIVATIONS
@@ -63,10 +64,10 @@ def bench_epochs(task: str, model: str, activation_names: list[str | tuple[str, 
     from tmafbench.bench.activations import busy_processes
 
     if repeats < 1 or warmup < 0 or under_load < 0:
-        raise ValueError(f"need repeats >= 1, warmup >= 0 and under_load >= 0; got {repeats}, {warmup}, {under_load}")
+        raise InputError(f"need repeats >= 1, warmup >= 0 and under_load >= 0; got {repeats}, {warmup}, {under_load}")
     counts = [int(t) for t in ([threads] if isinstance(threads, int) else threads or [])] or [torch.get_num_threads()]
     if min(counts) < 1:
-        raise ValueError(f"threads must be >= 1, got {counts}")
+        raise InputError(f"threads must be >= 1, got {counts}")
     setups = []
     labels = []
     for item in activation_names:
