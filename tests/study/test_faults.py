@@ -40,9 +40,10 @@ pytestmark = [pytest.mark.slow]
 
 # 16 cells of about half a second each.
 BLINK = study_toml("blink", train_size=256, epochs=25, batch_size=32, seeds=8)
-# Two cells of about 15 s in epochs of about 0.04 s: a worker checks at each epoch whether its run is
+# Two cells of about 30 s alone (150 epochs of about 0.2 s, measured 2026-12-03 on an idle 2-core machine;
+# twice that with both workers training): a worker checks at each epoch whether its run is
 # still its own. With `SHORT`, one cell of about 1 s.
-SLOW = study_toml("slow", train_size=2048, depth=2, width=32, epochs=400, batch_size=32, seeds=2, activations=("relu",))
+SLOW = study_toml("slow", train_size=2048, depth=2, width=32, epochs=150, batch_size=32, seeds=2, activations=("relu",))
 SHORT = ["axes.seeds=1", "defaults.training.epochs=20"]
 
 
