@@ -93,7 +93,21 @@ def phases_progress(console: Console) -> Iterator[Callable[[PhaseCounts, float |
             bars.stop()
 
 
-def exit_for_outcome(console: Console, outcome: StudyOutcome, resume_hint: str = "run the same command again to resume") -> None:
+RESUME_HINT = "run the same command again to resume"
+
+
+@contextlib.contextmanager
+def interrupted_line() -> Iterator[None]:
+    """A Ctrl-C or SIGTERM before the workers started (or after they ended) gives the line and the
+    exit status of an interrupted run."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(f"interrupted: {RESUME_HINT}")
+        raise typer.Exit(EXIT_CODES[Ending.INTERRUPTED]) from None
+
+
+def exit_for_outcome(console: Console, outcome: StudyOutcome, resume_hint: str = RESUME_HINT) -> None:
     """After local workers: say why the run ended unless every cell is done, and exit with its code."""
     crashed = [code for code in outcome.exit_codes if code not in (0, None)]
     if crashed and not outcome.interrupted:
@@ -220,7 +234,7 @@ def run_cmd(
         _show_cells(api.cells(spec_path, set_), 200)
         return
     url = resolve_storage(storage)
-    with phases_progress(console) as progress:
+    with phases_progress(console) as progress, interrupted_line():
         outcome = api.run(spec_path, set_, url=url, devices=devices, workers=workers, new_name=new_name, force=force,
                           options=_options(heartbeat, grace, pack, db_patience, threads), oversubscribe=oversubscribe,
                           on_ready=_announcer(url, threads), progress=progress, on_event=_event)
@@ -244,7 +258,7 @@ def worker_cmd(
 
     options = _options(heartbeat, grace, pack, db_patience, threads)
     url = resolve_storage(storage)
-    with phases_progress(console) as progress:
+    with phases_progress(console) as progress, interrupted_line():
         outcome = api.join(name, url=url, devices=devices, workers=workers, options=options, oversubscribe=oversubscribe,
                            on_ready=_announcer(url, threads), progress=progress, on_event=_event)
     _report(outcome)

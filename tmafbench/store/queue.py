@@ -289,6 +289,16 @@ class RunQueue:
         with self.db.session() as s:
             s.execute(update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING).values(**values))
 
+    def interrupt_runs_of(self, study_id: int, *, host: str, worker: str, error: str) -> int:
+        """Mark the running runs of one worker (host and worker name, as claimed) in a study
+        interrupted; returns how many."""
+        with self.db.session() as s:
+            held = select(Run.id).join(Cell).where(Cell.study_id == study_id, Run.status == RunStatus.RUNNING,
+                                                    Run.host == host, Run.worker == worker)
+            result = s.execute(update(Run).where(Run.id.in_(held), Run.status == RunStatus.RUNNING).values(
+                status=RunStatus.INTERRUPTED, ended_at=utcnow(), error=error))
+            return int(getattr(result, "rowcount", 0) or 0)
+
     def mark_failed(self, run_id: int, error: str) -> None:
         with self.db.session() as s:
             s.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.FAILED, ended_at=utcnow(), error=error))

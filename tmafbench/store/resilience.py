@@ -159,7 +159,8 @@ class Patience:
 
     `where` names the database in messages (never with its password). `on_wait(kind, exc)` is
     called when an outage starts, `on_back(kind, seconds)` when a call succeeds after one;
-    `waited_s` adds up every outage; `retries` counts every retried call by kind.
+    `waited_s` adds up every outage; `retries` counts every retried call by kind. Once
+    `should_stop()` is true (the user asked to stop) a failed try is not retried: KeyboardInterrupt.
     """
 
     where: str
@@ -168,6 +169,7 @@ class Patience:
     on_back: Callable[[Transient, float], None] | None = None
     waited_s: float = 0.0
     retries: dict[str, int] = field(default_factory=lambda: {"locked": 0, "disconnected": 0})
+    should_stop: Callable[[], bool] | None = None
 
     def call(self, fn: Callable[[], T]) -> T:
         """fn(), retried on transient errors; `DatabaseUnavailable` past the limit, `StorageFault`
@@ -191,6 +193,8 @@ class Patience:
                     if self.on_wait is not None:
                         self.on_wait(kind, exc)
                 self.retries[kind] += 1
+                if self.should_stop is not None and self.should_stop():
+                    raise KeyboardInterrupt from exc
                 if now - started >= self.limit_s:
                     self.waited_s += now - started
                     raise DatabaseUnavailable(self.unavailable_message(exc)) from exc

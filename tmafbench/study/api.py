@@ -18,6 +18,7 @@ from tmafbench.study.design import StudyDesign, load_design, stored_form
 from tmafbench.study.lifecycle import StudyInfo, delete as delete_study, info_of, prepare
 from tmafbench.study.local import PhaseCounts, StudyOutcome, phase_counts, resolve_devices, run_local
 from tmafbench.study.plan import groups_of, tune_of
+from tmafbench.study.signals import pause_point, stop_guard, stop_requested
 from tmafbench.study.verify import Verification, verify
 from tmafbench.study.worker import WorkerOptions
 
@@ -60,17 +61,18 @@ def run(path: str | Path, overrides: list[str] | None, *, url: str, devices: str
     checked before anything is written. `on_event(line)` gets the workers' log lines (a database
     outage and its end, an abandoned cell, a late result).
     """
-    finished = _finished_already(path, overrides, url, new_name)
-    if finished is not None:
-        if on_ready is not None:
-            on_ready(finished[0], [])
-        return finished[1]
-    design = load_design(path, overrides)
-    if new_name:
-        design = design.renamed(new_name)
-    device_list = resolve_devices(devices, workers, oversubscribe)  # before anything is written
-    info = prepare(design, url, force=force)
-    return _work(info, url, device_list, options, on_ready, progress, on_event)
+    with stop_guard():  # a Ctrl-C or SIGTERM from here on is KeyboardInterrupt, and the study is left clean
+        finished = _finished_already(path, overrides, url, new_name)
+        if finished is not None:
+            if on_ready is not None:
+                on_ready(finished[0], [])
+            return finished[1]
+        design = load_design(path, overrides)
+        if new_name:
+            design = design.renamed(new_name)
+        device_list = resolve_devices(devices, workers, oversubscribe)  # before anything is written
+        info = prepare(design, url, force=force)
+        return _work(info, url, device_list, options, on_ready, progress, on_event)
 
 
 def create(path: str | Path, overrides: list[str] | None, *, url: str, new_name: str | None = None,
@@ -92,19 +94,20 @@ def join(name: str, *, url: str, devices: str = "auto", workers: int | None = 1,
          options: WorkerOptions = WorkerOptions(), oversubscribe: bool = False, on_ready: OnReady | None = None,
          progress: Progress | None = None, on_event: OnEvent | None = None) -> StudyOutcome:
     """Work on a stored study from this machine (e.g. against one PostgreSQL URL)."""
-    device_list = resolve_devices(devices, workers, oversubscribe)
-    db = Database(url, must_exist=True)
-    try:
-        db.check_schema()
-        db.add_missing_columns()  # a database made by an earlier release: this worker records more
-        repo = Repository(db)
-        info = info_of(repo, name)
-        phases = phase_counts(repo, info)
-    finally:
-        db.dispose()
-    progress_now = ", ".join(f"{c.finished}/{c.total} {phase.label} final" for phase, c in phases)
-    info = replace(info, message=f"joining study {name!r} ({progress_now})")
-    return _work(info, url, device_list, options, on_ready, progress, on_event)
+    with stop_guard():
+        device_list = resolve_devices(devices, workers, oversubscribe)
+        db = Database(url, must_exist=True)
+        try:
+            db.check_schema()
+            db.add_missing_columns()  # a database made by an earlier release: this worker records more
+            repo = Repository(db)
+            info = info_of(repo, name)
+            phases = phase_counts(repo, info)
+        finally:
+            db.dispose()
+        progress_now = ", ".join(f"{c.finished}/{c.total} {phase.label} final" for phase, c in phases)
+        info = replace(info, message=f"joining study {name!r} ({progress_now})")
+        return _work(info, url, device_list, options, on_ready, progress, on_event)
 
 
 def submit_workers(name: str, *, url: str, executor: str, jobs: int, worker_args: list[str],
@@ -132,6 +135,9 @@ def _work(info: StudyInfo, url: str, devices: list[str], options: WorkerOptions,
           progress: Progress | None, on_event: OnEvent | None) -> StudyOutcome:
     if on_ready is not None:
         on_ready(info, devices)
+    pause_point("start")
+    if stop_requested():  # a stop whose KeyboardInterrupt was swallowed: start no worker
+        raise KeyboardInterrupt
     return run_local(info, url, devices, options, progress=progress, on_event=on_event)
 
 

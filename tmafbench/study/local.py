@@ -29,7 +29,8 @@ from tmafbench.store.resilience import DatabaseFault, Patience
 from tmafbench.study.lifecycle import Phase, StudyInfo
 from tmafbench.study.loop import worker_loop
 from tmafbench.study.threads import thread_plan
-from tmafbench.study.worker import WorkerOptions, WorkerStats, log, stop_guard, stopped_by_sigterm
+from tmafbench.study.signals import stop_guard, stopped_by_sigterm
+from tmafbench.study.worker import WorkerOptions, WorkerStats, log
 
 PhaseCounts = list[tuple[Phase, Counts]]
 if TYPE_CHECKING:

@@ -29,16 +29,41 @@ import time
 
 from tmafbench.store.database import Database, database_error_message
 from tmafbench.store.environment import collect
-from tmafbench.store.repository import Limits, Repository
-from tmafbench.store.resilience import DatabaseFault
+from tmafbench.store.repository import Claim, Limits, Repository
+from tmafbench.store.resilience import DatabaseFault, is_database_error
 from tmafbench.study.lifecycle import Phase, info_of
 from tmafbench.study.runners import Runner, runner_for
-from tmafbench.study.worker import CellExecutor, WorkerOptions, WorkerStats, stop_guard
+from tmafbench.study.signals import pause_point, signals_held, stop_guard
+from tmafbench.study.worker import CellExecutor, WorkerOptions, WorkerStats
 from tmafbench.training.dispatch import TrialFn, many_fn
 
 
 def run_phase(ex: CellExecutor, phase: Phase, runner: Runner, limits: Limits) -> bool:
-    """Claim and run the cells of one phase until every one is final; False when `max_runs` stopped it."""
+    """Claim and run the cells of one phase until every one is final; False when `max_runs` stopped it.
+
+    A Ctrl-C or SIGTERM, wherever it lands, leaves none of this worker's runs running and none of
+    their Optuna trials RUNNING (`stop_cleanly`): they run again, and count as no crash.
+    """
+    try:
+        return _drain_phase(ex, phase, runner, limits)
+    except KeyboardInterrupt:
+        stop_cleanly(ex, phase, runner)
+        raise
+
+
+def stop_cleanly(ex: CellExecutor, phase: Phase, runner: Runner) -> None:
+    """Mark what this worker holds in the phase interrupted and close their Optuna trials: one try
+    each (the database may be away; then the sweep finds the runs later, as lost)."""
+    ex.interrupt_held_runs(phase.study_id)
+    try:
+        with signals_held():
+            runner.reconcile(ex)
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+
+
+def _drain_phase(ex: CellExecutor, phase: Phase, runner: Runner, limits: Limits) -> bool:
     from tmafbench.training.packed import pack_key  # imports torch: only once the worker runs
 
     options, stats = ex.options, ex.stats
@@ -57,9 +82,14 @@ def run_phase(ex: CellExecutor, phase: Phase, runner: Runner, limits: Limits) ->
                 stats.stale_marked += len(lost)
                 ex.retry(lambda: runner.reconcile(ex))  # their Optuna trials: FAIL
             last_sweep = loop_start
-        claims = ex.retry(lambda: ex.repo.claim_cells(
-            phase.study_id, limits, host=ex.host, worker=stats.worker, device=ex.device,
-            environment_id=ex.environment_id, most=pack, key=pack_key))
+
+        def claim() -> list[Claim]:
+            claims = ex.repo.claim_cells(phase.study_id, limits, host=ex.host, worker=stats.worker, device=ex.device,
+                                         environment_id=ex.environment_id, most=pack, key=pack_key)
+            pause_point("claim")
+            return claims
+
+        claims = ex.retry(claim)
         if not claims:
             if ex.retry(lambda: ex.repo.counts(phase.study_id, limits)).done:
                 ex.retry(lambda: runner.reconcile(ex, final=True))  # trials a dead worker (or a retry) left RUNNING

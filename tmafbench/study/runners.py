@@ -20,6 +20,7 @@ from tmafbench.store.optuna_storage import optuna_storage
 from tmafbench.store.repository import Claim, Repository
 from tmafbench.study.lifecycle import Phase, StudyInfo
 from tmafbench.study.plan import groups_of, slot_plans, tune_of
+from tmafbench.study.signals import pause_point, signals_held
 from tmafbench.study.tuning import ensure_eval_cells, load_optuna_study, train_slots
 from tmafbench.study.worker import CellExecutor
 
@@ -116,9 +117,11 @@ class CellRunner:
     def run(self, claims: list[Claim], ex: CellExecutor) -> list[TrialResult]:
         trials: list[tuple[int, int]] = []
         for claim in claims:
-            trial_id = ex.retry(lambda: self._start_trial(claim, ex))
-            number = ex.retry(lambda: self.storage.get_trial_number_from_id(trial_id))  # apart: a retry makes no 2nd trial
-            ex.retry(lambda: ex.repo.set_trial_number(claim.run_id, number))
+            with signals_held():  # a trial is never left without its run's link to it
+                trial_id = ex.retry(lambda: self._start_trial(claim, ex))
+                pause_point("trial")
+                number = ex.retry(lambda: self.storage.get_trial_number_from_id(trial_id))  # apart: a retry makes no 2nd trial
+                ex.retry(lambda: ex.repo.set_trial_number(claim.run_id, number))
             trials.append((trial_id, number))
         results = ex.run_cells(claims, trial_numbers=[number for _id, number in trials])
         for (trial_id, _number), result in zip(trials, results):
@@ -196,10 +199,12 @@ class SlotRunner:
             plan = self.slots[claim.config_hash]
             group = self.by_hash[plan.group_hash]
             study = ex.retry(lambda: load_optuna_study(self.design, group, self.storage, plan.slot, claim.attempt))
-            trial = ex.retry(study.ask)
-            params.append({key: ex.retry(lambda: param.suggest(trial, key)) for key, param in group.space.items()})
-            ex.retry(lambda: trial.set_user_attr("slot", plan.slot))
-            ex.retry(lambda: ex.repo.set_trial_number(claim.run_id, trial.number))
+            with signals_held():  # a trial is never left without its run's link to it
+                trial = ex.retry(study.ask)
+                pause_point("trial")
+                params.append({key: ex.retry(lambda: param.suggest(trial, key)) for key, param in group.space.items()})
+                ex.retry(lambda: trial.set_user_attr("slot", plan.slot))
+                ex.retry(lambda: ex.repo.set_trial_number(claim.run_id, trial.number))
             studies.append(study)
             trials.append(trial)
         fn = partial(train_slots, trials=trials, params=params, seeds=tune.tune_seed_list(), metric=tune.objective,

@@ -7,32 +7,30 @@ phase's runner (runners.py) what a claimed cell means. While cells train:
   than `grace_s` (its worker was SIGKILLed, lost power, ...) is marked "lost" by any live worker and
   its cell claimed again, and a worker that comes back learns at its next beat that its run was
   taken (`CellTaken`);
-- Ctrl-C and SIGTERM are remembered (`stop_guard`), so the running cells are marked interrupted
-  even when Python swallowed the KeyboardInterrupt.
+- Ctrl-C and SIGTERM are remembered and held back while the database is written (signals.py), so
+  the running cells are marked interrupted even when Python swallowed the KeyboardInterrupt.
 
 This module imports no torch at import time: worker processes (spawn) set CUDA_VISIBLE_DEVICES first.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import signal
 import socket
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from types import FrameType
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 from tmafbench.core import FINAL_OK, EpochRecord, Outcome, RunStatus, TrialConfig, TrialResult
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import redact
 from tmafbench.store.repository import Claim, Repository
 from tmafbench.store.resilience import DEFAULT_PATIENCE_S, DatabaseFault, Patience, error_detail, is_database_error
+from tmafbench.study.signals import pause_point, signals_held, stop_reason, stop_requested
 from tmafbench.training.dispatch import ManyFn
 
 T = TypeVar("T")
@@ -108,7 +106,7 @@ class WorkerStats:
         self.interrupted += status == RunStatus.INTERRUPTED
 
 
-# --- heartbeat and signals -----------------------------------------------------------------------
+# --- heartbeat -----------------------------------------------------------------------------------
 
 
 class CellTaken(Exception):
@@ -158,6 +156,7 @@ class Heartbeat:
         """The on_epoch callback of one cell: raises CellTaken once its run is no longer this worker's."""
 
         def on_epoch(_record: EpochRecord | None = None) -> None:
+            pause_point("train")
             if run_id in self.taken:
                 raise CellTaken(f"run {run_id} was taken for dead while its worker was away")
 
@@ -170,54 +169,6 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-# Set by our SIGINT/SIGTERM handler. Python raises KeyboardInterrupt wherever the main thread happens
-# to be, and where that is a weakref or GC callback the exception is printed and dropped ("Exception
-# ignored in ..."): training then finishes as if nothing happened. The flag survives that.
-_STOP = threading.Event()
-_STOP_REASON = ["the user (Ctrl-C)"]
-_SIGNAL_REASONS = {signal.SIGINT: "the user (Ctrl-C)", signal.SIGTERM: "SIGTERM (the job was stopped)"}
-
-
-def stop_requested() -> bool:
-    """A Ctrl-C or SIGTERM arrived under `stop_guard` (even one whose KeyboardInterrupt was swallowed)."""
-    return _STOP.is_set()
-
-
-def stop_reason() -> str:
-    """Who stopped us: "the user (Ctrl-C)" or "SIGTERM (the job was stopped)"."""
-    return _STOP_REASON[0]
-
-
-def stopped_by_sigterm() -> bool:
-    return _STOP_REASON[0] == _SIGNAL_REASONS[signal.SIGTERM]
-
-
-@contextlib.contextmanager
-def stop_guard() -> Iterator[None]:
-    """While a worker loop runs: Ctrl-C, and SIGTERM (a batch scheduler's stop, the parent ending its
-    workers), raise KeyboardInterrupt and are remembered, so that the running cell is marked
-    interrupted (it runs again, and does not count as a crash) even when the exception was swallowed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        _STOP_REASON[0] = _SIGNAL_REASONS.get(signal.Signals(signum), f"signal {signum}")
-        _STOP.set()
-        raise KeyboardInterrupt
-
-    _STOP.clear()
-    previous = {sig: signal.getsignal(sig) for sig in _SIGNAL_REASONS}
-    for sig, handler in previous.items():
-        if handler is not signal.SIG_IGN:  # started with it ignored (a background job): keep it so
-            signal.signal(sig, on_signal)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # --- the cell executor ---------------------------------------------------------------------------
@@ -247,9 +198,15 @@ class CellExecutor:
 
     def retry(self, fn: Callable[[], T], /) -> T:
         """Run fn, a database call; a lost connection or a locked database is retried with backoff
-        for up to `db_patience_s` (then DatabaseUnavailable); a full disk is a StorageFault."""
+        for up to `db_patience_s` (then DatabaseUnavailable); a full disk is a StorageFault. A Ctrl-C
+        or SIGTERM is held while a try runs (it raises once that try ends) and ends the waiting."""
+
+        def one_try() -> T:
+            with signals_held():
+                return fn()
+
         try:
-            return self.patience.call(fn)
+            return self.patience.call(one_try)
         finally:
             self.stats.locked_errors = self.patience.retries["locked"]
             self.stats.reconnects = self.patience.retries["disconnected"]
@@ -317,7 +274,12 @@ class CellExecutor:
         if isinstance(outcome, CellTaken):
             return self._abandon(claim, str(outcome))
         result = failed_result(outcome, self.device) if isinstance(outcome, BaseException) else outcome
-        status = self.retry(lambda: self.repo.finish_run(claim.run_id, result, optuna_trial_number=number))
+        def write() -> RunStatus:
+            status = self.repo.finish_run(claim.run_id, result, optuna_trial_number=number)
+            pause_point("write")
+            return status
+
+        status = self.retry(write)
         if status == RunStatus.INTERRUPTED and result.status != RunStatus.INTERRUPTED:
             self.stats.redundant += 1
             log.warning("cell %s attempt %d: another run completed the cell while this worker was away; "
@@ -330,6 +292,20 @@ class CellExecutor:
                     claim.attempt, why)
         return TrialResult(status=RunStatus.INTERRUPTED, metric_name="", metric_direction="minimize",
                            device=self.device, error=f"abandoned: {why}")
+
+    def interrupt_held_runs(self, study_id: int) -> int:
+        """After a Ctrl-C or SIGTERM: mark every run this worker still holds in the study interrupted,
+        wherever the stop landed (a claim just committed, a trial being created, a result half told
+        to Optuna). One try, no waiting: the user asked to stop; a run left running is swept as lost
+        later. Returns how many were marked."""
+        try:
+            with signals_held():
+                return self.repo.interrupt_runs_of(study_id, host=self.host, worker=self.stats.worker,
+                                                   error=f"stopped by {stop_reason()}")
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            return 0
 
     def _mark_interrupted(self, run_id: int, error: str, trial_number: int | None) -> None:
         """One try, no waiting: the user asked to stop. A run left running is swept as lost later."""
@@ -352,4 +328,4 @@ def worker_patience(url: str, options: WorkerOptions, stats: WorkerStats) -> Pat
         if kind == "disconnected":
             log.warning("%s: database back after %.1f s", stats.worker, seconds)
 
-    return Patience(redact(url), options.db_patience_s, on_wait=on_wait, on_back=on_back)
+    return Patience(redact(url), options.db_patience_s, on_wait=on_wait, on_back=on_back, should_stop=stop_requested)
