@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from tmafbench.cli import app
@@ -49,6 +50,7 @@ def _machine_of_a_run(env_extra: dict[str, str]) -> dict:
     return json.loads(done.stdout)["machine"]
 
 
+@pytest.mark.slow  # two benchmark processes (14 s)
 def test_the_command_makes_waiting_threads_sleep_unless_the_user_chose():
     """OMP_WAIT_POLICY=PASSIVE (set before torch loads libgomp) keeps thread pools from collapsing on
     busy cores; the record names the policy the run had."""

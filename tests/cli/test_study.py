@@ -93,6 +93,9 @@ def test_run_list_status_show_delete(spec_file, tmp_path, monkeypatch):
     result = invoke("study", "run", str(spec_file), "--workers", "1", "--devices", "cpu")
     assert result.exit_code == 0, result.output
     assert "2/2 cells done" in result.output
+    # not a terminal: no transient progress (no carriage return, no cursor code); the bar once, at the end
+    assert "\r" not in result.output and "\x1b[" not in result.output
+    assert sum(line.startswith("cells ") for line in result.output.splitlines()) == 1, result.output
     status = json.loads(invoke("study", "status", "cli", "--json").output)
     assert status == {"study": "cli", "total": 2, "done": 2, "diverged": 0, "running": 0, "failed": 0,
                       "crashed": 0, "pending": 0, "finished": True}

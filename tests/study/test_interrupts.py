@@ -68,6 +68,9 @@ def stored_state(url: str, study: str) -> tuple[list[str], list[str], int]:
     from tmafbench.store.schema import Run
 
     db = Database(url)
+    if not db.has_tables():  # stopped before the study was written
+        db.dispose()
+        return [], [], 0
     with db.session() as s:
         runs = sorted(s.scalars(select(Run.status)))
     db.dispose()
@@ -129,3 +132,31 @@ def test_a_stop_before_the_workers_start_is_the_usual_line_and_exit_130(tmp_path
     assert runs == [] and trials == []
     again = run(command, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+# Many cells of a few seconds: a stop that was swallowed would show as a run that goes on.
+LONG = study_toml("stops", train_size=1024, epochs=20, seeds=40, activations=("relu",))
+
+
+@pytest.mark.parametrize("after_s", [0.5, 3.0, 6.0, 12.0])
+def test_sigterm_at_any_early_moment_stops_the_run(tmp_path, after_s):
+    """Without a pause: SIGTERM lands wherever `study run` happens to be (imports, preparing the
+    study, starting its worker, the first claims). It must stop the run promptly and leave nothing
+    running; before tmafbench's handler is installed (the interpreter's first moments) the default
+    SIGTERM ends the process with 143 and nothing was written."""
+    (tmp_path / "study.toml").write_text(LONG)
+    url = f"sqlite:///{tmp_path / 'stops.db'}"
+    proc = spawn([sys.executable, "-m", "tmafbench", "study", "run", str(tmp_path / "study.toml"), "--storage", url,
+                  "--workers", "1", "--heartbeat", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGTERM)
+    started = time.time()
+    _, err = proc.communicate(timeout=120)
+    assert time.time() - started < 60, "the stop was not acted on"
+    assert proc.returncode in (130, -signal.SIGTERM) and "Traceback" not in err, (proc.returncode, err[-3000:])
+    if proc.returncode == 130:
+        assert err.strip().splitlines()[-1] == RESUME_LINE, err[-3000:]
+    if (tmp_path / "stops.db").exists():
+        runs, trials, _ = stored_state(url, "stops")
+        assert "running" not in runs and "RUNNING" not in trials, (runs, trials)
+        assert runs.count("completed") < 40

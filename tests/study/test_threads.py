@@ -19,8 +19,10 @@ from typer.testing import CliRunner
 
 from tmafbench.cli import app
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                                reason="needs CPU affinity and at least 2 usable CPUs")
+# Each test starts processes that import torch (6-15 s each on a 2-core machine): slow.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                                 reason="needs CPU affinity and at least 2 usable CPUs")]
 
 ONE_CPU = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
 ALL_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1

@@ -78,6 +78,7 @@ print(json.dumps(runs))
 """
 
 
+@pytest.mark.slow  # two processes per kernel (6-7 s each)
 @pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="needs MKL (MKL_CBWR makes its products reproducible)")
 @pytest.mark.parametrize("activation, kernel", with_kernels(["tmaf", "tmaf-tridiag"]))
 def test_mlp_metrics_do_not_depend_on_the_thread_count(activation, kernel):

@@ -29,7 +29,7 @@ from tmafbench.store.resilience import DatabaseFault, Patience
 from tmafbench.study.lifecycle import Phase, StudyInfo
 from tmafbench.study.loop import worker_loop
 from tmafbench.study.threads import thread_plan
-from tmafbench.study.signals import stop_guard, stopped_by_sigterm
+from tmafbench.study.signals import stop_guard, stop_requested, stopped_by_sigterm
 from tmafbench.study.worker import WorkerOptions, WorkerStats, log
 
 PhaseCounts = list[tuple[Phase, Counts]]
@@ -130,13 +130,13 @@ def _worker_process(loop: WorkerLoop, study_name: str, url: str, device: str, th
     if device.startswith("cuda:"):
         os.environ["CUDA_VISIBLE_DEVICES"] = physical_gpu(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
         device = "cuda:0"  # the one GPU this process sees (set before CUDA initialises)
-    import torch
+    try:  # a Ctrl-C while torch loads (before the loop holds any run) ends the worker quietly too
+        import torch
 
-    if device == "cpu":
-        torch.set_num_threads(threads)
-    log.addHandler(QueueHandler(queue))
-    log.propagate = False
-    try:
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        log.addHandler(QueueHandler(queue))
+        log.propagate = False
         stats = loop(study_name, url, device=device, options=options)
     except KeyboardInterrupt:
         stats = WorkerStats(worker=f"pid {os.getpid()}", interrupted=1)
@@ -167,26 +167,30 @@ def run_processes(study_name: str, url: str, devices: list[str], options: Worker
     threads = thread_plan(len(devices), options.threads).threads
     procs = [ctx.Process(target=_worker_process, args=(loop or worker_loop, study_name, url, d, threads, options, queue),
                          name=f"tmafbench-worker-{i}", daemon=False) for i, d in enumerate(devices)]
-    for p in procs:
-        p.start()
     stats: list[WorkerStats] = []
     interrupted = False
     try:
         with stop_guard():
+            for p in procs:  # a stop while they start stops the ones started (below)
+                p.start()
             while any(p.is_alive() for p in procs):
+                if stop_requested():  # a stop whose KeyboardInterrupt Python swallowed
+                    raise KeyboardInterrupt
                 stats += _collect_messages(queue, on_event)
                 if on_poll is not None:
                     on_poll()
                 time.sleep(poll_s)
     except KeyboardInterrupt:
         interrupted = True
-        if stopped_by_sigterm():  # sent to us alone: pass it on
-            for p in procs:
+        started = [p for p in procs if p.pid is not None]
+        if stopped_by_sigterm():  # sent to us alone: pass it on (a Ctrl-C reached the workers itself)
+            for p in started:
                 p.terminate()
-        for p in procs:
+        for p in started:
             p.join(timeout=30)
     finally:
-        for p in procs:
+        started = [p for p in procs if p.pid is not None]
+        for p in started:
             if p.is_alive():
                 p.terminate()
             p.join()
