@@ -141,9 +141,9 @@ LONG = study_toml("stops", train_size=1024, epochs=20, seeds=40, activations=("r
 @pytest.mark.parametrize("after_s", [0.5, 3.0, 6.0, 12.0])
 def test_sigterm_at_any_early_moment_stops_the_run(tmp_path, after_s):
     """Without a pause: SIGTERM lands wherever `study run` happens to be (imports, preparing the
-    study, starting its worker, the first claims). It must stop the run promptly and leave nothing
-    running; before tmafbench's handler is installed (the interpreter's first moments) the default
-    SIGTERM ends the process with 143 and nothing was written."""
+    study, starting its worker, the first claims). It must stop the run promptly with exit 130 and
+    leave nothing running; only in the interpreter's own start-up, before tmafbench's handler is
+    installed, does the default SIGTERM end the process (143), and then nothing was written."""
     (tmp_path / "study.toml").write_text(LONG)
     url = f"sqlite:///{tmp_path / 'stops.db'}"
     proc = spawn([sys.executable, "-m", "tmafbench", "study", "run", str(tmp_path / "study.toml"), "--storage", url,
@@ -153,7 +153,9 @@ def test_sigterm_at_any_early_moment_stops_the_run(tmp_path, after_s):
     started = time.time()
     _, err = proc.communicate(timeout=120)
     assert time.time() - started < 60, "the stop was not acted on"
-    assert proc.returncode in (130, -signal.SIGTERM) and "Traceback" not in err, (proc.returncode, err[-3000:])
+    # Only the interpreter's own start-up (about 0.1 s) is outside tmafbench's handler.
+    expected = (130,) if after_s >= 3 else (130, -signal.SIGTERM)
+    assert proc.returncode in expected and "Traceback" not in err, (proc.returncode, err[-3000:])
     if proc.returncode == 130:
         assert err.strip().splitlines()[-1] == RESUME_LINE, err[-3000:]
     if (tmp_path / "stops.db").exists():

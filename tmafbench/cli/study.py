@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -96,15 +97,19 @@ def phases_progress(console: Console) -> Iterator[Callable[[PhaseCounts, float |
 RESUME_HINT = "run the same command again to resume"
 
 
-@contextlib.contextmanager
-def interrupted_line() -> Iterator[None]:
-    """A Ctrl-C or SIGTERM before the workers started (or after they ended) gives the line and the
-    exit status of an interrupted run."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        console.print(f"interrupted: {RESUME_HINT}")
-        raise typer.Exit(EXIT_CODES[Ending.INTERRUPTED]) from None
+def stop_gives_resume_line(command: Callable[..., None]) -> Callable[..., None]:
+    """`study run` and `study worker`: a Ctrl-C or SIGTERM before the workers started (loading,
+    preparing the study) or after they ended gives the line and the exit status of an interrupted run."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt:
+            console.print(f"interrupted: {RESUME_HINT}")
+            raise typer.Exit(EXIT_CODES[Ending.INTERRUPTED]) from None
+
+    return wrapper
 
 
 def exit_for_outcome(console: Console, outcome: StudyOutcome, resume_hint: str = RESUME_HINT) -> None:
@@ -208,6 +213,7 @@ def _faults(outcome: StudyOutcome) -> str:
     return "; " + "; ".join(notes) if notes else ""
 
 
+@stop_gives_resume_line
 def run_cmd(
     spec_path: str = typer.Argument(..., metavar="STUDY_FILE", help="Study file (TOML)."),
     set_: Optional[list[str]] = SetOpt,
@@ -234,13 +240,14 @@ def run_cmd(
         _show_cells(api.cells(spec_path, set_), 200)
         return
     url = resolve_storage(storage)
-    with phases_progress(console) as progress, interrupted_line():
+    with phases_progress(console) as progress:
         outcome = api.run(spec_path, set_, url=url, devices=devices, workers=workers, new_name=new_name, force=force,
                           options=_options(heartbeat, grace, pack, db_patience, threads), oversubscribe=oversubscribe,
                           on_ready=_announcer(url, threads), progress=progress, on_event=_event)
     _report(outcome)
 
 
+@stop_gives_resume_line
 def worker_cmd(
     name: str = typer.Argument(..., help="Study name (as in `tmafbench study list`)."),
     storage: Optional[str] = StorageOpt,
@@ -258,7 +265,7 @@ def worker_cmd(
 
     options = _options(heartbeat, grace, pack, db_patience, threads)
     url = resolve_storage(storage)
-    with phases_progress(console) as progress, interrupted_line():
+    with phases_progress(console) as progress:
         outcome = api.join(name, url=url, devices=devices, workers=workers, options=options, oversubscribe=oversubscribe,
                            on_ready=_announcer(url, threads), progress=progress, on_event=_event)
     _report(outcome)
