@@ -39,7 +39,8 @@ def slurm() -> None:
     except subprocess.TimeoutExpired:
         pytest.skip("sinfo did not answer within 15 s")
     if out.returncode != 0 or not re.search(r"^(idle|mix|alloc)", out.stdout, re.M):
-        pytest.skip(f"no Slurm node ready: {(out.stderr or out.stdout).strip()[:200]}")
+        said = " | ".join(line.strip() for line in (out.stderr or out.stdout).strip().splitlines())
+        pytest.skip(f"no Slurm node ready (.ci/run runs these tests while its cluster is up): {said[:200]}")
 
 
 @pytest.fixture
