@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from processes import spawn
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from typer.testing import CliRunner
 
 from tmafbench.cli import app
@@ -60,7 +60,7 @@ def training(url: str) -> bool:
     try:
         return query(url, select(func.count(Run.id)).where(Run.status == RunStatus.RUNNING,
                                                            Run.optuna_trial_number.is_not(None))) > 0
-    except OperationalError:  # the tables are not made yet
+    except (OperationalError, ProgrammingError):  # the tables are not made yet
         return False
 
 

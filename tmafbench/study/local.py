@@ -274,7 +274,7 @@ def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOpti
     def report() -> None:
         nonlocal last_seen
         phases = patience.quiet(lambda: phase_counts(repo, info))
-        if phases is not None and _vanished(repo, info, phases):
+        if phases is not None and vanished(repo, info, phases):
             return
         if phases is not None and progress is not None:
             last_seen = phases
@@ -286,7 +286,7 @@ def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOpti
             return StudyOutcome(info.name, phases, time.perf_counter() - start)
         run = run_processes(info.name, url, devices, options, report if progress else None, poll_s, on_event=on_event)
         phases, stopped = _final_counts(repo, info, patience, run, last_seen)
-        deleted = any(w.study_deleted for w in run.workers) or _vanished(repo, info, phases)
+        deleted = any(w.study_deleted for w in run.workers) or vanished(repo, info, phases)
     finally:
         db.dispose()
     if deleted:
@@ -295,7 +295,7 @@ def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOpti
                         stopped, deleted)
 
 
-def _vanished(repo: Repository, info: StudyInfo, phases: PhaseCounts) -> bool:
+def vanished(repo: Repository, info: StudyInfo, phases: PhaseCounts) -> bool:
     """Whether the study was deleted while it ran. Only asked when its first phase counts no cell,
     as a deleted study's counts do (a study always has cells or tuning slots)."""
     return phases[0][1].total == 0 and study_gone(repo, info.name, info.id)
