@@ -177,9 +177,9 @@ def test_a_cell_removed_by_force_while_it_trains_is_dropped_and_the_worker_goes_
     with caplog.at_level("WARNING", logger="tmafbench.worker"):
         stats = worker_loop("shrinks", url, trial_fn=trial, options=WorkerOptions(**FAST))
     assert not stats.study_deleted and not stats.stopped
-    assert stats.abandoned == 1 and stats.completed == 2
-    assert "removed from the study (`study run --force`) while it trained" in caplog.text
-    assert "completed the cell" not in caplog.text
+    assert (stats.interrupted, stats.completed, stats.abandoned, stats.redundant) == (1, 2, 0, 0)
+    assert "was removed from the study (`study run --force`) while it trained" in caplog.text
+    assert "completed the cell" not in caplog.text and "taken for dead" not in caplog.text
     db = Database(url)
     with db.session() as s:
         assert sorted(s.scalars(select(Cell.seed))) == [1, 2]

@@ -345,14 +345,20 @@ class CellExecutor:
         worker stops), or only this cell was removed from it by `study run --force` (dropped; go on)."""
         if not self.retry(lambda: self.repo.study_exists(claim.study_id)):
             raise StudyDeleted(f"study {claim.study_id} was deleted while cell {claim.config_hash} trained")
-        return self._abandon(claim, "the cell was removed from the study (`study run --force`) while it trained")
+        log.warning("cell %s attempt %d was removed from the study (`study run --force`) while it trained; its "
+                    "result is dropped; going on with the next cell", claim.config_hash, claim.attempt)
+        return self._dropped("removed from the study while it trained")
 
     def _abandon(self, claim: Claim, why: str) -> TrialResult:
         self.stats.abandoned += 1
         log.warning("cell %s attempt %d abandoned: %s; going on with the next cell", claim.config_hash,
                     claim.attempt, why)
+        return self._dropped(f"abandoned: {why}")
+
+    def _dropped(self, error: str) -> TrialResult:
+        """The result of a cell whose run is not this worker's to write any more (nothing is stored)."""
         return TrialResult(status=RunStatus.INTERRUPTED, metric_name="", metric_direction="minimize",
-                           device=self.device, error=f"abandoned: {why}")
+                           device=self.device, error=error)
 
     def _mark_interrupted(self, run_id: int, error: str, trial_number: int | None) -> None:
         """One try, no waiting: the user asked to stop. A run left running is swept as lost later."""
