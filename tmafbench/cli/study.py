@@ -34,7 +34,7 @@ EXIT_STATUSES: tuple[tuple[int, Ending | None, str], ...] = (
     (3, Ending.CELLS_FAILED, "every cell is final but some failed for good (max_retries failures or max_crashes "
                              "lost workers)"),
     (4, Ending.STOPPED, "stopped early with cells left (database away longer than --db-patience, disk full, a "
-                        "worker died): run the same command again to resume"),
+                        "worker died): run the same command again to resume; or the study was deleted while it ran"),
     (130, Ending.INTERRUPTED, "interrupted (Ctrl-C, SIGTERM)"),
 )
 EXIT_CODES = {ending: code for code, ending, _meaning in EXIT_STATUSES if ending is not None}
@@ -192,6 +192,9 @@ def _announcer(url: str, threads: int | None = None) -> Callable[[StudyInfo, lis
 
 
 def _report(outcome: StudyOutcome) -> None:
+    if outcome.deleted:  # its counts are gone with it: the one line says it all
+        console.print(outcome.stopped, markup=False, highlight=False)
+        raise typer.Exit(EXIT_CODES[outcome.ending])
     parts = []
     for phase, c in outcome.phases:
         crashed = f", {c.crashed} crashed" if c.crashed else ""

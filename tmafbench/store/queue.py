@@ -27,8 +27,8 @@ from tmafbench.core import FINAL_OK, RunStatus, TrialResult
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import Database
 from tmafbench.store.environment import EnvironmentInfo
-from tmafbench.store.schema import Artifact, Base, Cell, Environment, EpochMetric, FinalMetric, Run, Timing, utcnow
-from tmafbench.store.studies import StoredStudy
+from tmafbench.store.schema import Artifact, Base, Cell, Environment, EpochMetric, FinalMetric, Run, Study, Timing, utcnow
+from tmafbench.store.studies import StoredStudy, StudyDeleted
 
 BUSY = FINAL_OK + (RunStatus.RUNNING,)  # a cell with such a run is not claimable
 PACK_LOOKAHEAD = 4  # a pack of K cells is picked among the next K x this free cells
@@ -56,6 +56,7 @@ class Claim:
     config_hash: str
     group_hash: str
     config: dict[str, Any]
+    study_id: int
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,8 @@ class RunQueue:
                     key: Callable[[dict[str, Any]], Any] | None = None) -> list[Claim]:
         """Take the next free cell and up to `most - 1` more whose config has the same `key` (cells
         that can train together), by inserting their next runs in one transaction; [] when no cell
-        is free now. Without `key` only one cell is taken."""
+        is free now. Without `key` only one cell is taken. A study that is no longer there (deleted
+        while its workers ran) raises StudyDeleted."""
         for _ in range(50):
             try:
                 with self.db.session() as s:
@@ -180,6 +182,8 @@ class RunQueue:
             query = query.with_for_update(of=Cell, skip_locked=True)
         rows = s.execute(query).all()
         if not rows:
+            if not s.scalar(select(exists().where(Study.id == study_id))):
+                raise StudyDeleted(f"study {study_id} is no longer in the database")
             return False, []
         if most > 1 and key is not None:
             rows = _pack_of(rows, most, key)
@@ -197,7 +201,7 @@ class RunQueue:
                       device=device, environment_id=environment_id, started_at=now, heartbeat_at=now)
             s.add(run)
             s.flush()
-            claims.append(Claim(run.id, cell_id, attempt, config_hash, group_hash, config))
+            claims.append(Claim(run.id, cell_id, attempt, config_hash, group_hash, config, study_id))
         return True, claims
 
     def pending_configs(self, study_id: int, limits: Limits) -> list[dict[str, Any]]:
@@ -213,10 +217,11 @@ class RunQueue:
                                                        .values(heartbeat_at=utcnow())))
             return result.rowcount == len(ids)
 
-    def still_running(self, run_ids: list[int]) -> set[int]:
-        """Those of the runs that are still running (the others were swept as lost, or removed)."""
+    def run_statuses(self, run_ids: list[int]) -> dict[int, str]:
+        """The status of each of these runs that is still stored (a run whose cell or study was deleted
+        while it trained is missing)."""
         with self.db.session() as s:
-            return set(s.scalars(select(Run.id).where(Run.id.in_(run_ids), Run.status == RunStatus.RUNNING)))
+            return {run_id: status for run_id, status in s.execute(select(Run.id, Run.status).where(Run.id.in_(run_ids)))}
 
     def set_trial_number(self, run_id: int, number: int) -> None:
         """Record the run's Optuna trial as soon as it exists, so a lost run's trial can be closed."""
@@ -225,9 +230,11 @@ class RunQueue:
 
     # --- finishing ---------------------------------------------------------------------------
 
-    def finish_run(self, run_id: int, result: TrialResult, optuna_trial_number: int | None = None) -> RunStatus:
+    def finish_run(self, run_id: int, result: TrialResult, optuna_trial_number: int | None = None) -> RunStatus | None:
         """Store a TrialResult (status, metrics, timings, artifacts) in ONE transaction; returns the
-        status stored. Safe to call again after a lost connection, and with a late result:
+        status stored, or None when the run row is gone: its cell was removed (`study run --force`)
+        or its study deleted while it trained. Safe to call again after a lost connection, and with a
+        late result:
 
         - the run already holds this result's status: an earlier call committed but its answer was
           lost with the connection; nothing more is written;
@@ -240,8 +247,8 @@ class RunQueue:
         try:
             with self.db.session() as s:
                 current = s.scalar(select(Run.status).where(Run.id == run_id).with_for_update())
-                if current is None:  # the cell was removed (`study run --force`) while it trained
-                    return RunStatus.INTERRUPTED
+                if current is None:  # the cell was removed (`study run --force`), or the study deleted
+                    return None
                 if current == result.status:
                     return RunStatus(current)
                 if self._completed_elsewhere(s, run_id):

@@ -14,9 +14,9 @@ from __future__ import annotations
 from tmafbench.store.database import Database
 from tmafbench.store.queue import Claim, Counts, Limits, as_utc, finite, timings
 from tmafbench.store.results import ResultStore, StudySummary
-from tmafbench.store.studies import StoredStudy, StudyNotFoundError
+from tmafbench.store.studies import StoredStudy, StudyDeleted, StudyNotFoundError
 
-__all__ = ["Claim", "Counts", "Limits", "Repository", "StoredStudy", "StudyNotFoundError", "StudySummary",
+__all__ = ["Claim", "Counts", "Limits", "Repository", "StoredStudy", "StudyDeleted", "StudyNotFoundError", "StudySummary",
            "as_utc", "finite", "timings"]
 
 

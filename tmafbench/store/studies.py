@@ -6,17 +6,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Protocol, Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from tmafbench.core import TrialConfig
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import Database
-from tmafbench.store.schema import Cell, Study
+from tmafbench.store.optuna_storage import drop_trials
+from tmafbench.store.schema import Cell, Run, Study
 
 
 class StudyNotFoundError(TmafbenchError):
     pass
+
+
+class StudyDeleted(TmafbenchError):
+    """The study was deleted (`tmafbench study delete`) while a worker ran it: there is nothing left to run."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,11 @@ class StudyStore:
             raise StudyNotFoundError(f"no study {name!r} in {self.db.safe_url}{hint}")
         return study
 
+    def study_exists(self, study_id: int) -> bool:
+        """Whether the study row is still there (a worker asks when its run rows vanished)."""
+        with self.db.session() as s:
+            return bool(s.scalar(select(exists().where(Study.id == study_id))))
+
     def child_study(self, parent_id: int, kind: str) -> StoredStudy | None:
         """The study of `kind` whose parent is `parent_id` (a tuned study's tuning slots)."""
         with self.db.session() as s:
@@ -148,8 +159,10 @@ class StudyStore:
         raise TmafbenchError("could not add the cells: other processes kept adding them at the same moment")
 
     def replace_design(self, study_id: int, *, spec: dict[str, Any], spec_hash: str, reference: dict[str, Any] | None,
-                       cells: Sequence[PlannedCell]) -> tuple[int, int, int]:
-        """`--force`: keep cells in both designs, delete cells no longer in it, add new ones.
+                       cells: Sequence[PlannedCell], optuna_study: str | None = None) -> tuple[int, int, int]:
+        """`--force`: keep cells in both designs, delete cells no longer in it (their runs and metrics
+        cascade), add new ones; and in the same transaction delete the trials of the Optuna study
+        `optuna_study` (the mirror of the study's runs) whose cell is no longer in it.
 
         Returns (kept, removed, added).
         """
@@ -159,10 +172,21 @@ class StudyStore:
             gone = [cid for h, cid in existing.items() if h not in wanted]
             if gone:
                 s.execute(delete(Cell).where(Cell.id.in_(gone)))
+            if optuna_study is not None:
+                self._renumber_runs(s, study_id, drop_trials(s, optuna_study, keep_cells=set(wanted)))
             new = [c for h, c in wanted.items() if h not in existing]
             s.add_all(cell_rows(study_id, new))
             s.execute(update(Study).where(Study.id == study_id).values(spec=spec, spec_hash=spec_hash, reference=reference))
             return len(existing) - len(gone), len(gone), len(new)
+
+    @staticmethod
+    def _renumber_runs(s: Session, study_id: int, renumbered: dict[int, int]) -> None:
+        """The study's runs follow their Optuna trials' new numbers (optuna_storage.drop_trials)."""
+        if renumbered:
+            s.execute(update(Run).where(Run.cell_id.in_(select(Cell.id).where(Cell.study_id == study_id)),
+                                        Run.optuna_trial_number.in_(list(renumbered)))
+                      .values(optuna_trial_number=case(renumbered, value=Run.optuna_trial_number))
+                      .execution_options(synchronize_session=False))
 
     def refresh_documentation(self, study_id: int, *, description: str, reference: dict[str, Any] | None,
                               spec: dict[str, Any], spec_hash: str) -> list[str]:

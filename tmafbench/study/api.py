@@ -16,7 +16,8 @@ from tmafbench.store.gzipped import readable_copy
 from tmafbench.store.repository import Repository, StoredStudy, StudySummary
 from tmafbench.study.design import StudyDesign, load_design, stored_form
 from tmafbench.study.lifecycle import StudyInfo, delete as delete_study, info_of, prepare
-from tmafbench.study.local import PhaseCounts, StudyOutcome, phase_counts, resolve_devices, run_local
+from tmafbench.study.local import PhaseCounts, StudyOutcome, phase_counts, resolve_devices, run_local, vanished
+from tmafbench.study.loop import deleted_message
 from tmafbench.study.plan import groups_of, tune_of
 from tmafbench.study.signals import pause_point, stop_guard, stop_requested
 from tmafbench.study.verify import Verification, verify
@@ -122,13 +123,21 @@ def submit_workers(name: str, *, url: str, executor: str, jobs: int, worker_args
 
 def wait_for_jobs(info: StudyInfo, url: str, submitted: Submitted, progress: Progress | None = None,
                   poll_s: float = 2.0) -> StudyOutcome:
-    """Wait until every submitted job has ended; the study's counts then say how it went."""
+    """Wait until every submitted job has ended; the study's counts then say how it went (or that it
+    was deleted meanwhile: `study delete` stops the jobs' workers too)."""
     start = time.perf_counter()
+    last: PhaseCounts = []
     while submitted.running():
-        if progress is not None:
-            progress(_read(url, lambda repo: phase_counts(repo, info)), None)
+        phases = _read(url, lambda repo: phase_counts(repo, info))
+        if progress is not None and not _read(url, lambda repo: vanished(repo, info, phases)):
+            progress(phases, None)
+            last = phases
         time.sleep(poll_s)
-    return StudyOutcome(info.name, _read(url, lambda repo: phase_counts(repo, info)), time.perf_counter() - start)
+    phases = _read(url, lambda repo: phase_counts(repo, info))
+    wall_s = time.perf_counter() - start
+    if _read(url, lambda repo: vanished(repo, info, phases)):
+        return StudyOutcome(info.name, last or phases, wall_s, stopped=deleted_message(info.name), deleted=True)
+    return StudyOutcome(info.name, phases, wall_s)
 
 
 def _work(info: StudyInfo, url: str, devices: list[str], options: WorkerOptions, on_ready: OnReady | None,

@@ -143,7 +143,7 @@ def _prepare_grid(repo: Repository, design: StudyDesign, existing: StoredStudy |
                 f"{len(cells)} in the file); use --new-name NAME for a separate study, or --force to keep the "
                 "results of matching cells, drop the others and add the new ones")
         kept, removed, added = repo.replace_design(existing.id, spec=meta["spec"], spec_hash=meta["spec_hash"],
-                                                   reference=meta["reference"], cells=cells)
+                                                   reference=meta["reference"], cells=cells, optuna_study=name)
         study_id, created = existing.id, False
         message = f"study {name!r} redesigned: kept {kept} cells, removed {removed}, added {added}"
     else:

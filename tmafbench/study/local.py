@@ -27,7 +27,7 @@ from tmafbench.store.database import Database, redact
 from tmafbench.store.repository import Counts, Repository
 from tmafbench.store.resilience import DatabaseFault, Patience
 from tmafbench.study.lifecycle import Phase, StudyInfo
-from tmafbench.study.loop import worker_loop
+from tmafbench.study.loop import deleted_message, study_gone, worker_loop
 from tmafbench.study.threads import thread_plan
 from tmafbench.study.signals import stop_guard, stop_requested, stopped_by_sigterm
 from tmafbench.study.worker import WorkerOptions, WorkerStats, log
@@ -228,6 +228,7 @@ class StudyOutcome:
     interrupted: bool = False
     exit_codes: list[int | None] = field(default_factory=list)  # of the worker processes
     stopped: str = ""  # why the run stopped before the study was done, when a worker or the parent knows
+    deleted: bool = False  # the study was deleted (`study delete`) while it ran: its counts are gone too
 
     @property
     def counts(self) -> Counts:
@@ -242,7 +243,7 @@ class StudyOutcome:
     def ending(self) -> Ending:
         if self.interrupted:
             return Ending.INTERRUPTED
-        if not self.done:
+        if self.deleted or not self.done:
             return Ending.STOPPED
         if any(c.failed or c.crashed for _p, c in self.phases):
             return Ending.CELLS_FAILED
@@ -265,7 +266,9 @@ def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOpti
 
     While the database is away the progress display skips its updates: the workers wait for it
     themselves, each up to `options.db_patience_s`, and stop when it stays away longer. The
-    outcome's `stopped` then says why.
+    outcome's `stopped` then says why. A study deleted while it runs (`study delete`) stops its
+    workers at their next claim, heartbeat or result; the display keeps the last counts it saw (not
+    the empty ones of a study that is gone) and the outcome says `deleted`.
     """
     db = Database(url)
     repo = Repository(db)
@@ -276,6 +279,8 @@ def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOpti
     def report() -> None:
         nonlocal last_seen
         phases = patience.quiet(lambda: phase_counts(repo, info))
+        if phases is not None and vanished(repo, info, phases):
+            return
         if phases is not None and progress is not None:
             last_seen = phases
             progress(phases, patience.quiet(lambda: eta(repo, phases, len(devices))))
@@ -286,10 +291,19 @@ def run_local(info: StudyInfo, url: str, devices: list[str], options: WorkerOpti
             return StudyOutcome(info.name, phases, time.perf_counter() - start)
         run = run_processes(info.name, url, devices, options, report if progress else None, poll_s, on_event=on_event)
         phases, stopped = _final_counts(repo, info, patience, run, last_seen)
+        deleted = any(w.study_deleted for w in run.workers) or vanished(repo, info, phases)
     finally:
         db.dispose()
+    if deleted:
+        phases, stopped = last_seen, deleted_message(info.name)
     return StudyOutcome(info.name, phases, time.perf_counter() - start, run.workers, run.interrupted, run.exit_codes,
-                        stopped)
+                        stopped, deleted)
+
+
+def vanished(repo: Repository, info: StudyInfo, phases: PhaseCounts) -> bool:
+    """Whether the study was deleted while it ran. Only asked when its first phase counts no cell,
+    as a deleted study's counts do (a study always has cells or tuning slots)."""
+    return phases[0][1].total == 0 and study_gone(repo, info.name, info.id)
 
 
 def _final_counts(repo: Repository, info: StudyInfo, patience: Patience, run: ProcessesOutcome,

@@ -29,7 +29,7 @@ import time
 
 from tmafbench.store.database import Database, database_error_message
 from tmafbench.store.environment import collect
-from tmafbench.store.repository import Claim, Limits, Repository
+from tmafbench.store.repository import Claim, Limits, Repository, StudyDeleted, StudyNotFoundError
 from tmafbench.store.resilience import DatabaseFault, is_database_error
 from tmafbench.study.lifecycle import Phase, info_of
 from tmafbench.study.runners import Runner, runner_for
@@ -116,15 +116,19 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
     decides what a claimed cell means (runners.runner_for). `trial_fn` replaces the trainer (the
     cells then train one by one; tests). A database that stays away longer than
     `options.db_patience_s`, refuses writes (a full disk) or fails otherwise stops the worker
-    cleanly: `stats.stopped` says why in one line, and running the study again resumes it.
+    cleanly: `stats.stopped` says why in one line, and running the study again resumes it. So does
+    a study deleted while it runs (`study delete`), found at the next claim, heartbeat, result or
+    Optuna call: `stats.study_deleted` is then set.
     """
     stats = WorkerStats(worker=worker or f"pid {os.getpid()}")
     db = Database(url)
+    study_id: int | None = None
     try:
         repo = Repository(db)
         ex = CellExecutor(repo, device, options, stats, many_fn(trial_fn))
         ex.retry(db.check_schema)
         info = ex.retry(lambda: info_of(repo, study_name))
+        study_id = info.id
         from tmafbench.activations.kernels import kernel_on  # imports torch: only once the worker runs
 
         environment = collect(device, kernel_on(device))  # after the worker process set its threads
@@ -138,12 +142,31 @@ def worker_loop(study_name: str, url: str, *, device: str = "cpu", options: Work
                     runner.finish_phase(ex)
                 finally:
                     runner.close()
+    except (StudyDeleted, StudyNotFoundError):  # gone since the parent, or this loop, found it
+        stats.stopped, stats.study_deleted = deleted_message(study_name), True
     except DatabaseFault as exc:
         stats.stopped = str(exc)
     except Exception as exc:  # any other error of the database (dropped, permissions revoked): one line too
+        if study_gone(repo, study_name, study_id):  # an Optuna call on its deleted trials ("Record does not exist.")
+            stats.stopped, stats.study_deleted = deleted_message(study_name), True
+            return stats
         stats.stopped = database_error_message(exc, url) or ""
         if not stats.stopped:
             raise
     finally:
         db.dispose()
     return stats
+
+
+def deleted_message(name: str) -> str:
+    return f"study {name!r} was deleted while it ran (by `tmafbench study delete`); nothing more to run"
+
+
+def study_gone(repo: Repository, name: str, study_id: int | None) -> bool:
+    """Whether study `name` (the one of id `study_id`, when known) is no longer stored; False when the
+    database cannot say."""
+    try:
+        study = repo.get_study(name)
+    except Exception:
+        return False
+    return study is None or (study_id is not None and study.id != study_id)

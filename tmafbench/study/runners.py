@@ -144,7 +144,8 @@ class CellRunner:
 
     def _finish_trial(self, trial_id: int, status: str, value: float | None) -> None:
         """Close the trial as the run ended. A trial already closed is left as it is: the sweep failed
-        it while this worker was away, or an earlier try committed before its connection died."""
+        it while this worker was away, or an earlier try committed before its connection died. A trial
+        that is gone ("Record does not exist.") went with its cell (`study run --force`)."""
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
@@ -154,7 +155,7 @@ class CellRunner:
                 return
             self.storage.set_trial_user_attr(trial_id, "status", str(status))  # diverged, failed or interrupted
             self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        except UpdateFinishedTrialError:
+        except (UpdateFinishedTrialError, KeyError):
             pass
 
     def reconcile(self, ex: CellExecutor, final: bool = False) -> int:

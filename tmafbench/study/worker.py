@@ -28,7 +28,7 @@ from typing import Callable, TypeVar
 from tmafbench.core import FINAL_OK, EpochRecord, Outcome, RunStatus, TrialConfig, TrialResult
 from tmafbench.errors import TmafbenchError
 from tmafbench.store.database import redact
-from tmafbench.store.repository import Claim, Repository
+from tmafbench.store.repository import Claim, Repository, StudyDeleted
 from tmafbench.store.resilience import DEFAULT_PATIENCE_S, DatabaseFault, Patience, error_detail, is_database_error
 from tmafbench.study.signals import pause_point, signals_held, stop_reason, stop_requested
 from tmafbench.training.dispatch import ManyFn
@@ -94,6 +94,7 @@ class WorkerStats:
     abandoned: int = 0  # cells given up because the run was taken for dead while its worker was away
     redundant: int = 0  # late results for cells another run had completed (recorded as interrupted)
     stopped: str = ""  # why the worker stopped before the study was done (database unreachable, disk full)
+    study_deleted: bool = False  # it stopped because the study was deleted (`study delete`) while it ran
     overhead_s: list[float] = field(default_factory=list)  # per run: loop time minus the cell's run (cell_s)
     train_s: list[float] = field(default_factory=list)  # per run: seconds in the trial itself
     cell_s: list[float] = field(default_factory=list)  # per run: the trial, its heartbeat and its stored result
@@ -113,18 +114,25 @@ class CellTaken(Exception):
     """Raised in the training loop when the run was taken for dead: its cell belongs to another run now."""
 
 
+class CellRemoved(CellTaken):
+    """Raised in the training loop when the run row is gone: its cell was removed (`study run --force`)
+    or its study deleted (`study delete`) while it trained."""
+
+
 class Heartbeat:
     """Touch the claimed run rows every `interval_s` seconds from a daemon thread while they train.
 
     A beat that fails (the database is busy or away) is skipped: training goes on and the grace
     period covers the gap. A beat that finds a run no longer running (its worker was away past the
-    grace period and the run was swept as lost) adds it to `taken`; `check(run_id)`, that cell's
-    on_epoch callback, then stops its training at the end of the epoch.
+    grace period and the run was swept as lost) adds it to `taken`, and to `removed` when its row is
+    gone (its cell or its study was deleted); `check(run_id)`, that cell's on_epoch callback, then
+    stops its training at the end of the epoch.
     """
 
     def __init__(self, repo: Repository, run_ids: list[int], interval_s: float):
         self.repo, self.run_ids, self.interval_s = repo, list(run_ids), interval_s
         self.taken: set[int] = set()
+        self.removed: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.run_ids[0]}", daemon=True)
 
@@ -136,7 +144,9 @@ class Heartbeat:
                 return
             try:
                 if not self.repo.heartbeat(live):
-                    self.taken |= set(live) - self.repo.still_running(live)
+                    statuses = self.repo.run_statuses(live)
+                    self.removed |= set(live) - set(statuses)
+                    self.taken |= {r for r in live if statuses.get(r) != RunStatus.RUNNING}
             except Exception as exc:
                 if not is_database_error(exc):
                     raise
@@ -157,6 +167,8 @@ class Heartbeat:
 
         def on_epoch(_record: EpochRecord | None = None) -> None:
             pause_point("train")
+            if run_id in self.removed:
+                raise CellRemoved(f"run {run_id} was deleted while it trained")
             if run_id in self.taken:
                 raise CellTaken(f"run {run_id} was taken for dead while its worker was away")
 
@@ -271,27 +283,45 @@ class CellExecutor:
 
     def _store(self, claim: Claim, number: int | None, outcome: Outcome) -> TrialResult:
         """Write one cell's outcome, waiting for the database; an abandoned cell writes nothing."""
+        if isinstance(outcome, CellRemoved):
+            return self._removed(claim)
         if isinstance(outcome, CellTaken):
             return self._abandon(claim, str(outcome))
         result = failed_result(outcome, self.device) if isinstance(outcome, BaseException) else outcome
-        def write() -> RunStatus:
+
+        def write() -> RunStatus | None:
             status = self.repo.finish_run(claim.run_id, result, optuna_trial_number=number)
             pause_point("write")
             return status
 
         status = self.retry(write)
+        if status is None:
+            return self._removed(claim)
         if status == RunStatus.INTERRUPTED and result.status != RunStatus.INTERRUPTED:
             self.stats.redundant += 1
             log.warning("cell %s attempt %d: another run completed the cell while this worker was away; "
                         "its late result is recorded as a redundant attempt", claim.config_hash, claim.attempt)
         return result if status == result.status else dataclasses.replace(result, status=status)
 
+    def _removed(self, claim: Claim) -> TrialResult:
+        """The run row vanished while the cell trained: the whole study was deleted (StudyDeleted: the
+        worker stops), or only this cell was removed from it by `study run --force` (dropped; go on)."""
+        if not self.retry(lambda: self.repo.study_exists(claim.study_id)):
+            raise StudyDeleted(f"study {claim.study_id} was deleted while cell {claim.config_hash} trained")
+        log.warning("cell %s attempt %d was removed from the study (`study run --force`) while it trained; its "
+                    "result is dropped; going on with the next cell", claim.config_hash, claim.attempt)
+        return self._dropped("removed from the study while it trained")
+
     def _abandon(self, claim: Claim, why: str) -> TrialResult:
         self.stats.abandoned += 1
         log.warning("cell %s attempt %d abandoned: %s; going on with the next cell", claim.config_hash,
                     claim.attempt, why)
+        return self._dropped(f"abandoned: {why}")
+
+    def _dropped(self, error: str) -> TrialResult:
+        """The result of a cell whose run is not this worker's to write any more (nothing is stored)."""
         return TrialResult(status=RunStatus.INTERRUPTED, metric_name="", metric_direction="minimize",
-                           device=self.device, error=f"abandoned: {why}")
+                           device=self.device, error=error)
 
     def interrupt_held_runs(self, study_id: int) -> int:
         """After a Ctrl-C or SIGTERM: mark every run this worker still holds in the study interrupted,
