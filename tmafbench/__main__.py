@@ -15,11 +15,12 @@ EXIT_INTERRUPTED = 130
 
 
 def main() -> None:
-    from tmafbench.study.signals import stop_guard
+    from tmafbench.study.signals import signals_held, stop_guard
 
     try:
         with stop_guard():
-            from tmafbench.cli import main as cli_main
+            with signals_held():  # an import cut in half leaves its module broken: the stop waits for it
+                from tmafbench.cli import main as cli_main
 
             cli_main()
     except KeyboardInterrupt:  # before a command could report it (the CLI was still loading)

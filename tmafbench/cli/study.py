@@ -14,6 +14,7 @@ from rich.table import Table
 
 from tmafbench.cli.common import EXIT_REFUSED, App, resolve_storage
 from tmafbench.core import Ending
+from tmafbench.study.signals import signals_held
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -237,7 +238,8 @@ def run_cmd(
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Create (or resume) a study from a TOML file and run every cell with local workers."""
-    from tmafbench.study import api
+    with signals_held():  # a stop waits for the import (an import cut in half breaks its module)
+        from tmafbench.study import api
 
     if dry_run:
         _show_cells(api.cells(spec_path, set_), 200)
@@ -264,7 +266,8 @@ def worker_cmd(
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Join a study (e.g. from another machine, against one PostgreSQL URL) and work until it is done."""
-    from tmafbench.study import api
+    with signals_held():
+        from tmafbench.study import api
 
     options = _options(heartbeat, grace, pack, db_patience, threads)
     url = resolve_storage(storage)

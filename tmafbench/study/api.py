@@ -19,7 +19,7 @@ from tmafbench.study.lifecycle import StudyInfo, delete as delete_study, info_of
 from tmafbench.study.local import PhaseCounts, StudyOutcome, phase_counts, resolve_devices, run_local, vanished
 from tmafbench.study.loop import deleted_message
 from tmafbench.study.plan import groups_of, tune_of
-from tmafbench.study.signals import pause_point, stop_guard, stop_requested
+from tmafbench.study.signals import import_torch_held, pause_point, signals_held, stop_guard, stop_requested
 from tmafbench.study.verify import Verification, verify
 from tmafbench.study.worker import WorkerOptions
 
@@ -63,16 +63,20 @@ def run(path: str | Path, overrides: list[str] | None, *, url: str, devices: str
     outage and its end, an abandoned cell, a late result).
     """
     with stop_guard():  # a Ctrl-C or SIGTERM from here on is KeyboardInterrupt, and the study is left clean
-        finished = _finished_already(path, overrides, url, new_name)
-        if finished is not None:
-            if on_ready is not None:
-                on_ready(finished[0], [])
-            return finished[1]
-        design = load_design(path, overrides)
-        if new_name:
-            design = design.renamed(new_name)
-        device_list = resolve_devices(devices, workers, oversubscribe)  # before anything is written
-        info = prepare(design, url, force=force)
+        # Loading, validating and preparing import torch and friends: a stop is held until they are
+        # done (an import cut in half leaves a module broken, and the process then died at exit with
+        # SIGINT or SIGABRT instead of its exit status; measured), then raised.
+        with signals_held():
+            finished = _finished_already(path, overrides, url, new_name)
+            if finished is not None:
+                if on_ready is not None:
+                    on_ready(finished[0], [])
+                return finished[1]
+            design = load_design(path, overrides)
+            if new_name:
+                design = design.renamed(new_name)
+            device_list = resolve_devices(devices, workers, oversubscribe)  # before anything is written
+            info = prepare(design, url, force=force)
         return _work(info, url, device_list, options, on_ready, progress, on_event)
 
 
@@ -96,6 +100,7 @@ def join(name: str, *, url: str, devices: str = "auto", workers: int | None = 1,
          progress: Progress | None = None, on_event: OnEvent | None = None) -> StudyOutcome:
     """Work on a stored study from this machine (e.g. against one PostgreSQL URL)."""
     with stop_guard():
+        import_torch_held()  # a stop waits for torch's import (see run)
         device_list = resolve_devices(devices, workers, oversubscribe)
         db = Database(url, must_exist=True)
         try:

@@ -29,7 +29,8 @@ from tmafbench.store.resilience import DatabaseFault, Patience
 from tmafbench.study.lifecycle import Phase, StudyInfo
 from tmafbench.study.loop import deleted_message, study_gone, worker_loop
 from tmafbench.study.threads import thread_plan
-from tmafbench.study.signals import stop_guard, stop_requested, stopped_by_sigterm
+from tmafbench.study.signals import (import_torch_held, signals_blocked, stop_guard, stop_requested, stopped_by_sigterm,
+                                     unblock_signals)
 from tmafbench.study.worker import WorkerOptions, WorkerStats, log
 
 PhaseCounts = list[tuple[Phase, Counts]]
@@ -130,14 +131,17 @@ def _worker_process(loop: WorkerLoop, study_name: str, url: str, device: str, th
     if device.startswith("cuda:"):
         os.environ["CUDA_VISIBLE_DEVICES"] = physical_gpu(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
         device = "cuda:0"  # the one GPU this process sees (set before CUDA initialises)
-    try:  # a Ctrl-C while torch loads (before the loop holds any run) ends the worker quietly too
-        import torch
+    try:  # a Ctrl-C or SIGTERM while torch loads (before the loop holds any run) ends the worker quietly
+        with stop_guard():
+            unblock_signals()  # started with them blocked (run_processes): a stop from then on is ours
+            import_torch_held()
+            import torch
 
-        if device == "cpu":
-            torch.set_num_threads(threads)
-        log.addHandler(QueueHandler(queue))
-        log.propagate = False
-        stats = loop(study_name, url, device=device, options=options)
+            if device == "cpu":
+                torch.set_num_threads(threads)
+            log.addHandler(QueueHandler(queue))
+            log.propagate = False
+            stats = loop(study_name, url, device=device, options=options)
     except KeyboardInterrupt:
         stats = WorkerStats(worker=f"pid {os.getpid()}", interrupted=1)
     queue.put(dataclasses.asdict(stats))
@@ -172,7 +176,8 @@ def run_processes(study_name: str, url: str, devices: list[str], options: Worker
     try:
         with stop_guard():
             for p in procs:  # a stop while they start stops the ones started (below)
-                p.start()
+                with signals_blocked():  # the worker starts with them blocked, until its own guard exists
+                    p.start()
             while any(p.is_alive() for p in procs):
                 if stop_requested():  # a stop whose KeyboardInterrupt Python swallowed
                     raise KeyboardInterrupt
